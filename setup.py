@@ -1,0 +1,24 @@
+"""Packaging for teos, The Eye of Satoshi watchtower."""
+
+from setuptools import find_packages, setup
+
+
+def _requirements(path: str) -> list[str]:
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+
+
+setup(
+    name="teos",
+    version="0.2.0",
+    description="The Eye of Satoshi: a Lightning Network watchtower",
+    python_requires=">=3.11",
+    packages=find_packages(include=["common", "common.*", "teos", "teos.*"]),
+    install_requires=_requirements("requirements.txt"),
+    extras_require={"test": _requirements("requirements-test.txt")},
+    entry_points={
+        "console_scripts": [
+            "teos-regtest=teos.regtest.__main__:main",
+        ]
+    },
+)

@@ -1,0 +1,5 @@
+"""Persistent state in LevelDB: the key layout (keys.py), record encodings (codec.py), the store (store.py)."""
+
+from teos.storage.store import Batch, Store, StorageError
+
+__all__ = ["Batch", "StorageError", "Store"]

@@ -1,0 +1,102 @@
+"""The LevelDB key layout: the one place that says where everything lives.
+
+All data sits in one LevelDB database (one atomic batch can then cover a block's effects across
+appointments, trackers, users and the "last processed block" marker). Keys begin with a one-byte prefix;
+fixed-size parts follow, so prefix scans and ordering work on raw bytes. Heights are 4-byte big-endian so
+that they sort numerically.
+
+    a | locator(16) | uuid(20)       -> AppointmentRecord   appointments under watch, found by locator
+    u | user_id(33)                  -> UserRecord          registered users
+    i | user_id(33) | uuid(20)       -> locator(16)         a user's appointments (watched or responded),
+                                                            until they complete or the user is deleted
+    x | height(4) | user_id(33)      -> b""                 users whose data is deleted at this height
+                                                            (subscription_expiry + expiry_delta)
+    t | uuid(20)                     -> TrackerRecord       penalties the Responder is following
+    m | name (ascii)                 -> bytes               metadata (see META_* below)
+
+Nothing is held in RAM per appointment: the Watcher asks for ``a|locator`` for each locator derived from a
+block's txids; the Gatekeeper reads ``u|user_id`` per request; expiry walks ``x|`` up to the tip.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from common.types import Locator, UserId, Uuid
+
+APPOINTMENT = b"a"
+USER = b"u"
+USER_APPOINTMENT = b"i"
+EXPIRY = b"x"
+TRACKER = b"t"
+META = b"m"
+
+# Metadata names (values documented beside each).
+META_TOWER_KEY = b"m" + b"tower_key"  # 32-byte secp256k1 secret key (also written to a 0600 file)
+META_SCHEMA = b"m" + b"schema"  # 1 byte: the layout version of this database
+META_N_APPOINTMENTS = b"m" + b"n_appointments"  # u64 BE: number of ``a|`` entries
+META_NETWORK = b"m" + b"network"  # ascii chain name the database was created for ("regtest", ...)
+
+SCHEMA_VERSION = 1
+
+_HEIGHT = struct.Struct(">I")
+
+
+def meta_last_block(component: str) -> bytes:
+    """Key of the last block hash a component (``watcher``, ``responder``, ``gatekeeper``) processed.
+
+    Value: 32-byte block hash (internal order) followed by the 4-byte BE height.
+    """
+    return META + b"last_block:" + component.encode("ascii")
+
+
+def appointment(locator: Locator, uuid: Uuid) -> bytes:
+    return APPOINTMENT + locator.raw + uuid.raw
+
+
+def appointments_by_locator(locator: Locator) -> bytes:
+    """Prefix of every appointment (of any user) for ``locator``."""
+    return APPOINTMENT + locator.raw
+
+
+def user(user_id: UserId) -> bytes:
+    return USER + user_id.raw
+
+
+def user_appointment(user_id: UserId, uuid: Uuid) -> bytes:
+    return USER_APPOINTMENT + user_id.raw + uuid.raw
+
+
+def user_appointments(user_id: UserId) -> bytes:
+    """Prefix of a user's appointment index."""
+    return USER_APPOINTMENT + user_id.raw
+
+
+def uuid_of_user_appointment_key(key: bytes) -> Uuid:
+    return Uuid(key[1 + UserId.SIZE :])
+
+
+def expiry(height: int, user_id: UserId) -> bytes:
+    return EXPIRY + _HEIGHT.pack(height) + user_id.raw
+
+
+def parse_expiry(key: bytes) -> tuple[int, UserId]:
+    (height,) = _HEIGHT.unpack_from(key, 1)
+    return height, UserId(key[5:])
+
+
+def expiry_upto(height: int) -> tuple[bytes, bytes]:
+    """Key range [start, stop) of users whose deletion height is <= ``height``."""
+    return EXPIRY, EXPIRY + _HEIGHT.pack(height + 1)
+
+
+def tracker(uuid: Uuid) -> bytes:
+    return TRACKER + uuid.raw
+
+
+def uuid_of_tracker_key(key: bytes) -> Uuid:
+    return Uuid(key[1:])
+
+
+def locator_uuid_of_appointment_key(key: bytes) -> tuple[Locator, Uuid]:
+    return Locator(key[1:17]), Uuid(key[17:37])

@@ -1,0 +1,157 @@
+"""LevelDB (plyvel) store with group commit.
+
+The database is the source of truth. Writes are made as atomic batches; ``commit`` returns only once the
+batch is on disk (synced). Concurrent committers share one synced write: the first to arrive becomes the
+leader, takes every batch queued so far, writes them as one LevelDB batch with ``sync=True`` and wakes the
+others. Durability therefore costs one fsync per group, not per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import plyvel
+
+log = logging.getLogger(__name__)
+
+
+class StorageError(RuntimeError):
+    """The database could not be opened or written."""
+
+
+class Batch:
+    """An ordered list of puts and deletes, applied atomically by ``Store.commit``."""
+
+    __slots__ = ("ops",)
+
+    def __init__(self) -> None:
+        self.ops: list[tuple[bytes, bytes | None]] = []
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.ops.append((key, value))
+
+    def delete(self, key: bytes) -> None:
+        self.ops.append((key, None))
+
+    def extend(self, other: Batch) -> None:
+        self.ops.extend(other.ops)
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+
+class Store:
+    """A LevelDB database at ``path``. ``open()`` before use, ``close()`` when done."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._db: plyvel.DB | None = None
+        self._cv = threading.Condition()
+        self._pending: list[Batch] = []
+        self._pending_gen = 1  # the group currently accepting batches
+        self._done_gen = 0  # the last group written (successfully or not)
+        self._writing = False
+        self._failed: dict[int, BaseException] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        if self._db is not None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = plyvel.DB(
+                str(self.path), create_if_missing=True, bloom_filter_bits=10, lru_cache_size=32 << 20
+            )
+        except plyvel.Error as e:  # e.g. another process holds the lock
+            raise StorageError(f"cannot open database at {self.path}: {e}") from e
+
+    def close(self) -> None:
+        with self._cv:
+            while self._writing:
+                self._cv.wait()
+            db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    @property
+    def db(self) -> plyvel.DB:
+        if self._db is None:
+            raise StorageError("database is not open")
+        return self._db
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self.db.get(key)
+        return value
+
+    def iterate(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) whose key starts with ``prefix``, in key order."""
+        with self.db.iterator(prefix=prefix) as it:
+            yield from it
+
+    def iterate_range(self, start: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) with start <= key < stop, in key order."""
+        with self.db.iterator(start=start, stop=stop) as it:
+            yield from it
+
+    def has_prefix(self, prefix: bytes) -> bool:
+        with self.db.iterator(prefix=prefix, include_value=False) as it:
+            for _ in it:
+                return True
+        return False
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def commit(self, batch: Batch, sync: bool = True) -> None:
+        """Applies ``batch`` atomically; with ``sync`` returns only once it is on disk.
+
+        Concurrent callers are grouped into one synced LevelDB write (group commit). Raises
+        StorageError if the write failed (nothing of the batch is then applied).
+        """
+        if not sync:
+            self._write([batch], sync=False)
+            return
+        with self._cv:
+            gen = self._pending_gen
+            self._pending.append(batch)
+            while self._done_gen < gen:
+                if self._writing:
+                    self._cv.wait()
+                    continue
+                # Become the leader of the current group (which holds our batch).
+                self._writing = True
+                group, self._pending = self._pending, []
+                lead_gen = self._pending_gen
+                self._pending_gen += 1
+                self._cv.release()
+                error: BaseException | None = None
+                try:
+                    self._write(group, sync=True)
+                except BaseException as e:  # noqa: BLE001 - handed to every member of the group
+                    error = e
+                finally:
+                    self._cv.acquire()
+                self._writing = False
+                self._done_gen = lead_gen
+                if error is not None:
+                    self._failed[lead_gen] = error
+                    for old in [g for g in self._failed if g < lead_gen - 1000]:
+                        del self._failed[old]
+                self._cv.notify_all()
+            error = self._failed.get(gen)
+        if error is not None:
+            raise StorageError(f"database write failed: {error}") from error
+
+    def _write(self, batches: list[Batch], sync: bool) -> None:
+        with self.db.write_batch(transaction=True, sync=sync) as wb:
+            for batch in batches:
+                for key, value in batch.ops:
+                    if value is None:
+                        wb.delete(key)
+                    else:
+                        wb.put(key, value)
