@@ -1,5 +1,5 @@
 """Persistent state in LevelDB: the key layout (keys.py), record encodings (codec.py), the store (store.py)."""
 
-from teos.storage.store import Batch, Store, StorageError
+from teos.storage.store import Batch, StorageError, Store, Ticket
 
-__all__ = ["Batch", "StorageError", "Store"]
+__all__ = ["Batch", "StorageError", "Store", "Ticket"]

@@ -43,6 +43,20 @@ class Batch:
         return len(self.ops)
 
 
+class Ticket:
+    """A batch queued with ``Store.submit``; ``wait()`` returns once it is on disk."""
+
+    __slots__ = ("_gen", "_store")
+
+    def __init__(self, store: Store, gen: int) -> None:
+        self._store = store
+        self._gen = gen
+
+    def wait(self) -> None:
+        """Blocks until the batch is synced; raises StorageError if its write failed."""
+        self._store._wait(self._gen)
+
+
 class Store:
     """A LevelDB database at ``path``. ``open()`` before use, ``close()`` when done."""
 
@@ -116,9 +130,20 @@ class Store:
         if not sync:
             self._write([batch], sync=False)
             return
+        self.submit(batch).wait()
+
+    def submit(self, batch: Batch) -> Ticket:
+        """Queues ``batch`` for the next synced group write and returns at once.
+
+        Batches are written in the order they were submitted, so a caller that must order its writes
+        (e.g. a counter) holds its own lock only around ``submit`` and calls ``Ticket.wait`` outside it.
+        """
         with self._cv:
-            gen = self._pending_gen
             self._pending.append(batch)
+            return Ticket(self, self._pending_gen)
+
+    def _wait(self, gen: int) -> None:
+        with self._cv:
             while self._done_gen < gen:
                 if self._writing:
                     self._cv.wait()
@@ -132,7 +157,7 @@ class Store:
                 error: BaseException | None = None
                 try:
                     self._write(group, sync=True)
-                except BaseException as e:  # noqa: BLE001 - handed to every member of the group
+                except BaseException as e:  # handed to every member of the group
                     error = e
                 finally:
                     self._cv.acquire()
