@@ -1,4 +1,4 @@
-"""Persistent state in LevelDB: the key layout (keys.py), record encodings (codec.py), the store (store.py)."""
+"""Persistent state in LevelDB: key layout (keys.py), record encodings (codec.py), the store (store.py)."""
 
 from teos.storage.store import Batch, StorageError, Store, Ticket
 
