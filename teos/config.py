@@ -1,0 +1,353 @@
+"""teosd's configuration: one frozen dataclass, loaded and validated once at start-up.
+
+Sources, lowest to highest precedence: built-in defaults, the file ``<datadir>/teos.conf``, environment
+variables ``TEOS_<KEY>`` and command-line flags ``--<key>``. Every option has one name (``apiport``,
+``btcrpcuser`` ...) used as the flag, the file key and, upper-cased, the environment variable. Names are
+case-insensitive and underscores are ignored, so ``btc_rpc_user`` (the spelling of the older towers'
+files) means ``btcrpcuser`` too.
+
+The file is INI: keys either at the top of the file without a section, or under one ``[teos]`` section
+(``teos.conf.example`` documents both and every option). Anything else (an unknown key or section, a line
+that is not ``key = value``, a bad value) raises ``ConfigError`` naming the key, its source and the value;
+teosd then exits non-zero. ``datadir`` (where the file lives) and ``overwritekey`` (a one-off action) are
+not accepted in the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CONF_FILE_NAME = "teos.conf"
+ENV_PREFIX = "TEOS_"
+
+# Networks as named on the command line -> (the chain name ``getblockchaininfo`` reports,
+# the default RPC port, the subdirectory of Bitcoin Core's datadir that holds its cookie).
+NETWORKS: dict[str, tuple[str, int, str]] = {
+    "mainnet": ("main", 8332, ""),
+    "testnet": ("test", 18332, "testnet3"),
+    "testnet4": ("testnet4", 48332, "testnet4"),
+    "signet": ("signet", 38332, "signet"),
+    "regtest": ("regtest", 18443, "regtest"),
+}
+_NETWORK_ALIASES = {"main": "mainnet", "bitcoin": "mainnet", "test": "testnet", "testnet3": "testnet"}
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key, where it came from and the value."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting teosd runs with. Built only by ``load_config``."""
+
+    datadir: Path
+    api_bind: str
+    api_port: int
+    api_threads: int
+    rpc_bind: str
+    rpc_port: int
+    btc_network: str
+    btc_rpc_connect: str
+    btc_rpc_port: int
+    btc_rpc_user: str
+    btc_rpc_password: str
+    btc_rpc_cookie: Path | None
+    zmq_hashblock: str
+    poll_interval: float
+    subscription_slots: int
+    subscription_duration: int
+    expiry_delta: int
+    max_appointments: int
+    min_to_self_delay: int
+    locator_cache_size: int
+    rebroadcast_after: int
+    log_file: Path | None
+    debug: bool
+    overwrite_key: bool
+
+    @property
+    def chain_name(self) -> str:
+        """The chain name bitcoind reports for ``btc_network`` (``main``, ``test``, ``regtest`` ...)."""
+        return NETWORKS[self.btc_network][0]
+
+    @property
+    def network_dir(self) -> Path:
+        """Everything that belongs to one network: ``<datadir>/<network>/``."""
+        return self.datadir / self.btc_network
+
+    @property
+    def db_path(self) -> Path:
+        return self.network_dir / "db"
+
+    @property
+    def key_path(self) -> Path:
+        return self.network_dir / "teos_sk.der"
+
+
+# -- value parsers (each raises ValueError with a short reason) -------------------------------------
+
+
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip(), 10)
+        except ValueError:
+            raise ValueError("not an integer") from None
+        if value < low or (high is not None and value > high):
+            raise ValueError(f"must be between {low} and {high}" if high is not None else f"must be >= {low}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    return _int_in(1, 65535)(text)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _network(text: str) -> str:
+    name = text.strip().lower()
+    name = _NETWORK_ALIASES.get(name, name)
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network (expected one of {', '.join(NETWORKS)})")
+    return name
+
+
+def _host(text: str) -> str:
+    host = text.strip()
+    if not host or any(c.isspace() for c in host):
+        raise ValueError("must be a host name or IP address")
+    return host
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+def _zmq_url(text: str) -> str:
+    url = text.strip()
+    if url and not (url.startswith("tcp://") or url.startswith("ipc://")):
+        raise ValueError("must be empty (no ZMQ) or a tcp:// or ipc:// endpoint")
+    return url
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text.strip()).expanduser() if text.strip() else None
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false (1/0, yes/no, on/off)")
+
+
+@dataclass(frozen=True)
+class _Option:
+    name: str  # flag, file key and (upper-cased, after TEOS_) environment variable
+    field: str  # Config attribute
+    parse: Callable[[str], Any]
+    default: str | None  # as text; None: computed (datadir, btcrpcport)
+    help: str
+    in_file: bool = True
+    is_flag: bool = False  # a switch on the command line (no value)
+
+
+OPTIONS: tuple[_Option, ...] = (
+    _Option("datadir", "datadir", lambda t: Path(t.strip()).expanduser(), None,
+            "data directory: teos.conf, and per network <network>/db and <network>/teos_sk.der "
+            "(default: ~/.teos)", in_file=False),
+    _Option("apibind", "api_bind", _host, "127.0.0.1", "address the public HTTP API listens on"),
+    _Option("apiport", "api_port", _port, "9814", "port of the public HTTP API"),
+    _Option("apithreads", "api_threads", _int_in(1, 256), "16",
+            "threads serving HTTP requests (requests wait on disk writes, which are grouped)"),
+    _Option("rpcbind", "rpc_bind", _host, "127.0.0.1", "address of the admin API (reserved for teos-cli)"),
+    _Option("rpcport", "rpc_port", _port, "8814", "port of the admin API (reserved for teos-cli)"),
+    _Option("btcnetwork", "btc_network", _network, "mainnet",
+            f"bitcoin network: {', '.join(NETWORKS)}"),
+    _Option("btcrpcconnect", "btc_rpc_connect", _host, "127.0.0.1", "bitcoind RPC host"),
+    _Option("btcrpcport", "btc_rpc_port", _port, None,
+            "bitcoind RPC port (default: the network's, 8332 mainnet, 18332 testnet, 48332 testnet4, "
+            "38332 signet, 18443 regtest)"),
+    _Option("btcrpcuser", "btc_rpc_user", _text, "", "bitcoind RPC user (empty: use the cookie file)"),
+    _Option("btcrpcpassword", "btc_rpc_password", _text, "", "bitcoind RPC password"),
+    _Option("btcrpccookie", "btc_rpc_cookie", _optional_path, "",
+            "bitcoind cookie file, used when btcrpcuser is empty "
+            "(default: ~/.bitcoin/[<network dir>/].cookie)"),
+    _Option("zmqhashblock", "zmq_hashblock", _zmq_url, "",
+            "bitcoind's zmqpubhashblock endpoint, e.g. tcp://127.0.0.1:28332 (empty: poll only)"),
+    _Option("pollinterval", "poll_interval", _positive_float, "60",
+            "seconds between polls of bitcoind for a new tip (also the fallback when ZMQ is silent)"),
+    _Option("subscriptionslots", "subscription_slots", _int_in(1, 2**32 - 1), "10000",
+            "slots a registration adds (a slot holds up to 2048 bytes of encrypted blob)"),
+    _Option("subscriptionduration", "subscription_duration", _int_in(1, 2**31), "4320",
+            "blocks a registration lasts"),
+    _Option("expirydelta", "expiry_delta", _int_in(0, 2**31), "6",
+            "blocks after a subscription expires before the user's data is deleted"),
+    _Option("maxappointments", "max_appointments", _int_in(1), "1000000",
+            "appointments the tower watches at most (across all users)"),
+    _Option("mintoselfdelay", "min_to_self_delay", _int_in(0, 2**32 - 1), "20",
+            "smallest to_self_delay an appointment may have"),
+    _Option("locatorcachesize", "locator_cache_size", _int_in(1, 1000), "6",
+            "recent blocks whose txids are checked against new appointments"),
+    _Option("rebroadcastafter", "rebroadcast_after", _int_in(1, 2**31), "6",
+            "blocks without a confirmation after which a penalty is broadcast again"),
+    _Option("logfile", "log_file", _optional_path, "",
+            "also write the log to this file (relative to the datadir; empty: stderr only)"),
+    _Option("debug", "debug", _bool, "false", "log debug messages", is_flag=True),
+    _Option("overwritekey", "overwrite_key", _bool, "false",
+            "replace the tower's key with a new one (its users must register again)", in_file=False,
+            is_flag=True),
+)
+_BY_KEY = {o.name: o for o in OPTIONS}
+
+
+def _normalise(key: str) -> str:
+    return key.strip().lower().replace("_", "").replace("-", "")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of teosd; every value is kept as text and validated by ``load_config``."""
+    parser = argparse.ArgumentParser(
+        prog="teosd",
+        description="The Eye of Satoshi: a Lightning Network watchtower. Each option can also be set in "
+        "<datadir>/teos.conf (key = value) or as the environment variable TEOS_<OPTION>; "
+        "flags override the environment, which overrides the file.",
+        argument_default=argparse.SUPPRESS,
+    )
+    for o in OPTIONS:
+        if o.is_flag:
+            parser.add_argument(f"--{o.name}", action="store_const", const="true", help=o.help)
+        else:
+            shown = f" (default: {o.default or 'empty'})" if o.default is not None else ""
+            parser.add_argument(f"--{o.name}", metavar=o.name.upper(), help=o.help + shown)
+    return parser
+
+
+def _read_file(path: Path) -> dict[str, str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({e})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    parser = configparser.ConfigParser(interpolation=None, strict=True, allow_no_value=False,
+                                       delimiters=("=",), comment_prefixes=("#", ";"),
+                                       inline_comment_prefixes=None, default_section="\x00none")
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        try:
+            parser.read_string(text, source=str(path))
+        except configparser.MissingSectionHeaderError:
+            parser = configparser.ConfigParser(interpolation=None, strict=True, delimiters=("=",),
+                                               default_section="\x00none")
+            parser.optionxform = str  # type: ignore[assignment,method-assign]
+            parser.read_string("[teos]\n" + text, source=str(path))
+    except configparser.Error as e:
+        raise ConfigError(f"{path}: malformed configuration file: {_one_line(str(e))}") from None
+    sections = parser.sections()
+    extra = [s for s in sections if s != "teos"]
+    if extra:
+        raise ConfigError(f"{path}: unknown section [{extra[0]}] (keys go at the top or under [teos])")
+    values: dict[str, str] = {}
+    if "teos" in sections:
+        for raw_key, value in parser.items("teos"):
+            key = _normalise(raw_key)
+            option = _BY_KEY.get(key)
+            if option is None:
+                raise ConfigError(f"unknown key '{raw_key}' in {path}")
+            if not option.in_file:
+                raise ConfigError(f"key '{raw_key}' in {path} is not allowed in the file "
+                                  f"(use --{option.name} or {ENV_PREFIX}{option.name.upper()})")
+            if key in values:
+                raise ConfigError(f"key '{raw_key}' appears twice in {path}")
+            values[key] = value
+    return values
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _read_env(environ: Mapping[str, str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = _normalise(name[len(ENV_PREFIX):])
+        if key not in _BY_KEY:
+            raise ConfigError(f"unknown key in environment variable {name}")
+        values[key] = value
+    return values
+
+
+def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Builds the Config from defaults, ``<datadir>/teos.conf``, ``environ`` and ``argv``.
+
+    ``argv`` excludes the program name (None: ``sys.argv[1:]``); ``environ`` defaults to ``os.environ``.
+    Raises ConfigError; argparse itself exits with status 2 on an unknown flag or a missing value.
+    """
+    env = os.environ if environ is None else environ
+    flags: dict[str, str] = vars(build_parser().parse_args(argv))
+    env_values = _read_env(env)
+
+    # Where the file lives is decided before the file is read.
+    datadir_text, datadir_source = "~/.teos", "default"
+    if "datadir" in env_values:
+        datadir_text, datadir_source = env_values["datadir"], f"environment {ENV_PREFIX}DATADIR"
+    if "datadir" in flags:
+        datadir_text, datadir_source = flags["datadir"], "command line --datadir"
+    if not datadir_text.strip():
+        raise ConfigError(f"datadir ({datadir_source}) is empty")
+    datadir = Path(datadir_text.strip()).expanduser().absolute()
+    conf_path = datadir / CONF_FILE_NAME
+    file_values = _read_file(conf_path) if conf_path.exists() else {}
+
+    # key -> (text, source description)
+    chosen: dict[str, tuple[str, str]] = {}
+    for o in OPTIONS:
+        if o.default is not None:
+            chosen[o.name] = (o.default, "default")
+    for key, text in file_values.items():
+        chosen[key] = (text, f"{conf_path}")
+    for key, text in env_values.items():
+        chosen[key] = (text, f"environment {ENV_PREFIX}{key.upper()}")
+    for key, text in flags.items():
+        chosen[key] = (text, f"command line --{key}")
+
+    parsed: dict[str, Any] = {"datadir": datadir}
+    for o in OPTIONS:
+        if o.name == "datadir" or o.name not in chosen:
+            continue
+        text, source = chosen[o.name]
+        try:
+            parsed[o.field] = o.parse(text)
+        except ValueError as e:
+            raise ConfigError(f"invalid value for {o.name} ({source}): {text!r}: {e}") from None
+    if "btc_rpc_port" not in parsed:
+        parsed["btc_rpc_port"] = NETWORKS[parsed["btc_network"]][1]
+    if parsed["btc_rpc_user"] and not parsed["btc_rpc_password"]:
+        raise ConfigError("btcrpcuser is set but btcrpcpassword is empty")
+    if not parsed["btc_rpc_user"] and parsed["btc_rpc_cookie"] is None:
+        subdir = NETWORKS[parsed["btc_network"]][2]
+        parsed["btc_rpc_cookie"] = Path("~/.bitcoin").expanduser() / subdir / ".cookie"
+    if parsed["log_file"] is not None and not parsed["log_file"].is_absolute():
+        parsed["log_file"] = datadir / parsed["log_file"]
+    return Config(**parsed)
