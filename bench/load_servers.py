@@ -1,0 +1,155 @@
+"""Which WSGI server should teosd use? Serves one probe app with each candidate and loads it.
+
+The probe is a Flask app doing the real work of ``add_appointment`` with none of the tower's logic around
+it: JSON parsing, hex decoding, ECDSA public-key recovery, the uuid, a synced LevelDB write through the
+Store's group commit, a signed receipt and a JSON answer. Each server runs in its own process (a
+subprocess of this script), the load comes from ``bench/loadgen.py``. On a 2-core machine the client
+processes compete with the server for the CPU, so the absolute figures are lower than with wrk.
+
+    .venv/bin/python bench/load_servers.py [--appointments N] [--servers waitress,cheroot,gunicorn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.loadgen import run_load
+
+SERVERS = ("waitress", "cheroot", "gunicorn", "werkzeug")
+
+
+def make_app(db_path: str) -> Any:
+    from flask import Flask, jsonify, request
+
+    from common.appointment import Appointment, compute_uuid
+    from common.crypto import generate_secret_key, recover_public_key, sign
+    from common.receipts import appointment_receipt
+    from common.types import Dialect, Locator, UserId
+    from teos.storage import Batch, Store
+
+    store = Store(db_path)
+    store.open()
+    tower_key = generate_secret_key()
+    users: set[UserId] = set()
+    app = Flask("probe")
+
+    @app.post("/register")
+    def register() -> Any:
+        user_id = UserId.from_hex(request.get_json()["user_id"])
+        batch = Batch()
+        batch.put(b"u" + user_id.raw, b"1")
+        store.commit(batch)
+        users.add(user_id)
+        return jsonify({"user_id": user_id.hex()})
+
+    @app.post("/add_appointment")
+    def add_appointment() -> Any:
+        data = request.get_json()
+        a = data["appointment"]
+        appointment = Appointment(Locator.from_hex(a["locator"]), bytes.fromhex(a["encrypted_blob"]),
+                                  a["to_self_delay"])
+        user_id = recover_public_key(appointment.serialize(), data["signature"])
+        if user_id not in users:
+            return jsonify({"error": "no subscription"}), 401
+        uuid = compute_uuid(appointment.locator, user_id)
+        batch = Batch()
+        batch.put(b"a" + appointment.locator.raw + uuid.raw, appointment.serialize())
+        store.commit(batch)
+        receipt = sign(appointment_receipt(Dialect.RUST, data["signature"], 100), tower_key)
+        return jsonify({"locator": appointment.locator.hex(), "start_block": 100, "signature": receipt,
+                        "available_slots": 1, "subscription_expiry": 5000})
+
+    return app
+
+
+def serve(kind: str, port: int, db_path: str, threads: int) -> None:
+    app = make_app(db_path)
+    if kind == "waitress":
+        import waitress
+
+        waitress.serve(app, host="127.0.0.1", port=port, threads=threads, _quiet=True)
+    elif kind == "cheroot":
+        from cheroot import wsgi
+
+        wsgi.Server(("127.0.0.1", port), app, numthreads=threads).start()
+    elif kind == "gunicorn":
+        from gunicorn.app.base import BaseApplication
+
+        class _App(BaseApplication):
+            def load_config(self) -> None:
+                for key, value in {"bind": f"127.0.0.1:{port}", "workers": 1, "threads": threads,
+                                   "worker_class": "gthread", "loglevel": "warning"}.items():
+                    self.cfg.set(key, value)
+
+            def load(self) -> Any:
+                return app
+
+        _App().run()
+    elif kind == "werkzeug":
+        app.run(host="127.0.0.1", port=port, threaded=True)
+    else:
+        raise SystemExit(f"unknown server {kind}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} did not come up")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--servers", default=",".join(SERVERS[:3]))
+    parser.add_argument("--appointments", type=int, default=8000)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--server-threads", type=int, default=16)
+    parser.add_argument("serve", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        kind, port, db_path = args.serve
+        serve(kind, int(port), db_path, args.server_threads)
+        return
+    summary: dict[str, float] = {}
+    for kind in args.servers.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            port = _free_port()
+            proc = subprocess.Popen([sys.executable, __file__, "--server-threads", str(args.server_threads),
+                                     kind, str(port), tmp + "/db"])
+            try:
+                _wait_port(port, 20)
+                result = run_load(f"http://127.0.0.1:{port}", processes=args.processes, threads=args.threads,
+                                  appointments=args.appointments)
+                print(result.line(kind), flush=True)
+                summary[kind] = round(result.rate)
+            finally:
+                proc.terminate()
+                proc.wait(20)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
