@@ -19,6 +19,7 @@ setup(
     entry_points={
         "console_scripts": [
             "teos-regtest=teos.regtest.__main__:main",
+            "teosd=teos.__main__:main",
         ]
     },
 )

@@ -1,0 +1,58 @@
+"""The tower key file: created 0600 on first start, stable, restored from the database, replaced on demand."""
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from common import crypto
+from teos.daemon import FatalError, check_network, load_or_create_key
+from teos.storage import keys
+from teos.storage.store import Store
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = Store(tmp_path / "db")
+    s.open()
+    yield s
+    s.close()
+
+
+def test_created_private_and_stable(tmp_path: Path, store: Store) -> None:
+    path = tmp_path / "teos_sk.der"
+    first = load_or_create_key(path, store, overwrite=False)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_key(path, store, overwrite=False) == first
+    assert store.get(keys.META_TOWER_KEY) == first
+    crypto.public_key(first)  # a valid secp256k1 scalar
+
+
+def test_lost_file_is_restored_from_the_database(tmp_path: Path, store: Store) -> None:
+    path = tmp_path / "teos_sk.der"
+    first = load_or_create_key(path, store, overwrite=False)
+    path.unlink()
+    assert load_or_create_key(path, store, overwrite=False) == first
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_overwrite_replaces_file_and_database(tmp_path: Path, store: Store) -> None:
+    path = tmp_path / "teos_sk.der"
+    first = load_or_create_key(path, store, overwrite=False)
+    second = load_or_create_key(path, store, overwrite=True)
+    assert second != first
+    assert load_or_create_key(path, store, overwrite=False) == second == store.get(keys.META_TOWER_KEY)
+
+
+def test_corrupt_file_is_fatal_and_names_the_way_out(tmp_path: Path, store: Store) -> None:
+    path = tmp_path / "teos_sk.der"
+    path.write_bytes(b"not a key")
+    with pytest.raises(FatalError, match="--overwritekey"):
+        load_or_create_key(path, store, overwrite=False)
+
+
+def test_database_of_another_network_is_refused(store: Store) -> None:
+    check_network(store, "regtest")
+    check_network(store, "regtest")
+    with pytest.raises(FatalError, match="regtest"):
+        check_network(store, "main")
