@@ -34,7 +34,9 @@ META = b"m"
 # Metadata names (values documented beside each).
 META_TOWER_KEY = b"m" + b"tower_key"  # 32-byte secp256k1 secret key (also written to a 0600 file)
 META_SCHEMA = b"m" + b"schema"  # 1 byte: the layout version of this database
-META_N_APPOINTMENTS = b"m" + b"n_appointments"  # u64 BE: number of ``a|`` entries
+# u64 BE: number of ``i|`` entries (appointments held for users, watched or responded); written only by
+# the Gatekeeper, in the same batches as the index changes.
+META_N_APPOINTMENTS = b"m" + b"n_appointments"
 META_NETWORK = b"m" + b"network"  # ascii chain name the database was created for ("regtest", ...)
 
 SCHEMA_VERSION = 1
@@ -48,6 +50,19 @@ def meta_last_block(component: str) -> bytes:
     Value: 32-byte block hash (internal order) followed by the 4-byte BE height.
     """
     return META + b"last_block:" + component.encode("ascii")
+
+
+def meta_recent_blocks(component: str) -> bytes:
+    """Prefix of the bounded record of blocks a component processed recently, keyed by height.
+
+    Lets the engine walk back to a fork point after a restart even when bitcoind's best chain moved
+    while the tower was down. Value: hash(32) | previous hash(32) | height(4 BE), hashes in internal order.
+    """
+    return META + b"recent:" + component.encode("ascii") + b":"
+
+
+def meta_recent_block(component: str, height: int) -> bytes:
+    return meta_recent_blocks(component) + _HEIGHT.pack(height)
 
 
 def appointment(locator: Locator, uuid: Uuid) -> bytes:

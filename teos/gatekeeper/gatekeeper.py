@@ -1,0 +1,349 @@
+"""The Gatekeeper: who may use the tower, and how much of it.
+
+It owns the users' subscriptions (``u|``), their appointment index (``i|``), the expiry schedule (``x|``)
+and the tower-wide count of stored appointments (``m|n_appointments``). Every change of a user's state is a
+read-modify-write of the user record under that user's lock, committed as ONE synced batch together with
+the appointment it pays for; a request returns only once that batch is on disk.
+
+Locks: a fixed array of stripes chosen by the user id (bounded memory whatever the number of users).
+A user's stripe is held across the synced write, so the next request of the same user reads what the
+previous one wrote; requests of different users still share one fsync through the store's group commit.
+Operations over several users (``release``) take their stripes in index order, so they cannot deadlock.
+The appointment counter has its own small lock held only around ``Store.submit``, so counter values reach
+the disk in the order they were computed.
+
+Slot rules: an appointment costs ``slots_for(len(blob))``; an update of the same uuid is charged or
+refunded the difference; a user never goes below zero. The slots of an appointment stay spent while the
+appointment is watched or its penalty tracked, and come back through ``release`` when the tracker completes.
+
+Expiry: a user is expired once ``tip > subscription_expiry`` (requests are then refused) and the user's data
+(user record, index, watched appointments) is deleted at height ``subscription_expiry + expiry_delta``.
+Live trackers (``t|``) are never deleted here: the Responder finishes them, and their completion then
+finds no user and refunds nothing. Nothing is restored when a block is disconnected: deleted data cannot
+come back, and a subscription is measured in blocks of whichever chain is best.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+from common import crypto
+from common.appointment import slots_for
+from common.errors import ErrorKind, TeosError
+from common.types import BlockHash, Dialect, Locator, UserId, Uuid
+from teos.interfaces import ChainView
+from teos.storage import keys
+from teos.storage.codec import AppointmentRecord, UserRecord
+from teos.storage.store import Batch, Store
+
+log = logging.getLogger(__name__)
+
+U32_MAX = 2**32 - 1
+N_STRIPES = 256
+
+NOT_ENOUGH_SLOTS = "Invalid signature or user does not have enough slots available"
+
+
+@dataclass(frozen=True)
+class GatekeeperConfig:
+    """Subscription policy.
+
+    ``max_appointments`` caps the appointments stored tower-wide (entries of the ``i|`` index, watched or
+    responded). The default of one million keeps the database near 1 GB with typical (< 1 KB) blobs;
+    beyond it new appointments are refused with RESOURCE_EXHAUSTED rather than letting the disk fill
+    (updates of existing appointments are still accepted).
+    """
+
+    subscription_slots: int = 10000
+    subscription_duration: int = 4320
+    expiry_delta: int = 6
+    max_appointments: int = 1_000_000
+    min_to_self_delay: int = 20
+
+    def __post_init__(self) -> None:
+        for name in ("subscription_slots", "subscription_duration", "max_appointments"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.expiry_delta < 0 or self.min_to_self_delay < 0:
+            raise ValueError("expiry_delta and min_to_self_delay must not be negative")
+
+
+def subscription_expired(user: UserRecord) -> TeosError:
+    message = f"Your subscription expired at {user.subscription_expiry}"
+    return TeosError(ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION, message)
+
+
+class Gatekeeper:
+    """Registration, slot accounting, expiry and authentication of users (see the module docstring).
+
+    Implements ``teos.interfaces.SlotLedger`` and ``BlockListener`` for the engine.
+    """
+
+    def __init__(self, store: Store, config: GatekeeperConfig, chain: ChainView) -> None:
+        self.store = store
+        self.config = config
+        self.chain = chain
+        self._stripes = [threading.Lock() for _ in range(N_STRIPES)]
+        self._counter_lock = threading.Lock()
+        self._n_appointments = 0
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Loads the appointment counter (counting the index once if the database predates it)."""
+        if self._started:
+            return
+        raw = self.store.get(keys.META_N_APPOINTMENTS)
+        if raw is not None and len(raw) == 8:
+            self._n_appointments = int.from_bytes(raw, "big")
+        else:
+            self._n_appointments = sum(1 for _ in self.store.iterate(keys.USER_APPOINTMENT))
+            log.info("appointment counter rebuilt n=%d", self._n_appointments)
+        self._started = True
+
+    def stop(self) -> None:
+        self._started = False
+
+    @property
+    def n_appointments(self) -> int:
+        """Appointments held for users (watched or responded), tower-wide."""
+        return self._n_appointments
+
+    # -- locking ---------------------------------------------------------------------------------
+
+    def _stripe(self, user_id: UserId) -> int:
+        return int.from_bytes(user_id.raw[1:9], "big") % N_STRIPES
+
+    @contextmanager
+    def _locked(self, user_ids: Sequence[UserId]) -> Iterator[None]:
+        stripes = sorted({self._stripe(u) for u in user_ids})
+        for s in stripes:
+            self._stripes[s].acquire()
+        try:
+            yield
+        finally:
+            for s in reversed(stripes):
+                self._stripes[s].release()
+
+    def _commit(self, batch: Batch, counter_delta: int, *, cap: int | None = None) -> None:
+        """Commits ``batch`` (synced); with a counter change, the counter is written in the same batch.
+
+        The counter lock is held only around ``submit`` so counter values reach the disk in order; the
+        wait for the fsync happens outside it. With ``cap``, the batch is refused (RESOURCE_EXHAUSTED) if
+        the counter would exceed it. If the write fails, the in-memory change is undone.
+        """
+        if counter_delta == 0:
+            ticket = self.store.submit(batch)
+        else:
+            with self._counter_lock:
+                if cap is not None and self._n_appointments + counter_delta > cap:
+                    raise TeosError(
+                        ErrorKind.RESOURCE_EXHAUSTED,
+                        "The tower is not accepting new appointments (storage limit reached)",
+                    )
+                self._n_appointments += counter_delta
+                batch.put(keys.META_N_APPOINTMENTS, self._n_appointments.to_bytes(8, "big"))
+                ticket = self.store.submit(batch)
+        try:
+            ticket.wait()
+        except BaseException:
+            if counter_delta:
+                with self._counter_lock:
+                    self._n_appointments -= counter_delta
+            raise
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def get_user(self, user_id: UserId) -> UserRecord | None:
+        raw = self.store.get(keys.user(user_id))
+        return UserRecord.decode(raw) if raw is not None else None
+
+    def authenticate(self, message: bytes, signature: str) -> UserRecord | None:
+        """The registered user whose key signed ``message``, or None for a bad signature or an unknown
+        signer. The user may be expired: callers check that (``check_active``) so they can still answer
+        a known user in its own dialect."""
+        try:
+            user_id = crypto.recover_public_key(message, signature)
+        except crypto.InvalidSignature:
+            return None
+        return self.get_user(user_id)
+
+    def is_expired(self, user: UserRecord) -> bool:
+        return self.chain.tip_height > user.subscription_expiry
+
+    def check_active(self, user: UserRecord) -> None:
+        """Raises INVALID_SIGNATURE_OR_SUBSCRIPTION if the user's subscription has expired."""
+        if self.is_expired(user):
+            raise subscription_expired(user)
+
+    def user_appointments(self, user_id: UserId) -> list[tuple[Uuid, Locator]]:
+        """The user's appointments (watched or responded) as (uuid, locator), in uuid order."""
+        return [
+            (keys.uuid_of_user_appointment_key(k), Locator(v))
+            for k, v in self.store.iterate(keys.user_appointments(user_id))
+        ]
+
+    # -- registration ----------------------------------------------------------------------------
+
+    def register(self, user_id: UserId, dialect: Dialect) -> UserRecord:
+        """Registers a new user or tops up an existing one; returns the stored record.
+
+        A new user starts at the tip and expires ``subscription_duration`` blocks later. Registering again
+        adds ``subscription_slots`` and extends the expiry by ``subscription_duration`` from the later of
+        the current expiry and the tip, keeping ``subscription_start`` (what both client families accept).
+        The dialect is fixed by the first registration: a user registering again in the other dialect is
+        refused with REGISTRATION_WRONG_FIELD_FORMAT, since the tower would otherwise read that client's
+        locators and blobs with the wrong byte order and silently fail to protect it (and since
+        registration is unauthenticated, letting anyone flip a user's dialect would be an attack).
+        Raises RESOURCE_EXHAUSTED if the slots or the expiry would overflow 32 bits.
+        """
+        cfg = self.config
+        with self._locked([user_id]):
+            tip = self.chain.tip_height
+            old = self.get_user(user_id)
+            batch = Batch()
+            if old is None:
+                user = UserRecord(
+                    user_id=user_id,
+                    dialect=dialect,
+                    available_slots=cfg.subscription_slots,
+                    subscription_start=tip,
+                    subscription_expiry=tip + cfg.subscription_duration,
+                )
+            else:
+                if old.dialect is not dialect:
+                    raise TeosError(
+                        ErrorKind.REGISTRATION_WRONG_FIELD_FORMAT,
+                        f"This user is registered with the {old.dialect.value}-teos client dialect; "
+                        f"register with `{'public_key' if old.dialect is Dialect.PYTHON else 'user_id'}`",
+                    )
+                user = replace(
+                    old,
+                    available_slots=old.available_slots + cfg.subscription_slots,
+                    subscription_expiry=max(old.subscription_expiry, tip) + cfg.subscription_duration,
+                )
+                batch.delete(keys.expiry(old.subscription_expiry + cfg.expiry_delta, user_id))
+            if user.available_slots > U32_MAX or user.subscription_expiry + cfg.expiry_delta > U32_MAX:
+                raise TeosError(ErrorKind.RESOURCE_EXHAUSTED, "Subscription maximum slots count reached")
+            batch.put(keys.user(user_id), user.encode())
+            batch.put(keys.expiry(user.subscription_expiry + cfg.expiry_delta, user_id), b"")
+            self._commit(batch, 0)
+        log.info(
+            "user registered user_id=%s slots=%d expiry=%d new=%s",
+            user_id,
+            user.available_slots,
+            user.subscription_expiry,
+            old is None,
+        )
+        return user
+
+    # -- appointments ----------------------------------------------------------------------------
+
+    def add_appointment(self, record: AppointmentRecord) -> UserRecord:
+        """Stores ``record`` (new, or an update of the same uuid) and charges its slots; returns the user.
+
+        Under the user's lock: the user must exist and be active; an appointment whose uuid already has a
+        tracker is refused (ALREADY_TRIGGERED); the slot difference must be affordable
+        (INVALID_SIGNATURE_OR_SUBSCRIPTION otherwise); a new appointment must fit under
+        ``max_appointments`` (RESOURCE_EXHAUSTED). The appointment, its index entry, the user record and
+        the counter are committed in one synced batch before this returns.
+        """
+        user_id = record.user_id
+        with self._locked([user_id]):
+            user = self.get_user(user_id)
+            if user is None:
+                raise TeosError(ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION, NOT_ENOUGH_SLOTS)
+            self.check_active(user)
+            index_key = keys.user_appointment(user_id, record.uuid)
+            appointment_key = keys.appointment(record.locator, record.uuid)
+            is_new = self.store.get(index_key) is None
+            old_slots = 0
+            if not is_new:
+                old_raw = self.store.get(appointment_key)
+                if old_raw is None:
+                    # Indexed but no longer watched: its penalty is being (or has been) tracked.
+                    raise TeosError(
+                        ErrorKind.ALREADY_TRIGGERED, "The provided appointment has already been triggered"
+                    )
+                old_slots = slots_for(len(AppointmentRecord.decode(old_raw).encrypted_blob))
+            elif self.store.get(keys.tracker(record.uuid)) is not None:
+                raise TeosError(
+                    ErrorKind.ALREADY_TRIGGERED, "The provided appointment has already been triggered"
+                )
+            delta = slots_for(len(record.encrypted_blob)) - old_slots
+            if delta > user.available_slots:
+                raise TeosError(ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION, NOT_ENOUGH_SLOTS)
+            user = replace(user, available_slots=min(U32_MAX, user.available_slots - delta))
+            batch = Batch()
+            batch.put(appointment_key, record.encode())
+            batch.put(keys.user(user_id), user.encode())
+            if is_new:
+                batch.put(index_key, record.locator.raw)
+            self._commit(batch, 1 if is_new else 0, cap=self.config.max_appointments)
+        return user
+
+    # -- SlotLedger ------------------------------------------------------------------------------
+
+    def release(self, batch: Batch, released: Mapping[UserId, Sequence[tuple[Uuid, int]]]) -> None:
+        """Gives back the slots of completed trackers and commits ``batch`` with it (see SlotLedger).
+
+        Only index entries that still exist are refunded, so a uuid released twice, or one whose user was
+        deleted (and perhaps registered again since), gives nothing back.
+        """
+        users = list(released)
+        with self._locked(users):
+            removed = 0
+            for user_id in users:
+                user = self.get_user(user_id)
+                if user is None:
+                    continue
+                refund = 0
+                seen: set[Uuid] = set()
+                for uuid, slots in released[user_id]:
+                    index_key = keys.user_appointment(user_id, uuid)
+                    if uuid in seen or self.store.get(index_key) is None:
+                        continue
+                    seen.add(uuid)
+                    batch.delete(index_key)
+                    refund += max(0, slots)
+                    removed += 1
+                if seen:
+                    user = replace(user, available_slots=min(U32_MAX, user.available_slots + refund))
+                    batch.put(keys.user(user_id), user.encode())
+            self._commit(batch, -removed)
+
+    # -- BlockListener ---------------------------------------------------------------------------
+
+    def block_connected(self, block_hash: BlockHash, height: int) -> None:
+        """Deletes the data of every user whose deletion height (expiry + expiry_delta) is <= ``height``.
+
+        Walking the whole ``x|`` range up to ``height`` makes this catch up on blocks it missed (e.g. while
+        the tower was down) and makes it idempotent.
+        """
+        start, stop = keys.expiry_upto(height)
+        due = [keys.parse_expiry(k) for k, _ in self.store.iterate_range(start, stop)]
+        for deletion_height, user_id in due:
+            self._delete_user(user_id, deletion_height)
+
+    def block_disconnected(self, block_hash: BlockHash, height: int) -> None:
+        """Nothing to undo: deleted users stay deleted (see the module docstring)."""
+
+    def _delete_user(self, user_id: UserId, deletion_height: int) -> None:
+        with self._locked([user_id]):
+            batch = Batch()
+            batch.delete(keys.expiry(deletion_height, user_id))
+            user = self.get_user(user_id)
+            removed = 0
+            if user is not None and user.subscription_expiry + self.config.expiry_delta == deletion_height:
+                for key, value in self.store.iterate(keys.user_appointments(user_id)):
+                    batch.delete(key)
+                    batch.delete(keys.appointment(Locator(value), keys.uuid_of_user_appointment_key(key)))
+                    removed += 1
+                batch.delete(keys.user(user_id))
+                log.info("user expired and deleted user_id=%s appointments=%d", user_id, removed)
+            self._commit(batch, -removed)

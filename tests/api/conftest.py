@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from teos.gatekeeper import Gatekeeper, GatekeeperConfig
+from teos.storage.store import Store
+from tests.api.support import FakeChain
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "db")
+    s.open()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def chain() -> FakeChain:
+    return FakeChain()
+
+
+@pytest.fixture
+def config() -> GatekeeperConfig:
+    return GatekeeperConfig(subscription_slots=100, subscription_duration=1000, expiry_delta=6)
+
+
+@pytest.fixture
+def gatekeeper(store: Store, config: GatekeeperConfig, chain: FakeChain) -> Gatekeeper:
+    gk = Gatekeeper(store, config, chain)
+    gk.start()
+    return gk
