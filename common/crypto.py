@@ -88,9 +88,16 @@ def generate_secret_key() -> bytes:
     return bytes(PrivateKey().secret)
 
 
+def _private_key(secret_key: bytes) -> PrivateKey:
+    """A coincurve key for exactly 32 bytes encoding a scalar in [1, n-1]; ValueError otherwise."""
+    if not isinstance(secret_key, bytes) or len(secret_key) != 32:
+        raise ValueError("a secret key is 32 bytes")
+    return PrivateKey(secret_key)
+
+
 def public_key(secret_key: bytes) -> UserId:
     """The compressed public key of ``secret_key``; raises ValueError if it is not a valid scalar."""
-    return UserId(PrivateKey(secret_key).public_key.format(compressed=True))
+    return UserId(_private_key(secret_key).public_key.format(compressed=True))
 
 
 def _message_digest(message: bytes) -> bytes:
@@ -99,7 +106,7 @@ def _message_digest(message: bytes) -> bytes:
 
 def sign(message: bytes, secret_key: bytes) -> str:
     """Signs ``message`` the way Lightning's ``signmessage`` does and returns the z-base-32 text."""
-    compact = PrivateKey(secret_key).sign_recoverable(_message_digest(message), hasher=None)
+    compact = _private_key(secret_key).sign_recoverable(_message_digest(message), hasher=None)
     # coincurve gives r || s || recid; Lightning puts the header byte first.
     return zbase32.encode(bytes([_HEADER_BASE + compact[64]]) + compact[:64])
 
