@@ -1,0 +1,165 @@
+"""Slot arithmetic as a state machine: the Gatekeeper on a real LevelDB against a plain model.
+
+Rules: register/top-up, add/update, the engine triggering an appointment and completing its tracker
+(``release``), and blocks passing (expiry and deletion). Invariants after every step: each user's record
+equals the model; slots never go negative; nothing leaks (slots granted - slots available == the slots of
+the appointments the user holds); the tower-wide counter equals the number of index entries.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from common.appointment import compute_uuid, slots_for
+from common.errors import ErrorKind, TeosError
+from common.types import BlockHash, Dialect, Locator, Txid, Uuid
+from teos.gatekeeper import Gatekeeper, GatekeeperConfig
+from teos.storage import keys
+from teos.storage.codec import AppointmentRecord
+from teos.storage.store import Batch, Store
+from tests.api.support import Client, FakeChain, make_record, trigger
+
+SLOTS, DURATION, DELTA = 5, 20, 10
+CLIENTS = [Client.new() for _ in range(3)]
+LOCATORS = [Locator(bytes([i]) * 16) for i in range(4)]
+BLOB_LENS = [1, 2048, 2049, 4096, 6000]
+
+
+@dataclass
+class ModelUser:
+    slots: int
+    start: int
+    expiry: int
+    granted: int
+    watched: dict[Uuid, int] = field(default_factory=dict)  # uuid -> slots charged
+    responded: dict[Uuid, int] = field(default_factory=dict)
+
+
+class SlotMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="teos-slots-")
+        self.store = Store(self.dir)
+        self.store.open()
+        self.chain = FakeChain(tip_height=10)
+        self.config = GatekeeperConfig(
+            subscription_slots=SLOTS, subscription_duration=DURATION, expiry_delta=DELTA, max_appointments=8
+        )
+        self.gk = Gatekeeper(self.store, self.config, self.chain)
+        self.gk.start()
+        self.users: dict[int, ModelUser] = {}
+        self.trackers: dict[Uuid, tuple[int, int]] = {}  # uuid -> (client index, slots)
+
+    def teardown(self) -> None:
+        self.store.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _n_index(self) -> int:
+        return sum(len(u.watched) + len(u.responded) for u in self.users.values())
+
+    @rule(c=st.integers(0, 2))
+    def register(self, c: int) -> None:
+        tip = self.chain.tip_height
+        record = self.gk.register(CLIENTS[c].user_id, Dialect.PYTHON)
+        m = self.users.get(c)
+        if m is None:
+            self.users[c] = m = ModelUser(SLOTS, tip, tip + DURATION, SLOTS)
+        else:
+            m.slots += SLOTS
+            m.granted += SLOTS
+            m.expiry = max(m.expiry, tip) + DURATION
+        assert (record.available_slots, record.subscription_start, record.subscription_expiry) == (
+            m.slots,
+            m.start,
+            m.expiry,
+        )
+
+    @rule(c=st.integers(0, 2), loc=st.integers(0, 3), blob_len=st.sampled_from(BLOB_LENS))
+    def add(self, c: int, loc: int, blob_len: int) -> None:
+        user_id = CLIENTS[c].user_id
+        uuid = compute_uuid(LOCATORS[loc], user_id)
+        m = self.users.get(c)
+        expected: ErrorKind | None = None
+        cost = slots_for(blob_len)
+        if m is None or self.chain.tip_height > m.expiry:
+            expected = ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION
+        elif uuid in self.trackers or uuid in m.responded:
+            expected = ErrorKind.ALREADY_TRIGGERED
+        elif cost - m.watched.get(uuid, 0) > m.slots:
+            expected = ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION
+        elif uuid not in m.watched and self._n_index() >= self.config.max_appointments:
+            expected = ErrorKind.RESOURCE_EXHAUSTED
+        try:
+            self.gk.add_appointment(make_record(user_id, LOCATORS[loc], blob_len))
+        except TeosError as e:
+            assert e.kind is expected, (e, expected)
+            return
+        assert expected is None and m is not None
+        m.slots -= cost - m.watched.get(uuid, 0)
+        m.watched[uuid] = cost
+
+    @rule(c=st.integers(0, 2), loc=st.integers(0, 3))
+    def engine_triggers(self, c: int, loc: int) -> None:
+        m = self.users.get(c)
+        uuid = compute_uuid(LOCATORS[loc], CLIENTS[c].user_id)
+        raw = self.store.get(keys.appointment(LOCATORS[loc], uuid))
+        if m is None or raw is None:
+            return
+        trigger(self.store, AppointmentRecord.decode(raw), Txid(os.urandom(32)), b"\x02" * 60)
+        m.responded[uuid] = m.watched.pop(uuid)
+        self.trackers[uuid] = (c, m.responded[uuid])
+
+    @rule(data=st.data())
+    def engine_completes(self, data: st.DataObject) -> None:
+        if not self.trackers:
+            return
+        uuid = data.draw(st.sampled_from(sorted(self.trackers)))
+        c, slots = self.trackers.pop(uuid)
+        batch = Batch()
+        batch.delete(keys.tracker(uuid))
+        self.gk.release(batch, {CLIENTS[c].user_id: [(uuid, slots)]})
+        m = self.users.get(c)
+        if m is not None and uuid in m.responded:
+            m.slots += m.responded.pop(uuid)
+
+    @rule(n=st.integers(1, 12))
+    def blocks_pass(self, n: int) -> None:
+        self.chain.tip_height += n
+        tip = self.chain.tip_height
+        self.gk.block_connected(BlockHash(os.urandom(32)), tip)
+        for c, m in list(self.users.items()):
+            if m.expiry + DELTA <= tip:
+                del self.users[c]  # trackers live on in self.trackers
+
+    @invariant()
+    def matches_model(self) -> None:
+        for c, client in enumerate(CLIENTS):
+            stored = self.gk.get_user(client.user_id)
+            m = self.users.get(c)
+            if m is None:
+                assert stored is None
+                assert not self.store.has_prefix(keys.user_appointments(client.user_id))
+                continue
+            assert stored is not None
+            assert stored.available_slots == m.slots >= 0
+            assert stored.subscription_expiry == m.expiry
+            held = sum(m.watched.values()) + sum(m.responded.values())
+            assert m.granted - stored.available_slots == held  # nothing leaks
+            indexed = {u for u, _ in self.gk.user_appointments(client.user_id)}
+            assert indexed == set(m.watched) | set(m.responded)
+
+    @invariant()
+    def counter_matches_index(self) -> None:
+        n = sum(1 for _ in self.store.iterate(keys.USER_APPOINTMENT))
+        assert self.gk.n_appointments == n == self._n_index()
+
+
+SlotMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+TestSlotMachine = SlotMachine.TestCase
