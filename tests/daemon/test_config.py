@@ -88,3 +88,14 @@ def test_help_lists_every_option() -> None:
                  "--subscriptionduration", "--expirydelta", "--maxappointments", "--mintoselfdelay",
                  "--locatorcachesize", "--rebroadcastafter", "--apithreads", "--logfile"]:
         assert flag in text
+
+
+def test_example_file_documents_every_file_option_and_loads(tmp_path: Path) -> None:
+    from teos.config import OPTIONS
+
+    example = (Path(__file__).resolve().parents[2] / "teos.conf.example").read_text()
+    for option in OPTIONS:
+        if option.in_file:
+            assert f"# {option.name} =" in example
+    _write(tmp_path, example)
+    load_config(["--datadir", str(tmp_path)], {})
