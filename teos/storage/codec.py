@@ -145,10 +145,12 @@ class TrackerRecord:
     """A penalty the Responder is following until it is irrevocably resolved.
 
     It keeps the original appointment so that, if the dispute transaction is reorged out of the chain,
-    the appointment can be put back under watch.
+    the appointment can be put back under watch. Version 2 adds the block holding the dispute
+    transaction (so a disconnected block finds its trackers); version 1 records still decode, with
+    ``dispute_block`` None.
     """
 
-    VERSION = 1
+    VERSION = 2
 
     appointment: AppointmentRecord
     dispute_txid: Txid
@@ -157,6 +159,8 @@ class TrackerRecord:
     broadcast_height: int  # height of the tip when the penalty was (last) broadcast
     confirmed_in: BlockHash | None  # block that holds the penalty, if confirmed
     confirmed_height: int  # its height (0 when unconfirmed)
+    dispute_block: BlockHash | None = None  # block that holds the dispute transaction (v2)
+    dispute_height: int = 0  # its height (v2)
 
     @property
     def uuid(self) -> Uuid:
@@ -181,13 +185,16 @@ class TrackerRecord:
                 _u32(self.broadcast_height),
                 (b"\x01" + self.confirmed_in.raw) if self.confirmed_in is not None else b"\x00",
                 _u32(self.confirmed_height),
+                (b"\x01" + self.dispute_block.raw) if self.dispute_block is not None else b"\x00",
+                _u32(self.dispute_height),
             ]
         )
 
     @classmethod
     def decode(cls, data: bytes) -> TrackerRecord:
         r = _Reader(data)
-        if r.u8() != cls.VERSION:
+        version = r.u8()
+        if version not in (1, 2):
             raise CodecError("unknown tracker record version")
         appointment = AppointmentRecord.decode(r.var())
         dispute_txid = Txid(r.take(32))
@@ -196,6 +203,11 @@ class TrackerRecord:
         broadcast_height = r.u32()
         confirmed_in = BlockHash(r.take(32)) if r.u8() else None
         confirmed_height = r.u32()
+        dispute_block: BlockHash | None = None
+        dispute_height = 0
+        if version >= 2:
+            dispute_block = BlockHash(r.take(32)) if r.u8() else None
+            dispute_height = r.u32()
         r.end()
         return cls(
             appointment=appointment,
@@ -205,6 +217,8 @@ class TrackerRecord:
             broadcast_height=broadcast_height,
             confirmed_in=confirmed_in,
             confirmed_height=confirmed_height,
+            dispute_block=dispute_block,
+            dispute_height=dispute_height,
         )
 
 
