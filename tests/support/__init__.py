@@ -1,0 +1,15 @@
+"""Test support shared by every part's tests: a handle on a running bitcoind (the teos-regtest simulator
+or real Bitcoin Core) and a wait helper. See ``tests/support/bitcoind.py`` for the API."""
+
+from tests.support.bitcoind import BitcoinCoreHandle, BitcoindHandle, RPCError, SimulatorHandle, free_port
+from tests.support.wait import WaitTimeout, wait_until
+
+__all__ = [
+    "BitcoinCoreHandle",
+    "BitcoindHandle",
+    "RPCError",
+    "SimulatorHandle",
+    "WaitTimeout",
+    "free_port",
+    "wait_until",
+]

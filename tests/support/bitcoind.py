@@ -1,0 +1,298 @@
+"""Handles on a running bitcoind for tests: the teos-regtest simulator or real Bitcoin Core.
+
+Every end-to-end test talks to "a bitcoind" through :class:`BitcoindHandle`, so the same test runs against
+the simulator and, when a ``bitcoind`` binary is available, against real Bitcoin Core (regtest). The API
+(stable, other parts' tests rely on it):
+
+- ``kind``: ``"simulator"`` or ``"bitcoin-core"``; ``supports_faults``: True only for the simulator (its
+  ``sim_*`` RPCs; real Core answers -32601 to them, so tests needing faults use the ``simulator`` fixture).
+- ``rpc_host`` (always 127.0.0.1), ``rpc_port``, ``rpc_user``, ``rpc_password``, ``rpc_url``;
+  ``zmq_url``: one ``tcp://127.0.0.1:port`` endpoint publishing ``hashblock`` and ``rawtx``;
+  ``datadir`` (the node's own ``-datadir``; regtest data lives in ``datadir/regtest``).
+- ``rpc(method, *params)``: one JSON-RPC call with its own small HTTP client; raises :class:`RPCError`
+  (``.code``, ``.message``) for JSON-RPC errors, :class:`HTTPStatusError` for HTTP-level refusals such as
+  401, and ``OSError`` (e.g. ConnectionRefusedError) when nothing listens.
+- ``mine(n=1, address=None) -> list[str]``: ``generatetoaddress`` (to a throwaway address by default).
+- ``start()`` / ``stop()`` (clean, via the ``stop`` RPC) / ``kill()`` (SIGKILL): the same datadir and ports
+  are reused on restart, so the chain survives and clients can reconnect.
+- ``wallet(name="default") -> teos.regtest.wallet.Wallet``: a key-holding wallet (one per name, per handle)
+  that funds itself by mining and builds real signed transactions.
+
+Both kinds are started as subprocesses on free loopback ports with explicit rpcuser/rpcpassword (so the
+credentials survive a restart) and log to ``datadir/node.log``.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.support.wait import wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Mining to an address nobody holds keeps test wallets' coins apart from blocks mined for other reasons.
+BURN_ADDRESS = "bcrt1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqdku202"  # P2WPKH of twenty zero bytes
+
+
+class RPCError(Exception):
+    """A JSON-RPC error answered by the node (code and message exactly as sent)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"RPC error {code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class HTTPStatusError(Exception):
+    """The node answered with an HTTP status and no JSON-RPC body (401 bad auth, 403, 404 path...)."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"HTTP {status}: {body[:200]!r}")
+        self.status = status
+        self.body = body
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bind 0, read back, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rpc_call(
+    host: str, port: int, user: str, password: str, method: str, params: list[Any], timeout: float = 30.0
+) -> Any:
+    """One JSON-RPC 1.0 call as bitcoin-cli makes it; returns ``result`` or raises."""
+    body = json.dumps({"jsonrpc": "1.0", "id": "tests", "method": method, "params": params})
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request(
+            "POST", "/", body, {"Authorization": f"Basic {auth}", "Content-Type": "application/json"}
+        )
+        resp = conn.getresponse()
+        data = resp.read()
+    finally:
+        conn.close()
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        raise HTTPStatusError(resp.status, data) from None
+    if not isinstance(reply, dict):
+        raise HTTPStatusError(resp.status, data)
+    if reply.get("error"):
+        err = reply["error"]
+        raise RPCError(int(err.get("code", 0)), str(err.get("message", "")))
+    if resp.status != 200:
+        raise HTTPStatusError(resp.status, data)
+    return reply.get("result")
+
+
+class BitcoindHandle:
+    """A bitcoind running as a subprocess of the test (see the module docstring for the contract)."""
+
+    kind: str = ""
+    supports_faults: bool = False
+
+    def __init__(
+        self, datadir: Path, rpc_user: str = "teos", rpc_password: str = "teos-test-password"
+    ) -> None:
+        self.datadir = Path(datadir)
+        self.rpc_host = "127.0.0.1"
+        self.rpc_port = free_port()
+        self.zmq_port = free_port()
+        self.rpc_user = rpc_user
+        self.rpc_password = rpc_password
+        self.process: subprocess.Popen[bytes] | None = None
+        self._wallets: dict[str, Any] = {}
+        self._log: Any = None
+
+    # -- addresses -------------------------------------------------------------------------------------
+    @property
+    def zmq_url(self) -> str:
+        return f"tcp://127.0.0.1:{self.zmq_port}"
+
+    @property
+    def rpc_url(self) -> str:
+        return f"http://{self.rpc_user}:{self.rpc_password}@{self.rpc_host}:{self.rpc_port}"
+
+    # -- RPC -------------------------------------------------------------------------------------------
+    def rpc(self, method: str, *params: Any, timeout: float = 30.0) -> Any:
+        return rpc_call(
+            self.rpc_host, self.rpc_port, self.rpc_user, self.rpc_password, method, list(params), timeout
+        )
+
+    def mine(self, n: int = 1, address: str | None = None) -> list[str]:
+        result = self.rpc("generatetoaddress", n, address or BURN_ADDRESS)
+        return [str(h) for h in result]
+
+    def wallet(self, name: str = "default") -> Any:
+        """A :class:`teos.regtest.wallet.Wallet` bound to this node (same object for the same name)."""
+        from teos.regtest.wallet import Wallet
+
+        if name not in self._wallets:
+            self._wallets[name] = Wallet(self.rpc, seed=f"tests-wallet-{name}".encode())
+        return self._wallets[name]
+
+    # -- process ---------------------------------------------------------------------------------------
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Starts the node (same datadir and ports as before) and waits until RPC answers."""
+        if self.running:
+            raise RuntimeError("already running")
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.datadir / "node.log", "ab")
+        self.process = subprocess.Popen(
+            self.command(), stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True
+        )
+        wait_until(self._ready, timeout=timeout, interval=0.05, message=f"{self.kind} did not start")
+
+    def _ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(
+                f"{self.kind} exited with {self.process.returncode}; see {self.datadir}/node.log"
+            )
+        try:
+            self.rpc("getblockcount", timeout=5)
+            return True
+        except RPCError as e:
+            return e.code != -28 or self.supports_faults  # the simulator's warm-up is a knob, not a wait
+        except (OSError, HTTPStatusError, http.client.HTTPException):
+            return False
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stops the node cleanly (``stop`` RPC, then SIGTERM, then SIGKILL if it hangs)."""
+        if not self.running:
+            self._reap()
+            return
+        try:
+            self.rpc("stop", timeout=5)
+        except (RPCError, HTTPStatusError, OSError, http.client.HTTPException):
+            self._signal(signal.SIGTERM)
+        assert self.process is not None
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self._reap()
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown (the node gets no chance to flush or remove its cookie)."""
+        if self.running:
+            self._signal(signal.SIGKILL)
+            assert self.process is not None
+            self.process.wait(timeout=10)
+        self._reap()
+
+    def _signal(self, sig: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+
+    def _reap(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class SimulatorHandle(BitcoindHandle):
+    """The teos-regtest simulator, run as ``python -m teos.regtest`` so it can be killed and restarted."""
+
+    kind = "simulator"
+    supports_faults = True
+
+    def __init__(self, datadir: Path, extra_args: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(datadir, **kwargs)
+        self.extra_args = list(extra_args)
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "teos.regtest",
+            "--datadir",
+            str(self.datadir),
+            "--rpcport",
+            str(self.rpc_port),
+            "--zmqport",
+            str(self.zmq_port),
+            "--rpcuser",
+            self.rpc_user,
+            "--rpcpassword",
+            self.rpc_password,
+            *self.extra_args,
+        ]
+
+
+def find_bitcoind() -> str | None:
+    """The Bitcoin Core binary named by $BITCOIND, else ``bitcoind`` on PATH, else None."""
+    named = os.environ.get("BITCOIND")
+    if named:
+        return named if os.path.exists(named) else shutil.which(named)
+    return shutil.which("bitcoind")
+
+
+class BitcoinCoreHandle(BitcoindHandle):
+    """Real Bitcoin Core in regtest mode on loopback, with ZMQ hashblock and rawtx on one endpoint."""
+
+    kind = "bitcoin-core"
+    supports_faults = False
+
+    def __init__(self, datadir: Path, binary: str, extra_args: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(datadir, **kwargs)
+        self.binary = binary
+        self.extra_args = list(extra_args)
+
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            "-regtest",
+            f"-datadir={self.datadir}",
+            "-server=1",
+            "-listen=0",
+            "-listenonion=0",
+            "-dnsseed=0",
+            "-fixedseeds=0",
+            "-upnp=0",
+            "-natpmp=0",
+            "-rpcbind=127.0.0.1",
+            "-rpcallowip=127.0.0.1",
+            f"-rpcport={self.rpc_port}",
+            f"-rpcuser={self.rpc_user}",
+            f"-rpcpassword={self.rpc_password}",
+            f"-zmqpubhashblock={self.zmq_url}",
+            f"-zmqpubrawtx={self.zmq_url}",
+            "-fallbackfee=0.0002",
+            "-disablewallet=1",
+            "-printtoconsole=1",
+            "-debug=0",
+            *self.extra_args,
+        ]
+
+
+def make_handle(kind: str, datadir: Path, extra_args: tuple[str, ...] = ()) -> BitcoindHandle:
+    """Builds (does not start) a handle of the given kind; raises LookupError when Core is unavailable."""
+    if kind == "simulator":
+        return SimulatorHandle(datadir, extra_args=extra_args)
+    if kind == "bitcoin-core":
+        binary = find_bitcoind()
+        if binary is None:
+            raise LookupError("no bitcoind on PATH; set BITCOIND=... to run against Bitcoin Core")
+        return BitcoinCoreHandle(datadir, binary, extra_args=extra_args)
+    raise ValueError(f"unknown bitcoind kind {kind!r}")
