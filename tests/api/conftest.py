@@ -7,7 +7,7 @@ import pytest
 
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.storage.store import Store
-from tests.api.support import FakeChain
+from tests.api.support import FakeChain, Tower
 
 
 @pytest.fixture
@@ -35,3 +35,9 @@ def gatekeeper(store: Store, config: GatekeeperConfig, chain: FakeChain) -> Gate
     gk = Gatekeeper(store, config, chain)
     gk.start()
     return gk
+
+
+@pytest.fixture
+def tower(store: Store) -> Tower:
+    """A public API app over a real store: python-teos's observed defaults (100 slots, tip 11)."""
+    return Tower.build(store)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask
 
 from common import crypto
 from common.appointment import Appointment, compute_uuid
 from common.dialects import locator_from_txid
+from common.tx import Transaction, TxIn, TxOut
 from common.types import Dialect, Locator, Txid, UserId
+from teos.api import create_app
+from teos.gatekeeper import Gatekeeper, GatekeeperConfig
+from teos.service import GET_SUBSCRIPTION_INFO_MESSAGE, TowerService, get_appointment_message
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord
 from teos.storage.store import Batch, Store
@@ -101,3 +109,102 @@ def trigger(
     batch.put(keys.tracker(record.uuid), tracker.encode())
     store.commit(batch)
     return tracker
+
+
+PYTHON_UA = {"User-Agent": "python-requests/2.31.0"}
+RUST_UA = {"User-Agent": ""}  # reqwest sends none
+
+
+@dataclass
+class Tower:
+    """The public API app over a real store, with handles on its parts and a test client."""
+
+    store: Store
+    chain: FakeChain
+    gatekeeper: Gatekeeper
+    service: TowerService
+    app: Flask
+    secret_key: bytes
+
+    @classmethod
+    def build(
+        cls,
+        store: Store,
+        *,
+        slots: int = 100,
+        tip: int = 11,
+        max_appointments: int = 1_000_000,
+        chain: Any = None,
+    ) -> Tower:
+        chain = chain if chain is not None else FakeChain(tip_height=tip)
+        config = GatekeeperConfig(subscription_slots=slots, max_appointments=max_appointments)
+        gatekeeper = Gatekeeper(store, config, chain)
+        gatekeeper.start()
+        secret_key = crypto.generate_secret_key()
+        service = TowerService(gatekeeper, chain, store, secret_key)
+        return cls(store, chain, gatekeeper, service, create_app(service), secret_key)
+
+    @property
+    def tower_id(self) -> UserId:
+        return crypto.public_key(self.secret_key)
+
+    def post(
+        self,
+        path: str,
+        json_body: object = None,
+        *,
+        rust: bool = False,
+        data: bytes | str | None = None,
+        content_type: str | None = None,
+    ) -> tuple[int, Any]:
+        """POSTs and returns (status, decoded JSON body or None for an empty one)."""
+        client = self.app.test_client()
+        headers = RUST_UA if rust else PYTHON_UA
+        if data is not None:
+            resp = client.post(path, data=data, content_type=content_type, headers=headers)
+        else:
+            resp = client.post(path, json=json_body, headers=headers)
+        assert resp.content_type.startswith("application/json") or not resp.data, resp.data[:200]
+        return resp.status_code, (json.loads(resp.data) if resp.data else None)
+
+    def register(self, client: Client, dialect: Dialect = Dialect.PYTHON) -> dict[str, Any]:
+        field = "public_key" if dialect is Dialect.PYTHON else "user_id"
+        status, body = self.post("/register", {field: client.user_id.hex()}, rust=dialect is Dialect.RUST)
+        assert status == 200, body
+        return body  # type: ignore[no-any-return]
+
+    def add(
+        self, client: Client, appointment: Appointment, *, rust: bool = False, signature: str | None = None
+    ) -> tuple[int, Any]:
+        body = signed_appointment(client, appointment)
+        if signature is not None:
+            body["signature"] = signature
+        return self.post("/add_appointment", body, rust=rust)
+
+    def get(self, client: Client, locator: Locator, *, rust: bool = False) -> tuple[int, Any]:
+        body = {"locator": locator.hex(), "signature": client.sign(get_appointment_message(locator))}
+        return self.post("/get_appointment", body, rust=rust)
+
+    def subscription_info(self, client: Client, *, rust: bool = False) -> tuple[int, Any]:
+        body = {"signature": client.sign(GET_SUBSCRIPTION_INFO_MESSAGE)}
+        return self.post("/get_subscription_info", body, rust=rust)
+
+    def signed_by_tower(self, message: bytes, signature: str) -> bool:
+        return crypto.recover_public_key(message, signature) == self.tower_id
+
+
+def appointment(
+    locator: Locator | None = None, blob: bytes | None = None, to_self_delay: int = 20
+) -> Appointment:
+    return Appointment(
+        locator or random_locator(), blob if blob is not None else os.urandom(100), to_self_delay
+    )
+
+
+def penalty_transaction(seed: int = 0) -> Transaction:
+    """A well-formed transaction to encrypt (whether a chain accepts it is the engine's concern)."""
+    return Transaction(
+        version=2,
+        inputs=(TxIn(prev_txid=Txid(bytes([seed + 1]) * 32), prev_vout=0, script_sig=b"\x51"),),
+        outputs=(TxOut(value=90_000, script_pubkey=b"\x00\x14" + bytes(20)),),
+    )

@@ -1,0 +1,223 @@
+"""The tower's use cases, as the public API calls them: register, add/get an appointment, subscription info.
+
+The service knows nothing of HTTP or JSON: it takes value types (already validated by
+``common.validation``) and returns plain records, or raises ``TeosError`` (the API maps the error kind to a
+status and a code in the caller's dialect). It holds the tower's secret key and signs the receipts, in the
+byte layout of the user's dialect (``common.receipts``).
+
+Authentication is a capability: ``authenticate(message, signature)`` recovers the signer and returns a
+``Caller`` only if the signer is a registered user. Use cases take that ``Caller`` and check that it was
+made for the very message they act on. Whether the user's subscription is still active is checked by each
+use case (expired users are known users, so their errors can be answered in their own dialect).
+
+Durability: ``add_appointment`` returns the signed receipt only after the appointment and the slot change
+are synced to disk (the Gatekeeper commits them in one batch).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from common import crypto, receipts
+from common.appointment import Appointment, compute_uuid
+from common.errors import ErrorKind, RequestError, TeosError
+from common.tx import TxDecodeError, decode_transaction
+from common.types import Dialect, Locator, Txid, UserId
+from teos.gatekeeper import Gatekeeper
+from teos.interfaces import ChainView
+from teos.storage import keys
+from teos.storage.codec import AppointmentRecord, TrackerRecord, UserRecord
+from teos.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+BEING_WATCHED = "being_watched"
+DISPUTE_RESPONDED = "dispute_responded"
+
+# python-teos accepted blobs over 2048 bytes (charging one slot per started 2048 bytes); this caps them
+# at eight slots' worth. rust-teos clients are bounded tighter by their per-endpoint body limit.
+DEFAULT_MAX_BLOB_BYTES = 16 * 1024
+
+GET_SUBSCRIPTION_INFO_MESSAGE = b"get subscription info"
+
+
+def get_appointment_message(locator: Locator) -> bytes:
+    """The text a user signs to ask for the appointment at ``locator``."""
+    return f"get appointment {locator.hex()}".encode("ascii")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A registered user who signed ``message`` (made only by ``TowerService.authenticate``)."""
+
+    user: UserRecord
+    message: bytes
+    signature: str
+
+    @property
+    def dialect(self) -> Dialect:
+        return self.user.dialect
+
+    @property
+    def user_id(self) -> UserId:
+        return self.user.user_id
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A registration or top-up: the stored subscription and the tower's signature over its receipt."""
+
+    user: UserRecord
+    dialect: Dialect
+    signature: str
+
+
+@dataclass(frozen=True)
+class AcceptedAppointment:
+    """An appointment on disk, the user's subscription after paying for it, and the signed receipt."""
+
+    record: AppointmentRecord
+    user: UserRecord
+    signature: str
+
+
+@dataclass(frozen=True)
+class AppointmentState:
+    """What the tower holds for one of a user's locators: the watched appointment, or its tracker."""
+
+    status: str
+    appointment: AppointmentRecord | None = None
+    tracker: TrackerRecord | None = None
+
+
+@dataclass(frozen=True)
+class SubscriptionInfo:
+    user: UserRecord
+    locators: list[Locator]
+
+
+class TowerService:
+    """Use cases of the public API (see the module docstring)."""
+
+    def __init__(
+        self,
+        gatekeeper: Gatekeeper,
+        chain: ChainView,
+        store: Store,
+        tower_secret_key: bytes,
+        *,
+        max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
+    ) -> None:
+        self.gatekeeper = gatekeeper
+        self.chain = chain
+        self.store = store
+        self._secret_key = tower_secret_key
+        self.tower_id = crypto.public_key(tower_secret_key)
+        self.max_blob_bytes = max_blob_bytes
+
+    @property
+    def min_to_self_delay(self) -> int:
+        return self.gatekeeper.config.min_to_self_delay
+
+    def _require_bitcoind(self) -> None:
+        if not self.chain.bitcoind_reachable:
+            raise TeosError(ErrorKind.SERVICE_UNAVAILABLE, "Service currently unavailable")
+
+    # -- authentication --------------------------------------------------------------------------
+
+    def authenticate(self, message: bytes, signature: str) -> Caller | None:
+        """The registered user who signed ``message``, or None (bad signature or unknown signer)."""
+        user = self.gatekeeper.authenticate(message, signature)
+        if user is None:
+            return None
+        return Caller(user=user, message=message, signature=signature)
+
+    def _check_caller(self, caller: Caller, message: bytes) -> None:
+        if caller.message != message:
+            raise TeosError(ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION, "Invalid signature")
+
+    # -- use cases -------------------------------------------------------------------------------
+
+    def register(self, user_id: UserId, dialect: Dialect) -> Registration:
+        """Registers (or tops up) ``user_id`` and signs the registration receipt in its dialect."""
+        self._require_bitcoind()
+        user = self.gatekeeper.register(user_id, dialect)
+        receipt = receipts.registration_receipt(
+            user.dialect,
+            user.user_id,
+            user.available_slots,
+            user.subscription_start,
+            user.subscription_expiry,
+        )
+        return Registration(user=user, dialect=user.dialect, signature=crypto.sign(receipt, self._secret_key))
+
+    def add_appointment(self, caller: Caller, appointment: Appointment) -> AcceptedAppointment:
+        """Stores ``appointment`` for ``caller`` (who signed its serialization) and signs the receipt.
+
+        If the dispute is already in the chain's locator cache, the blob must decrypt (with the key of
+        the user's dialect) to a transaction; otherwise the appointment is refused (WRONG_FIELD_FORMAT,
+        nothing charged, nothing signed) rather than accepted, charged and forgotten as python-teos did.
+        A valid one is stored like any other, and the engine is told after the commit so it responds at
+        once.
+        """
+        self._require_bitcoind()
+        self._check_caller(caller, appointment.serialize())
+        record = AppointmentRecord(
+            uuid=compute_uuid(appointment.locator, caller.user_id),
+            locator=appointment.locator,
+            encrypted_blob=appointment.encrypted_blob,
+            to_self_delay=appointment.to_self_delay,
+            user_id=caller.user_id,
+            user_signature=caller.signature,
+            start_block=self.chain.tip_height,
+            dialect=caller.dialect,
+        )
+        dispute_txid = self.chain.breach_in_cache(record)
+        if dispute_txid is not None:
+            self._check_penalty_decodes(record, dispute_txid)
+        user = self.gatekeeper.add_appointment(record)
+        if dispute_txid is not None:
+            self.chain.appointment_added(record, dispute_txid)
+        receipt = receipts.appointment_receipt(record.dialect, record.user_signature, record.start_block)
+        log.debug(
+            "appointment accepted locator=%s user_id=%s slots_left=%d breached=%s",
+            record.locator,
+            record.user_id,
+            user.available_slots,
+            dispute_txid is not None,
+        )
+        return AcceptedAppointment(record=record, user=user, signature=crypto.sign(receipt, self._secret_key))
+
+    def _check_penalty_decodes(self, record: AppointmentRecord, dispute_txid: Txid) -> None:
+        try:
+            decode_transaction(crypto.decrypt(record.encrypted_blob, dispute_txid, record.dialect))
+        except (crypto.DecryptionError, TxDecodeError) as exc:
+            log.info("appointment refused: breach in cache, blob invalid locator=%s: %s", record.locator, exc)
+            raise RequestError(
+                ErrorKind.WRONG_FIELD_FORMAT,
+                "encrypted_blob does not decrypt to a valid transaction for a dispute already in the chain",
+            ) from None
+
+    def get_appointment(self, caller: Caller, locator: Locator) -> AppointmentState:
+        """The caller's appointment at ``locator``: watched, or responded (its tracker). Raises
+        APPOINTMENT_NOT_FOUND if the caller holds none there."""
+        self._check_caller(caller, get_appointment_message(locator))
+        self.gatekeeper.check_active(caller.user)
+        uuid = compute_uuid(locator, caller.user_id)
+        raw = self.store.get(keys.appointment(locator, uuid))
+        if raw is not None:
+            return AppointmentState(BEING_WATCHED, appointment=AppointmentRecord.decode(raw))
+        raw = self.store.get(keys.tracker(uuid))
+        if raw is not None:
+            return AppointmentState(DISPUTE_RESPONDED, tracker=TrackerRecord.decode(raw))
+        raise TeosError(ErrorKind.APPOINTMENT_NOT_FOUND, "Appointment not found")
+
+    def get_subscription_info(self, caller: Caller) -> SubscriptionInfo:
+        """The caller's subscription and the locators of every appointment it holds (watched or
+        responded)."""
+        self._check_caller(caller, GET_SUBSCRIPTION_INFO_MESSAGE)
+        user = self.gatekeeper.get_user(caller.user_id) or caller.user
+        self.gatekeeper.check_active(user)
+        locators = [locator for _, locator in self.gatekeeper.user_appointments(caller.user_id)]
+        return SubscriptionInfo(user=user, locators=locators)
