@@ -1,0 +1,317 @@
+"""Following bitcoind's best chain and turning it into an ordered stream of typed block events.
+
+Two things wake the walker: a ZMQ ``hashblock`` message (fast path; optional) and a timer every
+``poll_interval`` seconds (safety net). A wake-up carries no data: the walker always asks bitcoind for its
+best block and walks from the last block it emitted to that tip, one block at a time, so a lost ZMQ
+message, a dead socket or a burst of blocks never loses a block: the next wake-up (at the latest the next
+poll) finds them.
+
+Reorganisations are detected by hash, not by height: before connecting the block after our tip, the
+walker checks that our tip is still the best-chain block at its height (``getblockhash``); if not, it
+emits ``BlockDisconnected`` for our tip, steps back to its parent and checks again, until it reaches the
+fork point; then it emits ``BlockConnected`` for each block of the new branch. A new block whose
+``previousblockhash`` is not our tip (the chain moved while we walked) sends the walker back to that check.
+Parents of emitted blocks come from the walker's bounded record of recent blocks (seeded at start from the
+engine's stored record), or from ``getblockheader`` (which Bitcoin Core answers for stale blocks too).
+
+Order in which the tower's components see a block (see ``teos.engine``): the monitor puts each event on
+the queue of each consumer in order; the Engine, its only consumer in the daemon, handles each block on its
+one engine thread as Watcher -> Responder -> one atomic write (both components' effects and their
+"last processed block" pointers) -> penalty broadcasts -> BlockListeners (the Gatekeeper's expiry). A
+disconnection goes Responder -> Watcher -> write -> broadcasts -> listeners. The monitor never waits for
+its consumers except for back-pressure: ``Consumer.put`` may block while the consumer is too far behind,
+so catching up after a long downtime holds only a few blocks in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from common.types import BlockHash, Txid
+from teos.chain.bitcoind import (
+    RPC_INVALID_PARAMETER,
+    TRANSIENT_ERRORS,
+    Block,
+    BlockHeader,
+    RPCError,
+)
+
+log = logging.getLogger(__name__)
+
+
+# -- events --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockConnected:
+    """A block joined the best chain, on top of ``prev_hash``."""
+
+    hash: BlockHash
+    height: int
+    prev_hash: BlockHash | None
+    txids: tuple[Txid, ...]
+
+    @classmethod
+    def of(cls, block: Block) -> BlockConnected:
+        return cls(block.hash, block.height, block.prev_hash, block.txids)
+
+
+@dataclass(frozen=True)
+class BlockDisconnected:
+    """A block left the best chain (emitted tip-first during a reorganisation)."""
+
+    hash: BlockHash
+    height: int
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The monitor stopped: no more events follow."""
+
+
+ChainEvent = BlockConnected | BlockDisconnected | Stop
+
+
+@dataclass(frozen=True)
+class BlockRef:
+    """A block's place in the chain: what the walker (and the engine's stored record) remembers."""
+
+    hash: BlockHash
+    height: int
+    prev_hash: BlockHash | None
+
+
+# -- seams ---------------------------------------------------------------------------------------
+
+
+class ChainSource(Protocol):
+    """The calls the walker makes (BitcoindClient satisfies it; tests pass a fake chain)."""
+
+    def get_best_block_hash(self) -> BlockHash: ...
+
+    def get_block_hash(self, height: int) -> BlockHash: ...
+
+    def get_block(self, block_hash: BlockHash) -> Block: ...
+
+    def get_block_header(self, block_hash: BlockHash) -> BlockHeader: ...
+
+
+class Consumer(Protocol):
+    def put(self, event: ChainEvent) -> None:
+        """Takes the next event; may block for back-pressure."""
+        ...
+
+
+# -- the monitor ---------------------------------------------------------------------------------
+
+
+class ChainMonitor:
+    """Walks bitcoind's best chain from a starting block and feeds block events to its consumers.
+
+    ``start(tip, known)`` starts the walker thread (and a ZMQ listener when ``zmq_url`` is set) from
+    ``tip``, the last block the consumers processed; ``known`` are recent blocks of their chain (for
+    finding parents during a reorganisation). ``sync_once()`` is the walker's one step, callable
+    directly in tests. ``on_reachability(bool)`` is told whether bitcoind answered the last attempt.
+    """
+
+    RECORD_DEPTH = 288  # recent emitted blocks kept for walking back through reorganisations
+
+    def __init__(
+        self,
+        chain: ChainSource,
+        consumers: Sequence[Consumer],
+        poll_interval: float,
+        zmq_url: str | None = None,
+        on_reachability: Callable[[bool], None] | None = None,
+        retry_max_delay: float = 10.0,
+    ) -> None:
+        self._chain = chain
+        self._consumers = list(consumers)
+        self._poll_interval = poll_interval
+        self._zmq_url = zmq_url
+        self._on_reachability = on_reachability
+        self._retry_max_delay = retry_max_delay
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._tip: BlockRef | None = None
+        self._record: dict[BlockHash, BlockRef] = {}
+        self._best_height_seen = -1
+        self._lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, tip: BlockRef, known: Sequence[BlockRef] = ()) -> None:
+        self.reset(tip, known)
+        self._stop.clear()
+        walker = threading.Thread(target=self._run_walker, name="chain-monitor", daemon=True)
+        self._threads = [walker]
+        if self._zmq_url:
+            self._threads.append(threading.Thread(target=self._run_zmq, name="chain-zmq", daemon=True))
+        for t in self._threads:
+            t.start()
+
+    def reset(self, tip: BlockRef, known: Sequence[BlockRef] = ()) -> None:
+        """Sets the block to walk from (used by ``start`` and by tests calling ``sync_once``)."""
+        with self._lock:
+            self._tip = tip
+            self._record = {b.hash: b for b in known}
+            self._record[tip.hash] = tip
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stops the threads and puts ``Stop`` on every consumer's queue."""
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout)
+            if t.is_alive():
+                log.error("thread did not stop in time thread=%s", t.name)
+        self._threads = []
+        for consumer in self._consumers:
+            consumer.put(Stop())
+
+    def wake(self) -> None:
+        """Asks the walker to look at bitcoind's tip now (ZMQ, tests, the engine)."""
+        self._wake.set()
+
+    @property
+    def tip(self) -> BlockRef | None:
+        """The last block emitted."""
+        return self._tip
+
+    @property
+    def best_height_seen(self) -> int:
+        """Height of bitcoind's best block at the last look (-1 before the first)."""
+        return self._best_height_seen
+
+    # -- walker ----------------------------------------------------------------------------------
+
+    def _run_walker(self) -> None:
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                self.sync_once()
+                self._reachable(True)
+                delay = 0.2
+                self._wake.wait(self._poll_interval)
+            except TRANSIENT_ERRORS as e:
+                self._reachable(False)
+                log.warning("bitcoind unavailable, retrying in %.1fs error=%s", delay, e)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._retry_max_delay)
+            except Exception:  # never let the walker die: log, back off, try again
+                self._reachable(True)
+                log.exception("chain walk failed, retrying in %.1fs", delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self._retry_max_delay)
+            self._wake.clear()
+
+    def _reachable(self, value: bool) -> None:
+        if self._on_reachability is not None:
+            self._on_reachability(value)
+
+    def sync_once(self) -> None:
+        """Walks from the last emitted block to bitcoind's current tip, emitting events."""
+        if self._tip is None:
+            raise RuntimeError("monitor has no starting block")
+        best = self._chain.get_best_block_hash()
+        while not self._stop.is_set():
+            tip = self._tip
+            if tip.hash == best:
+                self._best_height_seen = tip.height
+                return
+            if not self._on_best_chain(tip):
+                self._disconnect_tip(tip)
+                continue
+            block = self._next_block(tip)
+            if block is None:  # our tip is bitcoind's tip at the moment, or the chain moved: look again
+                best = self._chain.get_best_block_hash()
+                if best == tip.hash:
+                    self._best_height_seen = tip.height
+                    return
+                continue
+            self._best_height_seen = max(self._best_height_seen, block.height)
+            self._emit(BlockConnected.of(block))
+            ref = BlockRef(block.hash, block.height, block.prev_hash)
+            with self._lock:
+                self._tip = ref
+                self._record[ref.hash] = ref
+                if len(self._record) > 2 * self.RECORD_DEPTH:
+                    floor = ref.height - self.RECORD_DEPTH
+                    self._record = {h: r for h, r in self._record.items() if r.height >= floor}
+
+    def _on_best_chain(self, ref: BlockRef) -> bool:
+        try:
+            return self._chain.get_block_hash(ref.height) == ref.hash
+        except RPCError as e:
+            if e.code == RPC_INVALID_PARAMETER:  # the best chain is now shorter than our tip
+                return False
+            raise
+
+    def _next_block(self, tip: BlockRef) -> Block | None:
+        try:
+            next_hash = self._chain.get_block_hash(tip.height + 1)
+        except RPCError as e:
+            if e.code == RPC_INVALID_PARAMETER:
+                return None
+            raise
+        block = self._chain.get_block(next_hash)
+        if block.prev_hash != tip.hash:
+            log.info("chain moved while walking height=%d", block.height)
+            return None
+        return block
+
+    def _parent_of(self, ref: BlockRef) -> BlockRef:
+        if ref.prev_hash is None:
+            raise RuntimeError("cannot disconnect the genesis block")
+        parent = self._record.get(ref.prev_hash)
+        if parent is not None:
+            return parent
+        header = self._chain.get_block_header(ref.prev_hash)
+        return BlockRef(header.hash, header.height, header.prev_hash)
+
+    def _disconnect_tip(self, tip: BlockRef) -> None:
+        parent = self._parent_of(tip)
+        log.info("block disconnected hash=%s height=%d", tip.hash, tip.height)
+        self._emit(BlockDisconnected(tip.hash, tip.height))
+        with self._lock:
+            self._record.pop(tip.hash, None)
+            self._tip = parent
+
+    def _emit(self, event: ChainEvent) -> None:
+        for consumer in self._consumers:
+            consumer.put(event)
+
+    # -- ZMQ -------------------------------------------------------------------------------------
+
+    def _run_zmq(self) -> None:
+        import zmq  # imported here so that a tower without ZMQ never needs the library loaded
+
+        delay = 0.5
+        while not self._stop.is_set():
+            ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+            sock = ctx.socket(zmq.SUB)
+            try:
+                sock.setsockopt(zmq.RCVTIMEO, 500)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.SUBSCRIBE, b"hashblock")
+                sock.connect(str(self._zmq_url))
+                log.info("listening to zmq url=%s", self._zmq_url)
+                while not self._stop.is_set():
+                    try:
+                        parts = sock.recv_multipart()
+                    except zmq.Again:
+                        continue
+                    if parts and parts[0] == b"hashblock":
+                        self._wake.set()
+                    delay = 0.5
+            except Exception:  # a broken socket is replaced; polling covers the gap
+                log.exception("zmq listener failed, reconnecting in %.1fs", delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+            finally:
+                sock.close(0)

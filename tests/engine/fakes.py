@@ -1,0 +1,233 @@
+"""Fakes behind the engine's small seams: an in-memory chain (for the monitor, carrier and engine) and a
+slot ledger over the real store. Transactions in unit tests are real serialisations built with
+``common.tx`` (not signed: the fake chain does not validate scripts)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from common import crypto
+from common.appointment import compute_uuid
+from common.dialects import locator_from_txid
+from common.tx import Transaction, TxIn, TxOut, decode_transaction
+from common.types import BlockHash, Dialect, Txid, UserId, Uuid
+from teos.chain.bitcoind import (
+    BitcoindUnreachable,
+    Block,
+    BlockHeader,
+    ChainInfo,
+    RPCError,
+    TxInfo,
+)
+from teos.storage import keys
+from teos.storage.codec import AppointmentRecord, UserRecord
+from teos.storage.store import Batch, Store
+
+
+def random_tx(n_out: int = 1) -> Transaction:
+    """A well-formed transaction spending a random outpoint."""
+    return Transaction(
+        version=2,
+        inputs=(TxIn(Txid(os.urandom(32)), 0),),
+        outputs=tuple(TxOut(1000 + i, b"\x00\x14" + os.urandom(20)) for i in range(n_out)),
+    )
+
+
+class FakeChain:
+    """A best chain of blocks with a mempool; answers the RPCs the engine makes like Bitcoin Core."""
+
+    def __init__(self, chain: str = "regtest", length: int = 10) -> None:
+        self.chain = chain
+        self.blocks: dict[BlockHash, Block] = {}
+        self.best: list[BlockHash] = []
+        self.mempool: dict[Txid, bytes] = {}
+        self.sent: list[Txid] = []
+        self.down = False
+        self.reject: dict[Txid, RPCError] = {}
+        self.pruned_below = 0
+        self.lock = threading.RLock()
+        self._salt = 0
+        self.mine(n=length, mempool=False)
+
+    # -- driving the chain -------------------------------------------------------------------------
+
+    def mine(self, *txids: Txid, n: int = 1, mempool: bool = True) -> list[BlockHash]:
+        out = []
+        with self.lock:
+            for i in range(n):
+                self._salt += 1
+                prev = self.best[-1] if self.best else None
+                coinbase = Txid(hashlib.sha256(b"cb" + self._salt.to_bytes(8, "big")).digest())
+                txs = [coinbase]
+                if i == 0:
+                    txs.extend(txids)
+                    if mempool:
+                        txs.extend(t for t in self.mempool if t not in txs)
+                for t in txs:
+                    self.mempool.pop(t, None)
+                h = BlockHash(hashlib.sha256(b"blk" + self._salt.to_bytes(8, "big")).digest())
+                block = Block(h, len(self.best), prev, tuple(txs))
+                self.blocks[h] = block
+                self.best.append(h)
+                out.append(h)
+        return out
+
+    def reorg(self, depth: int) -> list[Block]:
+        """Disconnects the last ``depth`` blocks; their transactions go back to the mempool."""
+        with self.lock:
+            gone = [self.blocks[h] for h in self.best[-depth:]]
+            del self.best[-depth:]
+            for b in gone:
+                for t in b.txids[1:]:
+                    self.mempool[t] = b""
+            return gone
+
+    @property
+    def tip(self) -> Block:
+        return self.blocks[self.best[-1]]
+
+    def in_best_chain(self, txid: Txid) -> bool:
+        return any(txid in self.blocks[h].txids for h in self.best)
+
+    # -- RPCs --------------------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self.down:
+            raise BitcoindUnreachable("fake chain is down")
+
+    def get_best_block_hash(self) -> BlockHash:
+        self._check()
+        with self.lock:
+            return self.best[-1]
+
+    def get_block_count(self) -> int:
+        self._check()
+        return len(self.best) - 1
+
+    def get_block_hash(self, height: int) -> BlockHash:
+        self._check()
+        with self.lock:
+            if height < 0 or height >= len(self.best):
+                raise RPCError(-8, "Block height out of range")
+            return self.best[height]
+
+    def get_block(self, block_hash: BlockHash) -> Block:
+        self._check()
+        with self.lock:
+            block = self.blocks.get(block_hash)
+            if block is None:
+                raise RPCError(-5, "Block not found")
+            if block.height < self.pruned_below:
+                raise RPCError(-1, "Block not available (pruned data)")
+            return block
+
+    def get_block_header(self, block_hash: BlockHash) -> BlockHeader:
+        self._check()
+        with self.lock:
+            block = self.blocks.get(block_hash)
+            if block is None:
+                raise RPCError(-5, "Block not found")
+            conf = len(self.best) - block.height if block_hash in self.best else -1
+            return BlockHeader(block.hash, block.height, block.prev_hash, conf)
+
+    def get_blockchain_info(self) -> ChainInfo:
+        self._check()
+        with self.lock:
+            return ChainInfo(
+                self.chain, len(self.best) - 1, self.best[-1], self.pruned_below > 0, self.pruned_below, False
+            )
+
+    def send_raw_transaction(self, raw_tx: bytes) -> Txid:
+        self._check()
+        txid = decode_transaction(raw_tx).txid
+        with self.lock:
+            self.sent.append(txid)
+            if txid in self.reject:
+                raise self.reject[txid]
+            if self.in_best_chain(txid):
+                raise RPCError(-27, "Transaction outputs already in utxo set")
+            self.mempool[txid] = raw_tx
+            return txid
+
+    def get_raw_transaction(self, txid: Txid, block_hash: BlockHash | None = None) -> TxInfo | None:
+        self._check()
+        with self.lock:
+            if txid in self.mempool:
+                return TxInfo(txid, 0, None)
+            return None
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class RecordingLedger:
+    """A SlotLedger over the real store: deletes the index entries, gives slots back, commits."""
+
+    store: Store
+    released: list[tuple[UserId, Uuid, int]] = field(default_factory=list)
+
+    def release(self, batch: Batch, released: Mapping[UserId, Sequence[tuple[Uuid, int]]]) -> None:
+        for user_id, items in released.items():
+            raw = self.store.get(keys.user(user_id))
+            user = UserRecord.decode(raw) if raw is not None else None
+            refund = 0
+            for uuid, slots in items:
+                if self.store.get(keys.user_appointment(user_id, uuid)) is None:
+                    continue
+                batch.delete(keys.user_appointment(user_id, uuid))
+                self.released.append((user_id, uuid, slots))
+                refund += slots
+            if user is not None and refund:
+                user = UserRecord(
+                    user.user_id,
+                    user.dialect,
+                    user.available_slots + refund,
+                    user.subscription_start,
+                    user.subscription_expiry,
+                )
+                batch.put(keys.user(user_id), user.encode())
+        self.store.commit(batch)
+
+
+@dataclass(frozen=True)
+class Stored:
+    record: AppointmentRecord
+    dispute: Txid
+    penalty: Transaction
+
+
+def store_appointment(
+    store: Store,
+    dispute_txid: Txid,
+    penalty_raw: bytes,
+    dialect: Dialect,
+    secret: bytes | None = None,
+    blob: bytes | None = None,
+    available_slots: int = 100,
+) -> AppointmentRecord:
+    """Writes an appointment as the service would: ``a|``, ``i|`` and the user's record."""
+    secret = secret or crypto.generate_secret_key()
+    user_id = crypto.public_key(secret)
+    locator = locator_from_txid(dispute_txid, dialect)
+    record = AppointmentRecord(
+        uuid=compute_uuid(locator, user_id),
+        locator=locator,
+        encrypted_blob=blob if blob is not None else crypto.encrypt(penalty_raw, dispute_txid, dialect),
+        to_self_delay=20,
+        user_id=user_id,
+        user_signature="sig",
+        start_block=0,
+        dialect=dialect,
+    )
+    batch = Batch()
+    batch.put(keys.appointment(locator, record.uuid), record.encode())
+    batch.put(keys.user_appointment(user_id, record.uuid), locator.raw)
+    if store.get(keys.user(user_id)) is None:
+        batch.put(keys.user(user_id), UserRecord(user_id, dialect, available_slots, 0, 10_000).encode())
+    store.commit(batch)
+    return record
