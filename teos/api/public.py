@@ -1,5 +1,5 @@
 """The public HTTP API: ``/register``, ``/add_appointment``, ``/get_appointment``, ``/get_subscription_info``
-and ``/ping``, answering each client family in its own dialect (see /work/shared/PROTOCOL.md).
+and ``/ping``, answering each client family (python-teos, rust-teos) in its own dialect.
 
 Which dialect a request gets:
 
@@ -7,7 +7,8 @@ Which dialect a request gets:
 - ``/register`` takes it from the field it was sent: ``public_key`` (python-teos) or ``user_id`` (rust-teos);
 - otherwise (no signature that recovers a registered user, or a body that cannot be read) the
   ``User-Agent`` decides: none at all, or one naming ``reqwest`` or ``rust``, is the rust-teos plugin
-  (reqwest sends no User-Agent by default); anything else, python-requests included, is python-teos.
+  (its plugin posts with a default ``reqwest::Client``, which sends none); anything else, python-requests
+  included, is python-teos. Such a caller gets its refusal in that dialect.
 
 rust-teos's per-endpoint body limits apply to requests the User-Agent marks as rust-teos (answered 413);
 every request is bounded by the app's global ``MAX_CONTENT_LENGTH``.
