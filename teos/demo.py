@@ -416,15 +416,15 @@ def run_demo(workdir: Path) -> None:
         )
         regtest.start()
         regtest.wait_ready()
+        wallet = Wallet(regtest.rpc, seed=b"teos-demo")
+        _say("funding a wallet on the simulator (mining blocks to it)")
+        wallet.fund()
+
         _say(f"starting teosd (API http://127.0.0.1:{api_port}, datadir {teosd.datadir})")
         teosd.start()
         teosd.wait_ready()
         tower_id = teosd.tower_id()
-        _say(f"teosd is up; tower id {tower_id.hex()}")
-
-        wallet = Wallet(regtest.rpc, seed=b"teos-demo")
-        _say("funding a wallet on the simulator (mining blocks to it)")
-        wallet.fund()
+        _say(f"teosd is up at height {regtest.rpc('getblockcount')}; tower id {tower_id.hex()}")
 
         user = TowerClient("127.0.0.1", api_port, Dialect.RUST)
         _say(f"registering user {user.user_id.hex()} (rust-teos dialect)")
