@@ -293,7 +293,9 @@ class Gatekeeper:
         """Gives back the slots of completed trackers and commits ``batch`` with it (see SlotLedger).
 
         Only index entries that still exist are refunded, so a uuid released twice, or one whose user was
-        deleted (and perhaps registered again since), gives nothing back.
+        deleted (and perhaps registered again since), gives nothing back. If the appointment is still
+        stored (the engine drops an invalid one in ``batch``), the refund is what its stored blob was
+        charged, which differs from the engine's figure if the user updated it in the meantime.
         """
         users = list(released)
         with self._locked(users):
@@ -306,10 +308,14 @@ class Gatekeeper:
                 seen: set[Uuid] = set()
                 for uuid, slots in released[user_id]:
                     index_key = keys.user_appointment(user_id, uuid)
-                    if uuid in seen or self.store.get(index_key) is None:
+                    locator = self.store.get(index_key)
+                    if uuid in seen or locator is None:
                         continue
                     seen.add(uuid)
                     batch.delete(index_key)
+                    stored = self.store.get(keys.appointment(Locator(locator), uuid))
+                    if stored is not None:
+                        slots = slots_for(len(AppointmentRecord.decode(stored).encrypted_blob))
                     refund += max(0, slots)
                     removed += 1
                 if seen:

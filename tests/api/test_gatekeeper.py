@@ -287,6 +287,24 @@ def test_release_refunds_once_and_commits_engine_batch(gatekeeper: Gatekeeper, s
     assert gatekeeper.n_appointments == 0
 
 
+def test_release_of_a_dropped_appointment_refunds_what_is_stored(
+    gatekeeper: Gatekeeper, store: Store
+) -> None:
+    """The engine drops an invalid appointment it read at 1 slot while the user updated it to 3."""
+    alice = Client.new()
+    gatekeeper.register(alice.user_id, Dialect.PYTHON)
+    record = make_record(alice.user_id, random_locator(), 10)
+    gatekeeper.add_appointment(record)
+    gatekeeper.add_appointment(make_record(alice.user_id, record.locator, 5000))  # the update lands first
+    assert gatekeeper.get_user(alice.user_id).available_slots == 97  # type: ignore[union-attr]
+    batch = Batch()
+    batch.delete(keys.appointment(record.locator, record.uuid))
+    gatekeeper.release(batch, {alice.user_id: [(record.uuid, 1)]})
+    assert gatekeeper.get_user(alice.user_id).available_slots == 100  # type: ignore[union-attr]
+    assert store.get(keys.appointment(record.locator, record.uuid)) is None
+    assert gatekeeper.n_appointments == 0
+
+
 def test_release_many_users_in_one_batch(gatekeeper: Gatekeeper, store: Store) -> None:
     users = [Client.new() for _ in range(5)]
     records = []

@@ -1,9 +1,10 @@
 """Slot arithmetic as a state machine: the Gatekeeper on a real LevelDB against a plain model.
 
 Rules: register/top-up, add/update, the engine triggering an appointment and completing its tracker
-(``release``), and blocks passing (expiry and deletion). Invariants after every step: each user's record
-equals the model; slots never go negative; nothing leaks (slots granted - slots available == the slots of
-the appointments the user holds); the tower-wide counter equals the number of index entries.
+(``release``), the engine dropping an invalid appointment, and blocks passing (expiry and deletion).
+Invariants after every step: each user's record equals the model; slots never go negative; nothing leaks
+(slots granted - slots available == the slots of the appointments the user holds); the tower-wide counter
+equals the number of index entries.
 """
 
 from __future__ import annotations
@@ -115,6 +116,19 @@ class SlotMachine(RuleBasedStateMachine):
         trigger(self.store, AppointmentRecord.decode(raw), Txid(os.urandom(32)), b"\x02" * 60)
         m.responded[uuid] = m.watched.pop(uuid)
         self.trackers[uuid] = (c, m.responded[uuid])
+
+    @rule(c=st.integers(0, 2), loc=st.integers(0, 3), stale_slots=st.integers(0, 3))
+    def engine_drops_invalid(self, c: int, loc: int, stale_slots: int) -> None:
+        """The engine finds a watched blob invalid at a breach: it deletes it and releases its slots (with
+        a figure that may be stale; the ledger refunds what the stored blob was charged)."""
+        m = self.users.get(c)
+        uuid = compute_uuid(LOCATORS[loc], CLIENTS[c].user_id)
+        if m is None or uuid not in m.watched:
+            return
+        batch = Batch()
+        batch.delete(keys.appointment(LOCATORS[loc], uuid))
+        self.gk.release(batch, {CLIENTS[c].user_id: [(uuid, stale_slots)]})
+        m.slots += m.watched.pop(uuid)
 
     @rule(data=st.data())
     def engine_completes(self, data: st.DataObject) -> None:
