@@ -1,0 +1,59 @@
+"""Fixtures for end-to-end tests: the real teosd as a subprocess against the ``bitcoind`` fixture."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from teos.demo import Teosd, free_port, teosd_args
+from tests.support.bitcoind import BitcoindHandle
+
+TeosdFactory = Callable[..., Teosd]
+
+
+@pytest.fixture
+def teosd_factory(tmp_path: Path) -> Iterator[TeosdFactory]:
+    """``factory(bitcoind, datadir=None, extra=(), wait=True, api_port=None, env=None)`` starts a
+    regtest teosd against ``bitcoind`` on a free port (ZMQ on, polling every second); every daemon
+    started is stopped at teardown."""
+    started: list[Teosd] = []
+
+    def factory(
+        bitcoind: BitcoindHandle,
+        datadir: Path | None = None,
+        extra: Sequence[str] = (),
+        wait: bool = True,
+        api_port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Teosd:
+        datadir = datadir or tmp_path / "teos"
+        port = api_port or free_port()
+        args = teosd_args(
+            datadir,
+            port,
+            bitcoind.rpc_host,
+            bitcoind.rpc_port,
+            bitcoind.rpc_user,
+            bitcoind.rpc_password,
+            bitcoind.zmq_url,
+            ["--pollinterval", "1", *extra],
+        )
+        daemon = Teosd(datadir, args, port, env)
+        started.append(daemon)
+        daemon.start()
+        if wait:
+            daemon.wait_ready(timeout=30)
+        return daemon
+
+    try:
+        yield factory
+    finally:
+        for daemon in started:
+            daemon.stop()
+
+
+@pytest.fixture
+def teosd(bitcoind: BitcoindHandle, teosd_factory: TeosdFactory) -> Teosd:
+    return teosd_factory(bitcoind)
