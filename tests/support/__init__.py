@@ -3,6 +3,7 @@ or real Bitcoin Core) and a wait helper. See ``tests/support/bitcoind.py`` for t
 
 from tests.support.bitcoind import BitcoinCoreHandle, BitcoindHandle, RPCError, SimulatorHandle, free_port
 from tests.support.wait import WaitTimeout, wait_until
+from tests.support.zmqsub import ZmqMessage, ZmqSubscriber
 
 __all__ = [
     "BitcoinCoreHandle",
@@ -10,6 +11,8 @@ __all__ = [
     "RPCError",
     "SimulatorHandle",
     "WaitTimeout",
+    "ZmqMessage",
+    "ZmqSubscriber",
     "free_port",
     "wait_until",
 ]
