@@ -1,0 +1,312 @@
+"""What the admin API can ask of the tower (``AdminBackend``), and its implementation over the database.
+
+``StoreAdminBackend`` reads LevelDB through the documented key layout (``teos.storage.keys``) and the records
+of ``teos.storage.codec``; it never writes. Nothing is held in memory per entry:
+
+- counts walk the keys of one prefix with a key-only iterator (values are never read; about 0.15 s for a
+  million keys), so they are exact and need no counter kept in sync by the writers;
+- listings come in pages: the caller passes the last key it got (``cursor``, the key without its prefix
+  byte, in hex) and a ``limit``; a page reads at most ``limit + 1`` entries.
+
+Readiness: the tower is ready when bitcoind answers, the engine has seen bitcoind's tip, and it is at most
+``max_blocks_behind`` blocks behind it. When the engine status reports how long ago it last asked bitcoind
+for its tip (``seconds_since_tip_check``), a tower that has not looked for longer than ``max_tip_age`` is
+not ready either: a stalled poller otherwise looks caught up forever (the silent failure other towers had).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from common.types import Locator, UserId
+from teos.storage import keys
+from teos.storage.codec import AppointmentRecord, CodecError, TrackerRecord, UserRecord, decode_block_pointer
+from teos.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+JsonObject = dict[str, Any]
+
+DEFAULT_PAGE_LIMIT = 1000
+MAX_PAGE_LIMIT = 10_000
+
+SECTION_WATCHER = "watcher"
+SECTION_RESPONDER = "responder"
+SECTIONS = (SECTION_WATCHER, SECTION_RESPONDER)
+
+# Key prefix and key length (without the prefix byte) of each listing.
+_APPOINTMENT_KEY_LEN = Locator.SIZE + 20
+_TRACKER_KEY_LEN = 20
+_USER_KEY_LEN = UserId.SIZE
+
+
+class AdminError(Exception):
+    """A request the backend refuses (bad cursor, unknown section, ...); ``status`` is the HTTP status."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing; ``next_cursor`` is None on the last page."""
+
+    items: list[JsonObject]
+    next_cursor: str | None
+
+    def to_json(self) -> JsonObject:
+        return {"items": self.items, "next_cursor": self.next_cursor}
+
+
+class AdminBackend(Protocol):
+    """The operations behind ``teos-cli``'s commands."""
+
+    def tower_info(self) -> JsonObject: ...
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether the tower is caught up and bitcoind answers; the reason when not (cheap: no counting)."""
+        ...
+
+    def appointments(self, section: str, cursor: str | None, limit: int) -> Page: ...
+
+    def appointments_by_locator(self, locator: Locator) -> JsonObject: ...
+
+    def users(self, cursor: str | None, limit: int) -> Page: ...
+
+    def user(self, user_id: UserId) -> JsonObject | None: ...
+
+    def stop(self) -> None: ...
+
+
+# -- JSON shapes of the stored records ----------------------------------------------------------------
+
+
+def appointment_json(record: AppointmentRecord) -> JsonObject:
+    return {
+        "uuid": record.uuid.hex(),
+        "locator": record.locator.hex(),
+        "user_id": record.user_id.hex(),
+        "encrypted_blob": record.encrypted_blob.hex(),
+        "to_self_delay": record.to_self_delay,
+        "start_block": record.start_block,
+        "user_signature": record.user_signature,
+        "dialect": record.dialect.value,
+    }
+
+
+def tracker_json(record: TrackerRecord) -> JsonObject:
+    return {
+        "uuid": record.uuid.hex(),
+        "locator": record.locator.hex(),
+        "user_id": record.user_id.hex(),
+        "dispute_txid": record.dispute_txid.hex(),
+        "penalty_txid": record.penalty_txid.hex(),
+        "penalty_rawtx": record.penalty_rawtx.hex(),
+        "broadcast_height": record.broadcast_height,
+        "confirmed_in": record.confirmed_in.hex() if record.confirmed_in is not None else None,
+        "confirmed_height": record.confirmed_height,
+        "start_block": record.appointment.start_block,
+        "dialect": record.appointment.dialect.value,
+    }
+
+
+def user_json(record: UserRecord) -> JsonObject:
+    return {
+        "user_id": record.user_id.hex(),
+        "dialect": record.dialect.value,
+        "available_slots": record.available_slots,
+        "subscription_start": record.subscription_start,
+        "subscription_expiry": record.subscription_expiry,
+    }
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+# -- the implementation over the store --------------------------------------------------------------
+
+
+class StoreAdminBackend:
+    """``AdminBackend`` reading the tower's LevelDB (see the module docstring).
+
+    ``engine_status`` is ``Engine.status`` (a dict with ``bitcoind_reachable``, ``tip_height_seen``,
+    ``watcher: {block_hash, height}``, ``blocks_behind``, ``catching_up``); ``stop_callback`` must only
+    *ask* the daemon to stop and return at once (it runs inside the ``stop`` request).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        engine_status: Callable[[], Mapping[str, Any]],
+        tower_id: UserId,
+        stop_callback: Callable[[], None],
+        *,
+        max_blocks_behind: int = 1,
+        max_tip_age: float = 600.0,
+    ) -> None:
+        self._store = store
+        self._engine_status = engine_status
+        self._tower_id = tower_id
+        self._stop_callback = stop_callback
+        self._max_blocks_behind = max_blocks_behind
+        self._max_tip_age = max_tip_age
+
+    # -- counting ------------------------------------------------------------------------------------
+
+    def _count(self, prefix: bytes) -> int:
+        n = 0
+        with self._store.db.iterator(prefix=prefix, include_value=False) as it:
+            for _ in it:
+                n += 1
+        return n
+
+    def _status(self) -> Mapping[str, Any]:
+        try:
+            return self._engine_status()
+        except Exception:
+            log.exception("engine status unavailable")
+            return {}
+
+    def _stored_pointer(self) -> JsonObject:
+        raw = self._store.get(keys.meta_last_block("watcher"))
+        if raw is None:
+            return {"block_hash": None, "height": None}
+        try:
+            block_hash, height = decode_block_pointer(raw)
+        except CodecError:
+            return {"block_hash": None, "height": None}
+        return {"block_hash": block_hash.hex(), "height": height}
+
+    def readiness(self, status: Mapping[str, Any]) -> tuple[bool, str]:
+        """Whether the tower can be relied on now, and why not (empty reason when ready)."""
+        if status.get("bitcoind_reachable") is not True:
+            return False, "bitcoind is not reachable"
+        tip = _int_or_none(status.get("tip_height_seen"))
+        if tip is None or tip < 0:
+            return False, "bitcoind's tip is not known yet"
+        behind = _int_or_none(status.get("blocks_behind"))
+        if behind is None:
+            return False, "the engine does not report its progress"
+        if behind > self._max_blocks_behind:
+            return False, f"catching up: {behind} blocks behind bitcoind's tip"
+        age = status.get("seconds_since_tip_check")
+        if isinstance(age, int | float) and not isinstance(age, bool) and age > self._max_tip_age:
+            return False, f"bitcoind's tip was last checked {age:.0f} s ago"
+        return True, ""
+
+    def ready(self) -> tuple[bool, str]:
+        return self.readiness(self._status())
+
+    def tower_info(self) -> JsonObject:
+        status = self._status()
+        watcher = status.get("watcher")
+        if isinstance(watcher, Mapping) and watcher.get("block_hash") is not None:
+            last = {"block_hash": watcher.get("block_hash"), "height": _int_or_none(watcher.get("height"))}
+        else:
+            last = self._stored_pointer()
+        tip = _int_or_none(status.get("tip_height_seen"))
+        ready, reason = self.readiness(status)
+        n_appointments_raw = self._store.get(keys.META_N_APPOINTMENTS)
+        return {
+            "tower_id": self._tower_id.hex(),
+            "n_registered_users": self._count(keys.USER),
+            "n_watcher_appointments": self._count(keys.APPOINTMENT),
+            "n_responder_trackers": self._count(keys.TRACKER),
+            "n_appointments": (int.from_bytes(n_appointments_raw, "big") if n_appointments_raw is not None
+                               else self._count(keys.USER_APPOINTMENT)),
+            "bitcoind_reachable": status.get("bitcoind_reachable") is True,
+            "tip_height": tip if tip is not None and tip >= 0 else None,
+            "last_processed_block": last,
+            "blocks_behind": _int_or_none(status.get("blocks_behind")),
+            "catching_up": status.get("catching_up") is True,
+            "ready": ready,
+            "not_ready_reason": reason or None,
+        }
+
+    # -- listings ------------------------------------------------------------------------------------
+
+    def _page(
+        self,
+        prefix: bytes,
+        key_len: int,
+        cursor: str | None,
+        limit: int,
+        to_json: Callable[[bytes], JsonObject],
+    ) -> Page:
+        if not 1 <= limit <= MAX_PAGE_LIMIT:
+            raise AdminError(f"limit must be between 1 and {MAX_PAGE_LIMIT}")
+        start = prefix
+        if cursor:
+            try:
+                after = bytes.fromhex(cursor)
+            except ValueError:
+                raise AdminError("cursor must be hex") from None
+            if len(after) != key_len:
+                raise AdminError(f"cursor must be {key_len} bytes")
+            # Keys under a prefix all have the same length, so the next one is >= cursor || 0x00.
+            start = prefix + after + b"\x00"
+        stop = bytes([prefix[0] + 1])
+        items: list[JsonObject] = []
+        last_key = b""
+        for key, value in self._store.iterate_range(start, stop):
+            if len(items) == limit:
+                return Page(items, last_key[1:].hex())
+            try:
+                items.append(to_json(value))
+            except (CodecError, ValueError) as e:
+                log.error("admin: undecodable record key=%s error=%s", key.hex(), e)
+                items.append({"key": key.hex(), "error": f"undecodable record: {e}"})
+            last_key = key
+        return Page(items, None)
+
+    def appointments(self, section: str, cursor: str | None, limit: int) -> Page:
+        if section == SECTION_WATCHER:
+            return self._page(keys.APPOINTMENT, _APPOINTMENT_KEY_LEN, cursor, limit,
+                              lambda v: appointment_json(AppointmentRecord.decode(v)))
+        if section == SECTION_RESPONDER:
+            return self._page(keys.TRACKER, _TRACKER_KEY_LEN, cursor, limit,
+                              lambda v: tracker_json(TrackerRecord.decode(v)))
+        raise AdminError(f"unknown section {section!r} (expected one of {', '.join(SECTIONS)})")
+
+    def appointments_by_locator(self, locator: Locator) -> JsonObject:
+        """Every user's appointment for ``locator``, watched or responded.
+
+        Watched ones are found by prefix; trackers are keyed by uuid, so they are found by streaming the
+        ``t|`` entries (few: one per breach still being followed).
+        """
+        watched = [appointment_json(AppointmentRecord.decode(v))
+                   for _, v in self._store.iterate(keys.appointments_by_locator(locator))]
+        trackers = [tracker_json(t) for t in self._trackers() if t.locator == locator]
+        return {"locator": locator.hex(), "watcher_appointments": watched, "responder_trackers": trackers}
+
+    def _trackers(self) -> Iterator[TrackerRecord]:
+        for key, value in self._store.iterate(keys.TRACKER):
+            try:
+                yield TrackerRecord.decode(value)
+            except CodecError as e:
+                log.error("admin: undecodable tracker key=%s error=%s", key.hex(), e)
+
+    def users(self, cursor: str | None, limit: int) -> Page:
+        return self._page(keys.USER, _USER_KEY_LEN, cursor, limit, lambda v: user_json(UserRecord.decode(v)))
+
+    def user(self, user_id: UserId) -> JsonObject | None:
+        raw = self._store.get(keys.user(user_id))
+        if raw is None:
+            return None
+        info = user_json(UserRecord.decode(raw))
+        # A user's index is bounded by their slots, so it is listed whole.
+        info["appointments"] = [
+            {"uuid": keys.uuid_of_user_appointment_key(k).hex(), "locator": Locator(v).hex()}
+            for k, v in self._store.iterate(keys.user_appointments(user_id))
+        ]
+        return info
+
+    def stop(self) -> None:
+        log.info("stop requested through the admin API")
+        self._stop_callback()
