@@ -20,6 +20,8 @@ setup(
         "console_scripts": [
             "teos-regtest=teos.regtest.__main__:main",
             "teosd=teos.__main__:main",
+            "teos-cli=teos.cli.teos_cli:main",
+            "teos-client=teos.cli.teos_client:main",
         ]
     },
 )
