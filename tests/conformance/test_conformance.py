@@ -336,3 +336,25 @@ def test_wait_until_sees_mempool(bitcoind: BitcoindHandle) -> None:
     pair = wallet.breach_pair()
     wallet.send(pair.commitment)
     assert wait_until(lambda: pair.commitment.txid.hex() in bitcoind.rpc("getrawmempool"), timeout=5)
+
+
+def test_zmq_reorg_to_a_longer_branch_announces_only_blocks_beyond_the_old_tip(
+    bitcoind: BitcoindHandle,
+) -> None:
+    """Core publishes hashblock when the tip moves to more work than it had before the step, so a reorg
+    from a 2-block branch to a 3-block one announces only the third block of the new branch; a reorg
+    that starts from the fork point (invalidateblock) announces every block."""
+    other = bitcoind.wallet().address()
+    with ZmqSubscriber(bitcoind.zmq_url, ("hashblock",)) as sub:
+        a = bitcoind.mine(2)
+        bitcoind.rpc("invalidateblock", a[0])
+        b = bitcoind.mine(3, other)
+        bitcoind.rpc("reconsiderblock", a[0])  # 2 blocks lose to 3: nothing happens
+        assert bitcoind.rpc("getbestblockhash") == b[-1]
+        bitcoind.rpc("invalidateblock", b[0])  # back to the fork, then up the a-branch
+        assert bitcoind.rpc("getbestblockhash") == a[-1]
+        bitcoind.rpc("reconsiderblock", b[0])  # from a[1] (2 blocks) straight to b[2] (3 blocks)
+        assert bitcoind.rpc("getbestblockhash") == b[-1]
+        announced = [m.hex for m in sub.collect(8, "hashblock")]
+        assert announced == [*a, *b, *a, b[2]]
+        assert sub.pending("hashblock") == []
