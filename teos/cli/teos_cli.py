@@ -51,7 +51,8 @@ class AdminClient:
     """The admin API's operations as method calls (JSON in, JSON out)."""
 
     def __init__(self, host: str, port: int, cookie: tuple[str, str], timeout: float = 30.0) -> None:
-        self.base = f"http://{host}:{port}"
+        netloc = f"[{host}]" if ":" in host and not host.startswith("[") else host  # IPv6 literal
+        self.base = f"http://{netloc}:{port}"
         user, secret = cookie
         token = base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
         self._headers = {"Authorization": f"Basic {token}", "User-Agent": "teos-cli"}

@@ -149,3 +149,10 @@ def test_conf_file_gives_port_and_network(tower: Tower) -> None:
     cmd = [sys.executable, "-m", "teos.cli.teos_cli", "--datadir", str(tower.datadir), "gettowerinfo"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert ok_json(result)["tower_id"] == TOWER_ID.hex()
+
+
+def test_ipv6_literal_host_is_bracketed() -> None:
+    from teos.cli.teos_cli import AdminClient
+
+    assert AdminClient("::1", 8814, ("__cookie__", "x")).base == "http://[::1]:8814"
+    assert AdminClient("127.0.0.1", 1, ("__cookie__", "x")).base == "http://127.0.0.1:1"
