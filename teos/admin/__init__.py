@@ -1,4 +1,21 @@
-"""Operating the tower: the admin API (``teos-cli``'s server side), its cookie, metrics and readiness."""
+"""Operating the tower: the admin API (``teos-cli``'s server side), its cookie, metrics and readiness.
+
+Wiring, in the composition root (after the store, the engine and the tower id exist)::
+
+    metrics = Metrics()
+    public_app = create_app(service)
+    instrument(public_app, metrics, name="public")          # request counts and latencies per route
+    backend = StoreAdminBackend(store, engine.status, tower_id,
+                                stop_callback=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    admin = AdminServer(backend, config.network_dir, host=config.rpc_bind, port=config.rpc_port,
+                        metrics=metrics)
+    admin.start()    # writes <network_dir>/.cookie (0600) and listens; AdminServerError if it cannot
+    ...
+    admin.stop()     # first thing at shutdown: stops listening and deletes the cookie
+
+The engine (or whoever sees the event) calls ``metrics.breach_seen()``, ``metrics.penalty_broadcast()``,
+``metrics.penalty_confirmed()`` and ``metrics.block_processed()``; the state gauges need no calls.
+"""
 
 from teos.admin.app import create_admin_app
 from teos.admin.backend import AdminBackend, AdminError, Page, StoreAdminBackend

@@ -136,8 +136,10 @@ def create_admin_app(backend: AdminBackend, cookie: str, metrics: Metrics | None
 
     @app.post("/stop")
     def stop() -> Response:
-        _backend().stop()
-        return jsonify({"stopping": True})
+        # Asked only once the answer is sent, so teos-cli never sees the daemon vanish mid-reply.
+        response = jsonify({"stopping": True})
+        response.call_on_close(_backend().stop)
+        return response
 
     @app.get("/ready")
     def ready() -> tuple[Response, int]:

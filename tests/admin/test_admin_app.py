@@ -270,6 +270,8 @@ def test_getusers_and_getuser(client: FlaskClient, filler: Filler) -> None:
 def test_stop_calls_back(client: FlaskClient, stopper: StopRecorder) -> None:
     resp = client.post("/stop", headers=auth())
     assert (resp.status_code, resp.get_json()) == (200, {"stopping": True})
+    assert stopper.calls == 0  # not before the answer is out
+    resp.close()
     assert stopper.calls == 1
     assert client.get("/stop", headers=auth()).status_code == 405
 
