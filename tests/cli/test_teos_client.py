@@ -301,3 +301,56 @@ def test_tower_address_parsing(text: str, netaddr: str, url: str) -> None:
     tower_id = crypto.public_key(crypto.generate_secret_key())
     address = teos_client.TowerAddress.parse(tower_id.hex() + text)
     assert (address.tower_id, address.netaddr, address.url) == (tower_id, netaddr, url)
+
+
+# -- the pieces wired as the daemon wires them: what users do shows in teos-cli and in /metrics ----------
+
+
+def test_admin_sees_what_the_real_gatekeeper_wrote(tmp_path: Path) -> None:
+    api = pytest.importorskip("teos.api")
+    service_mod = pytest.importorskip("teos.service")
+    from teos.admin import AdminServer, Metrics, StoreAdminBackend, instrument
+    from teos.cli import teos_cli
+    from teos.gatekeeper import Gatekeeper, GatekeeperConfig
+    from tests.admin.support import FakeEngineStatus
+
+    store = Store(tmp_path / "regtest" / "db")
+    store.open()
+    chain = FakeChain()
+    gatekeeper = Gatekeeper(store, GatekeeperConfig(), chain)
+    gatekeeper.start()
+    secret = crypto.generate_secret_key()
+    tower_id = crypto.public_key(secret)
+    metrics = Metrics()
+    public_app = api.create_app(service_mod.TowerService(gatekeeper, chain, store, secret))
+    instrument(public_app, metrics, name="public")
+    admin = AdminServer(StoreAdminBackend(store, FakeEngineStatus(), tower_id, lambda: None),
+                        tmp_path / "regtest", port=0, metrics=metrics)
+    admin.start()
+    try:
+        with serve(public_app) as port:
+            home = tmp_path / "user"
+            assert cli(home, "register", f"{tower_id.hex()}@127.0.0.1:{port}")[0] == 0
+            code, receipt, err = cli(home, "add_appointment", "--dispute-txid", RUST_VECTOR["dispute_txid"],
+                                     "--penalty-rawtx", RUST_VECTOR["plaintext"])
+            assert code == 0, err
+        out, errs = io.StringIO(), io.StringIO()
+        assert teos_cli.run(["--datadir", str(tmp_path), "--btcnetwork", "regtest", "--rpcport",
+                             str(admin.port), "gettowerinfo"], out=out, err=errs) == 0, errs.getvalue()
+        info = json.loads(out.getvalue())
+        counts = (info["n_registered_users"], info["n_watcher_appointments"], info["n_appointments"])
+        assert counts == (1, 1, 1) and info["tower_id"] == tower_id.hex()
+        user_id = crypto.public_key(teos_client.UserData(home).secret_key()).hex()
+        out = io.StringIO()
+        assert teos_cli.run(["--datadir", str(tmp_path), "--btcnetwork", "regtest", "--rpcport",
+                             str(admin.port), "getuser", user_id], out=out, err=io.StringIO()) == 0
+        user = json.loads(out.getvalue())
+        assert [a["locator"] for a in user["appointments"]] == [receipt["appointment"]["locator"]]
+        assert user["available_slots"] == 9999
+        labels = {"app": "public", "endpoint": "/add_appointment", "method": "POST", "status": "200"}
+        assert metrics.value("teos_http_requests_total", labels) == 1
+        assert metrics.value("teos_registered_users") == 1
+    finally:
+        admin.stop()
+        gatekeeper.stop()
+        store.close()
