@@ -42,6 +42,7 @@ from teos.engine import Engine, EngineConfig, decode_penalty
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, UserRecord
 from teos.storage.store import Batch, Store
+from teos.storage.watched import put_watched
 from teos.watcher.locator_cache import LocatorCache
 from teos.watcher.watcher import Watcher
 
@@ -126,7 +127,7 @@ def fill(store: Store, n: int, rng: random.Random) -> list[UserId]:
         record = AppointmentRecord(
             uuid, locator, rng.randbytes(rng.randint(200, 300)), 20, user, "d" * 104, 100, dialect
         )
-        batch.put(keys.appointment(locator, uuid), record.encode())
+        put_watched(batch, record)
         batch.put(keys.user_appointment(user, uuid), locator.raw)
         if len(batch) >= 100_000:
             store.commit(batch, sync=False)
@@ -147,7 +148,7 @@ def add_breaches(store: Store, users: list[UserId], rng: random.Random, k: int) 
         uuid = compute_uuid(locator, user)
         blob = crypto.encrypt(penalty_tx(rng).raw, dispute, dialect)
         record = AppointmentRecord(uuid, locator, blob, 20, user, "d" * 104, 100, dialect)
-        batch.put(keys.appointment(locator, uuid), record.encode())
+        put_watched(batch, record)
         batch.put(keys.user_appointment(user, uuid), locator.raw)
         disputes.append(dispute)
     store.commit(batch, sync=False)

@@ -39,6 +39,7 @@ from teos.interfaces import ChainView
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, UserRecord
 from teos.storage.store import Batch, Store
+from teos.storage.watched import put_watched
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ class Gatekeeper:
                 raise TeosError(ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION, NOT_ENOUGH_SLOTS)
             user = replace(user, available_slots=min(U32_MAX, user.available_slots - delta))
             batch = Batch()
-            batch.put(appointment_key, record.encode())
+            put_watched(batch, record)
             batch.put(keys.user(user_id), user.encode())
             if is_new:
                 batch.put(index_key, record.locator.raw)

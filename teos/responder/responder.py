@@ -31,6 +31,7 @@ from teos.chain.carrier import BroadcastStatus, Carrier, Receipt
 from teos.storage import keys
 from teos.storage.codec import CodecError, TrackerRecord
 from teos.storage.store import Batch, Store
+from teos.storage.watched import put_watched
 from teos.watcher.watcher import Breach
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class Responder:
             log.info("dispute reorged out, user's appointment gone: dropped uuid=%s", t.uuid)
             return
         log.info("dispute reorged out: appointment back under watch uuid=%s locator=%s", t.uuid, t.locator)
-        batch.put(keys.appointment(t.locator, t.uuid), t.appointment.encode())
+        put_watched(batch, t.appointment)
 
     # -- broadcasting (after the batch is committed) ---------------------------------------------
 

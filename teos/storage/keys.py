@@ -6,6 +6,10 @@ fixed-size parts follow, so prefix scans and ordering work on raw bytes. Heights
 that they sort numerically.
 
     a | locator(16) | uuid(20)       -> AppointmentRecord   appointments under watch, found by locator
+    l | locator(16)                  -> b""                 marker: some ``a|locator|*`` may exist. An exact
+                                                            key, so the Watcher's per-block lookups are
+                                                            point reads that LevelDB's bloom filter answers
+                                                            without touching disk for the (usual) misses.
     u | user_id(33)                  -> UserRecord          registered users
     i | user_id(33) | uuid(20)       -> locator(16)         a user's appointments (watched or responded),
                                                             until they complete or the user is deleted
@@ -14,8 +18,15 @@ that they sort numerically.
     t | uuid(20)                     -> TrackerRecord       penalties the Responder is following
     m | name (ascii)                 -> bytes               metadata (see META_* below)
 
-Nothing is held in RAM per appointment: the Watcher asks for ``a|locator`` for each locator derived from a
-block's txids; the Gatekeeper reads ``u|user_id`` per request; expiry walks ``x|`` up to the tip.
+Every write of an ``a|`` entry goes through ``teos.storage.watched.put_watched``, which also writes the
+``l|`` marker. Markers are deleted only by the Watcher, when the locator's dispute appears in a block (an
+appointment added concurrently for that locator then finds the breach in the locator cache and is handled
+there). Markers of appointments that expired stay behind: a stale marker only costs one prefix seek when
+its locator's dispute is ever mined.
+
+Nothing is held in RAM per appointment: the Watcher asks for ``l|locator`` (then ``a|locator``) for each
+locator derived from a block's txids; the Gatekeeper reads ``u|user_id`` per request; expiry walks
+``x|`` up to the tip.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import struct
 from common.types import Locator, UserId, Uuid
 
 APPOINTMENT = b"a"
+LOCATOR_MARKER = b"l"
 USER = b"u"
 USER_APPOINTMENT = b"i"
 EXPIRY = b"x"
@@ -72,6 +84,12 @@ def appointment(locator: Locator, uuid: Uuid) -> bytes:
 def appointments_by_locator(locator: Locator) -> bytes:
     """Prefix of every appointment (of any user) for ``locator``."""
     return APPOINTMENT + locator.raw
+
+
+def locator_marker(locator: Locator | bytes) -> bytes:
+    """Exact key telling that appointments for ``locator`` (16 raw bytes) may be under watch."""
+    raw = locator.raw if isinstance(locator, Locator) else locator
+    return LOCATOR_MARKER + raw
 
 
 def user(user_id: UserId) -> bytes:

@@ -1,8 +1,9 @@
 """The Watcher: finds the appointments a block triggers, and checks that they hold a usable penalty.
 
 For every transaction of a connected block it derives both dialects' locators and looks them up in
-LevelDB (``a|locator`` prefix seeks, in sorted order through one iterator: the cost is proportional to the
-block's transactions, never to the number of appointments; nothing is kept in RAM per appointment).
+LevelDB (a point read of the ``l|locator`` marker, then ``a|locator`` seeks on a hit, sorted: the cost
+is proportional to the block's transactions, never to the number of appointments; nothing is kept in RAM
+per appointment).
 
 A stored appointment matches only through the locator of its *own* dialect (a python-teos locator that
 happens to equal some other transaction's rust-teos locator is no breach). On a match the blob is
@@ -26,6 +27,7 @@ from common.types import BlockHash, Txid, Uuid
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, CodecError
 from teos.storage.store import Batch, Store
+from teos.storage.watched import delete_watched
 from teos.watcher.locator_cache import BlockLocators, CachedTx, LocatorCache, block_locators, locator_key
 
 log = logging.getLogger(__name__)
@@ -57,16 +59,24 @@ class WatcherOutcome:
     invalid: list[AppointmentRecord] = field(default_factory=list)  # dropped; their slots go back
 
 
-def find_appointments(store: Store, locators: Iterable[bytes]) -> list[AppointmentRecord]:
-    """Every stored appointment whose locator (16 raw bytes) is among ``locators``.
+def find_appointments(store: Store, locators: Iterable[bytes]) -> tuple[list[AppointmentRecord], set[bytes]]:
+    """Every stored appointment whose locator (16 raw bytes) is among ``locators``, and the locators whose
+    ``l|`` marker was found.
 
-    The lookups are sorted and made through one iterator (neighbouring seeks reuse cached blocks).
-    Splitting them over two threads was tried and measured no faster (plyvel's seeks hold the GIL).
+    Each locator is first a point read of its marker (the bloom filter answers the usual miss without
+    disk I/O); only on a hit is ``a|locator`` seeked. Lookups are sorted so neighbouring reads reuse
+    cached blocks. Splitting them over two threads was measured no faster (plyvel holds the GIL).
     """
     found: list[AppointmentRecord] = []
-    it = store.db.raw_iterator(fill_cache=True)
+    marked: set[bytes] = set()
+    db = store.db
+    hits = [loc for loc in sorted(set(locators)) if db.get(keys.locator_marker(loc)) is not None]
+    if not hits:
+        return found, marked
+    it = db.raw_iterator(fill_cache=True)
     try:
-        for locator in sorted(set(locators)):
+        for locator in hits:
+            marked.add(locator)
             prefix = keys.APPOINTMENT + locator
             it.seek(prefix)
             while it.valid():
@@ -80,7 +90,7 @@ def find_appointments(store: Store, locators: Iterable[bytes]) -> list[Appointme
                 it.next()
     finally:
         it.close()
-    return found
+    return found, marked
 
 
 class Watcher:
@@ -141,11 +151,19 @@ class Watcher:
         self, block_hash: BlockHash, height: int, locators: BlockLocators, batch: Batch
     ) -> WatcherOutcome:
         outcome = WatcherOutcome()
-        for record in find_appointments(self._store, (k[1:] for k in locators)):
+        records, marked = find_appointments(self._store, (k[1:] for k in locators))
+        for record in records:
             txid = locators.get(locator_key(record.dialect, record.locator))
-            if txid is None:
-                continue  # matched through the other dialect's locator only: not this user's breach
+            if txid is None or locator_from_txid(txid, record.dialect) != record.locator:
+                # Matched through the other dialect's locator only: not this user's breach; the
+                # appointment stays under watch, and so does its marker.
+                marked.discard(record.locator.raw)
+                continue
             self._examine(record, CachedTx(txid, block_hash, height), batch, outcome)
+        for locator in marked:
+            # Its dispute is in this block: every appointment for it was just consumed. One added
+            # meanwhile finds the breach in the locator cache (already updated) and is handled there.
+            batch.delete(keys.locator_marker(locator))
         return outcome
 
     def _examine(
@@ -153,7 +171,7 @@ class Watcher:
     ) -> None:
         if locator_from_txid(tx.txid, record.dialect) != record.locator:
             return
-        batch.delete(keys.appointment(record.locator, record.uuid))
+        delete_watched(batch, record.locator, record.uuid)
         try:
             rawtx = decrypt(record.encrypted_blob, tx.txid, record.dialect)
             penalty_txid = self._decode_penalty(rawtx)

@@ -26,6 +26,7 @@ from teos.chain.bitcoind import (
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, UserRecord
 from teos.storage.store import Batch, Store
+from teos.storage.watched import put_watched
 
 
 def random_tx(n_out: int = 1) -> Transaction:
@@ -225,7 +226,7 @@ def store_appointment(
         dialect=dialect,
     )
     batch = Batch()
-    batch.put(keys.appointment(locator, record.uuid), record.encode())
+    put_watched(batch, record)
     batch.put(keys.user_appointment(user_id, record.uuid), locator.raw)
     if store.get(keys.user(user_id)) is None:
         batch.put(keys.user(user_id), UserRecord(user_id, dialect, available_slots, 0, 10_000).encode())

@@ -12,6 +12,7 @@ from teos.engine import BootstrapError, Engine, EngineConfig
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord
 from teos.storage.store import Batch, Store
+from teos.storage.watched import put_watched
 from tests.engine.fakes import FakeChain, RecordingLedger, random_tx, store_appointment
 from tests.support.wait import wait_until
 
@@ -138,7 +139,7 @@ def test_locator_of_the_other_dialect_does_not_trigger(h):
     )
     b = Batch()
     b.delete(keys.appointment(record.locator, record.uuid))
-    b.put(keys.appointment(moved.locator, moved.uuid), moved.encode())
+    put_watched(b, moved)
     h.store.commit(b)
     h.start()
     h.mine(dispute.txid, mempool=False)
