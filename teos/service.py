@@ -177,6 +177,10 @@ class TowerService:
         if dispute_txid is not None:
             self._check_penalty_decodes(record, dispute_txid)
         user = self.gatekeeper.add_appointment(record)
+        if dispute_txid is None:
+            # The breach block may have been processed between the check above and the commit: the
+            # Watcher puts a block in the cache before its lookups, so looking again closes that gap.
+            dispute_txid = self.chain.breach_in_cache(record)
         if dispute_txid is not None:
             self.chain.appointment_added(record, dispute_txid)
         receipt = receipts.appointment_receipt(record.dialect, record.user_signature, record.start_block)
