@@ -18,6 +18,7 @@ from common.types import BlockHash, Dialect, Locator, Txid, UserId
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord, UserRecord, encode_block_pointer
 from teos.storage.store import Batch, Store
+from teos.storage.watched import put_watched
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> None:
@@ -88,7 +89,7 @@ class Filler:
         records = [self.appointment_record(user_id, locator) for _ in range(n)]
         batch = Batch()
         for rec in records:
-            batch.put(keys.appointment(rec.locator, rec.uuid), rec.encode())
+            put_watched(batch, rec)
             batch.put(keys.user_appointment(user_id, rec.uuid), rec.locator.raw)
         self.store.commit(batch)
         return records
