@@ -294,6 +294,7 @@ def test_regenerating_an_invalidated_block_is_refused(bitcoind: BitcoindHandle) 
 
 def test_zmq_hashblock_after_mining_and_after_reorg(bitcoind: BitcoindHandle) -> None:
     with ZmqSubscriber(bitcoind.zmq_url, ("hashblock",)) as sub:
+        sub.prime(lambda: bitcoind.mine(1))
         first = bitcoind.mine(3)
         messages = sub.collect(3, "hashblock")
         assert [m.hex for m in messages] == first
@@ -321,6 +322,7 @@ def test_zmq_rawtx_for_mempool_and_block(bitcoind: BitcoindHandle) -> None:
     wallet.fund(count=2)
     pair = wallet.breach_pair()
     with ZmqSubscriber(bitcoind.zmq_url, ("rawtx",)) as sub:
+        sub.prime(lambda: bitcoind.mine(1))
         wallet.send(pair.commitment)
         msg = sub.next()
         assert msg.topic == "rawtx" and msg.body == pair.commitment.raw
@@ -346,6 +348,7 @@ def test_zmq_reorg_to_a_longer_branch_announces_only_blocks_beyond_the_old_tip(
     that starts from the fork point (invalidateblock) announces every block."""
     other = bitcoind.wallet().address()
     with ZmqSubscriber(bitcoind.zmq_url, ("hashblock",)) as sub:
+        sub.prime(lambda: bitcoind.mine(1))
         a = bitcoind.mine(2)
         bitcoind.rpc("invalidateblock", a[0])
         b = bitcoind.mine(3, other)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import struct
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -50,6 +52,21 @@ class ZmqSubscriber:
             sock.disable_monitor()
             monitor.close(linger=0)
         return self
+
+    def prime(self, trigger: Callable[[], object], timeout: float = 10.0) -> None:
+        """Beats ZMQ's slow-joiner race: calls ``trigger`` (e.g. mine a block) until a message arrives,
+        then drains what it caused. Until the publisher has processed the subscription, messages are
+        silently dropped, and nothing else tells a subscriber when that has happened."""
+        deadline = time.monotonic() + timeout
+        while True:
+            trigger()
+            try:
+                self.next(0.25)
+                break
+            except WaitTimeout:
+                if time.monotonic() > deadline:
+                    raise
+        self.pending(quiet=0.2)
 
     def next(self, timeout: float = 10.0) -> ZmqMessage:
         assert self._sock is not None, "start() first"
