@@ -37,7 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from common.appointment import slots_for
 from common.tx import decode_transaction
@@ -97,6 +97,49 @@ class EngineConfig:
     max_pending_blocks: int = 8  # blocks the monitor may queue ahead of the engine thread
 
 
+class EngineMetrics(Protocol):
+    """Event counters the engine reports to (``teos.admin.Metrics`` satisfies it)."""
+
+    def breach_seen(self, n: int = 1) -> None: ...
+
+    def penalty_broadcast(self, n: int = 1) -> None: ...
+
+    def penalty_confirmed(self, n: int = 1) -> None: ...
+
+    def block_processed(self, n: int = 1) -> None: ...
+
+
+class _NoMetrics:
+    def breach_seen(self, n: int = 1) -> None:
+        pass
+
+    def penalty_broadcast(self, n: int = 1) -> None:
+        pass
+
+    def penalty_confirmed(self, n: int = 1) -> None:
+        pass
+
+    def block_processed(self, n: int = 1) -> None:
+        pass
+
+
+@dataclass
+class _CatchUp:
+    """Progress of a catch-up over many blocks (after downtime), logged and shown in ``status()``."""
+
+    start_height: int
+    start_time: float
+    last_log: float
+
+    def rate(self, height: int, now: float) -> float:
+        elapsed = now - self.start_time
+        return (height - self.start_height) / elapsed if elapsed > 0 else 0.0
+
+
+CATCH_UP_THRESHOLD = 6  # blocks behind bitcoind's tip from which progress is logged
+CATCH_UP_LOG_EVERY = 5.0  # seconds between progress lines
+
+
 def decode_penalty(raw: bytes) -> Txid:
     """The txid of a raw penalty transaction; ValueError (TxDecodeError) when it is not one."""
     return decode_transaction(raw).txid
@@ -143,8 +186,12 @@ class Engine:
         bitcoind: BitcoindClient,
         ledger: SlotLedger,
         listeners: Sequence[BlockListener] = (),
+        metrics: EngineMetrics | None = None,
     ) -> None:
         self.config = config
+        self._metrics: EngineMetrics = metrics if metrics is not None else _NoMetrics()
+        self._catch_up: _CatchUp | None = None
+        self._last_tip_check = 0.0
         self._store = store
         self._bitcoind = bitcoind
         self._ledger = ledger
@@ -200,10 +247,44 @@ class Engine:
             "tip_height_seen": seen,
             "watcher": dict(block),
             "responder": dict(block),
-            "n_trackers": sum(1 for _ in self._store.iterate(keys.TRACKER)),
+            "n_trackers": self._store.count(keys.TRACKER),
             "catching_up": seen > processed,
             "blocks_behind": max(seen - processed, 0),
+            "catch_up": self._catch_up_status(processed, seen),
+            "seconds_since_tip_check": self._monitor.seconds_since_tip_check(),
         }
+
+    def _catch_up_status(self, processed: int, seen: int) -> dict[str, Any] | None:
+        c = self._catch_up
+        if c is None:
+            return None
+        return {
+            "from_height": c.start_height,
+            "to_height": seen,
+            "done": processed - c.start_height,
+            "total": seen - c.start_height,
+            "blocks_per_second": round(c.rate(processed, time.monotonic()), 2),
+        }
+
+    def _track_catch_up(self, height: int) -> None:
+        """Logs progress (blocks done of total, rate) while far behind bitcoind's tip."""
+        seen = self._monitor.best_height_seen
+        now = time.monotonic()
+        c = self._catch_up
+        if c is None:
+            if seen - height >= CATCH_UP_THRESHOLD:
+                self._catch_up = _CatchUp(height - 1, now, now)
+                log.info("catching up from height=%d to height=%d blocks=%d",
+                         height - 1, seen, seen - height + 1)  # fmt: skip
+            return
+        if height >= seen:
+            log.info("caught up height=%d blocks=%d rate=%.1f/s", height, height - c.start_height,
+                     c.rate(height, now))  # fmt: skip
+            self._catch_up = None
+        elif now - c.last_log >= CATCH_UP_LOG_EVERY:
+            c.last_log = now
+            log.info("catching up done=%d total=%d height=%d rate=%.1f/s", height - c.start_height,
+                     seen - c.start_height, height, c.rate(height, now))  # fmt: skip
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -412,6 +493,13 @@ class Engine:
         updated.to_broadcast.extend(created.to_broadcast)
         self._commit(batch, _invalid_released(found), updated)
         self._pointer = ref
+        self._metrics.block_processed()
+        if found.breaches:
+            self._metrics.breach_seen(len(found.breaches))
+        confirmed = len(updated.confirmed) + len(created.confirmed)
+        if confirmed:
+            self._metrics.penalty_confirmed(confirmed)
+        self._track_catch_up(e.height)
         self._broadcast(updated.to_broadcast)
         for listener in self._listeners:
             self._call_listener(listener.block_connected, e.hash, e.height)
@@ -440,6 +528,8 @@ class Engine:
             return
         created = self._responder.handle_breaches(found.breaches, self.tip_height, frozenset(), batch)
         self._commit(batch, _invalid_released(found), ResponderOutcome())
+        if found.breaches:
+            self._metrics.breach_seen(len(found.breaches))
         self._broadcast(created.to_broadcast)
 
     # -- steps -----------------------------------------------------------------------------------
@@ -477,14 +567,20 @@ class Engine:
 
     def _broadcast(self, trackers: Sequence[TrackerRecord]) -> None:
         """Broadcasts; penalties bitcoind did not take because it was away are tried again soon."""
-        for t in self._responder.broadcast(trackers):
+        retry, delivered = self._responder.broadcast(trackers)
+        for t in retry:
             self._retry_broadcast[t.uuid] = t
+        if delivered:
+            self._metrics.penalty_broadcast(delivered)
 
     def _retry_pending_broadcasts(self) -> None:
         pending, self._retry_broadcast = self._retry_broadcast, {}
         live = [t for t in pending.values() if self._store.get(keys.tracker(t.uuid)) is not None]
-        for t in self._responder.broadcast(live):
+        retry, delivered = self._responder.broadcast(live)
+        for t in retry:
             self._retry_broadcast[t.uuid] = t
+        if delivered:
+            self._metrics.penalty_broadcast(delivered)
         if self._retry_broadcast:
             self._stop.wait(min(1.0, self.config.retry_max_delay))
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -141,6 +142,7 @@ class ChainMonitor:
         self._tip: BlockRef | None = None
         self._record: dict[BlockHash, BlockRef] = {}
         self._best_height_seen = -1
+        self._last_tip_check: float | None = None  # monotonic time bitcoind's tip was last read
         self._lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -188,6 +190,20 @@ class ChainMonitor:
         """Height of bitcoind's best block at the last look (-1 before the first)."""
         return self._best_height_seen
 
+    def seconds_since_tip_check(self) -> float | None:
+        """Seconds since bitcoind's tip was last read (None before the first read): a walker that
+        silently stopped polling shows here even though it looks caught up."""
+        last = self._last_tip_check
+        return None if last is None else round(time.monotonic() - last, 3)
+
+    def _read_best(self) -> BlockHash:
+        """bitcoind's best block hash; also records its height, so a catch-up knows how far it has to go."""
+        best = self._chain.get_best_block_hash()
+        header = self._chain.get_block_header(best)
+        self._best_height_seen = header.height
+        self._last_tip_check = time.monotonic()
+        return best
+
     # -- walker ----------------------------------------------------------------------------------
 
     def _run_walker(self) -> None:
@@ -218,20 +234,18 @@ class ChainMonitor:
         """Walks from the last emitted block to bitcoind's current tip, emitting events."""
         if self._tip is None:
             raise RuntimeError("monitor has no starting block")
-        best = self._chain.get_best_block_hash()
+        best = self._read_best()
         while not self._stop.is_set():
             tip = self._tip
             if tip.hash == best:
-                self._best_height_seen = tip.height
                 return
             if not self._on_best_chain(tip):
                 self._disconnect_tip(tip)
                 continue
             block = self._next_block(tip)
             if block is None:  # our tip is bitcoind's tip at the moment, or the chain moved: look again
-                best = self._chain.get_best_block_hash()
+                best = self._read_best()
                 if best == tip.hash:
-                    self._best_height_seen = tip.height
                     return
                 continue
             self._best_height_seen = max(self._best_height_seen, block.height)

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 class ResponderOutcome:
     to_broadcast: list[TrackerRecord] = field(default_factory=list)  # after the batch is committed
     released: list[TrackerRecord] = field(default_factory=list)  # completed or abandoned: slots go back
+    confirmed: list[TrackerRecord] = field(default_factory=list)  # penalties first confirmed in this block
+    delivered: int = 0  # broadcasts bitcoind took (set by ``broadcast``'s caller)
 
 
 def released_slots(records: Iterable[TrackerRecord]) -> dict[UserId, list[tuple[Uuid, int]]]:
@@ -93,7 +95,9 @@ class Responder:
                 dispute_height=b.height,
             )
             batch.put(keys.tracker(b.appointment.uuid), tracker.encode())
-            if not confirmed:
+            if confirmed:
+                outcome.confirmed.append(tracker)
+            else:
                 outcome.to_broadcast.append(tracker)
         return outcome
 
@@ -108,6 +112,7 @@ class Responder:
                 )
                 t = replace(t, confirmed_in=block_hash, confirmed_height=height)
                 batch.put(keys.tracker(t.uuid), t.encode())
+                outcome.confirmed.append(t)
             if t.confirmed_in is not None:
                 if height - t.confirmed_height + 1 >= self.irrevocable:
                     log.info("tracker completed uuid=%s penalty_txid=%s", t.uuid, t.penalty_txid)
@@ -153,15 +158,19 @@ class Responder:
 
     # -- broadcasting (after the batch is committed) ---------------------------------------------
 
-    def broadcast(self, trackers: Iterable[TrackerRecord]) -> list[TrackerRecord]:
-        """Broadcasts each tracker's penalty; returns those to try again soon (bitcoind unreachable)."""
+    def broadcast(self, trackers: Iterable[TrackerRecord]) -> tuple[list[TrackerRecord], int]:
+        """Broadcasts each tracker's penalty; returns those to try again soon (bitcoind unreachable)
+        and how many bitcoind took."""
         retry = []
+        delivered = 0
         for t in trackers:
             receipt = self._carrier.send(t.penalty_rawtx, t.penalty_txid)
             self._log_receipt(t, receipt)
             if receipt.status is BroadcastStatus.UNREACHABLE:
                 retry.append(t)
-        return retry
+            elif receipt.status.delivered:
+                delivered += 1
+        return retry, delivered
 
     @staticmethod
     def _log_receipt(t: TrackerRecord, receipt: Receipt) -> None:

@@ -113,6 +113,11 @@ class Store:
         with self.db.iterator(start=start, stop=stop) as it:
             yield from it
 
+    def count(self, prefix: bytes) -> int:
+        """Number of keys starting with ``prefix`` (walks keys only, never values)."""
+        with self.db.iterator(prefix=prefix, include_value=False) as it:
+            return sum(1 for _ in it)
+
     def has_prefix(self, prefix: bytes) -> bool:
         with self.db.iterator(prefix=prefix, include_value=False) as it:
             for _ in it:
