@@ -196,10 +196,13 @@ class Daemon:
         self.engine: Any = None
         self.service: Any = None
         self.server: Any = None
+        self.admin: Any = None
+        self.metrics: Any = None
         self.tower_id: UserId | None = None
         self._stopped = threading.Event()
 
     def start(self) -> None:
+        from teos.admin import Metrics
         from teos.chain.bitcoind import BitcoindClient, BitcoindConfig
         from teos.engine import BootstrapError, Engine, EngineConfig
         from teos.gatekeeper import Gatekeeper, GatekeeperConfig
@@ -223,6 +226,7 @@ class Daemon:
             cookie_file=None if c.btc_rpc_user else c.btc_rpc_cookie,
         ))
         chain = _ChainViewRef()
+        self.metrics = Metrics()
         self.gatekeeper = Gatekeeper(self.store, GatekeeperConfig(
             subscription_slots=c.subscription_slots, subscription_duration=c.subscription_duration,
             expiry_delta=c.expiry_delta, max_appointments=c.max_appointments,
@@ -233,7 +237,7 @@ class Daemon:
                 btc_network=c.chain_name, poll_interval=c.poll_interval, zmq_url=c.zmq_hashblock or None,
                 locator_cache_size=c.locator_cache_size, rebroadcast_after=c.rebroadcast_after,
             ),
-            self.store, self.bitcoind, self.gatekeeper, [self.gatekeeper],
+            self.store, self.bitcoind, self.gatekeeper, [self.gatekeeper], metrics=self.metrics,
         )
         chain.target = self.engine
         self.gatekeeper.start()
@@ -244,13 +248,35 @@ class Daemon:
         self.service = TowerService(self.gatekeeper, self.engine, self.store, secret)
         self.server = self._make_server(self.service)
         log.info("API listening host=%s port=%d threads=%d", c.api_bind, c.api_port, c.api_threads)
+        self._start_admin()
+
+    def _start_admin(self) -> None:
+        """The admin API (teos-cli, /metrics, /ready) on rpcbind:rpcport, behind the datadir's cookie."""
+        from teos.admin import AdminServer, AdminServerError, StoreAdminBackend
+
+        assert self.store is not None and self.tower_id is not None
+        c = self.config
+        backend = StoreAdminBackend(
+            self.store, self.engine.status, self.tower_id,
+            stop_callback=lambda: os.kill(os.getpid(), signal.SIGTERM),
+        )  # fmt: skip
+        self.admin = AdminServer(backend, c.network_dir, host=c.rpc_bind, port=c.rpc_port, metrics=self.metrics)
+        try:
+            self.admin.start()
+        except AdminServerError as e:
+            self.admin = None
+            raise FatalError(f"{e} (is another teosd or program using this port? see --rpcport)") from e
+        log.info("admin API listening host=%s port=%d cookie=%s", c.rpc_bind, self.admin.port,
+                 self.admin.cookie_file)  # fmt: skip
 
     def _make_server(self, service: Any) -> Any:
         import waitress
 
+        from teos.admin import instrument
         from teos.api import create_app
 
         app = create_app(service)
+        instrument(app, self.metrics, name="public")
         try:
             return waitress.create_server(
                 app, host=self.config.api_bind, port=self.config.api_port, threads=self.config.api_threads,
@@ -269,6 +295,9 @@ class Daemon:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.admin is not None:
+            with contextlib.suppress(Exception):
+                self.admin.stop()  # stops listening and deletes the cookie
         if self.server is not None:
             log.info("stopping the API")
             with contextlib.suppress(Exception):
