@@ -80,6 +80,9 @@ def _legacy_status(code: int) -> int:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out as separate writes; with Nagle's algorithm on, a keep-alive client then
+    # waits for the delayed ACK (~40 ms) on every call. bitcoind's libevent server does not stall so.
+    disable_nagle_algorithm = True
     server_version = "teos-regtest"
     timeout = 60  # idle keep-alive connections are closed after a minute
 

@@ -1,0 +1,112 @@
+"""teos-cli and the admin API against a real teosd (subprocess) and the ``bitcoind`` fixture.
+
+Narrated like a functional test: a user registers and sends an appointment over the public API, the
+operator looks at the tower with teos-cli, a breach moves the metrics, and ``teos-cli stop`` ends teosd.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from common.types import Dialect
+from teos.demo import Teosd, TowerClient, free_port, wait_until
+from tests.daemon.conftest import TeosdFactory
+from tests.support.bitcoind import BitcoindHandle
+
+pytestmark = pytest.mark.e2e
+
+
+def teos_cli(datadir: Path, port: int, *args: str) -> tuple[int, Any]:
+    """Runs teos-cli; returns its exit code and its JSON output (stdout, else stderr)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "teos.cli.teos_cli", "--datadir", str(datadir), "--btcnetwork", "regtest",
+         "--rpcport", str(port), *args],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    out = done.stdout.strip() or done.stderr.strip()
+    return done.returncode, json.loads(out)
+
+
+def metric(port: int, name: str) -> float:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"metric {name} not exposed")
+
+
+@pytest.fixture
+def admin_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def tower(bitcoind: BitcoindHandle, teosd_factory: TeosdFactory, admin_port: int) -> Teosd:
+    return teosd_factory(bitcoind, extra=["--rpcport", str(admin_port)])
+
+
+def test_teos_cli_sees_what_users_did_and_stops_the_tower(
+    bitcoind: BitcoindHandle, tower: Teosd, admin_port: int
+) -> None:
+    datadir = tower.datadir
+    code, info = teos_cli(datadir, admin_port, "gettowerinfo")
+    assert code == 0
+    assert info["tower_id"] == tower.tower_id().hex()
+    assert info["n_registered_users"] == 0 and info["bitcoind_reachable"] is True
+
+    # A user registers and sends an appointment for a real commitment transaction.
+    user = TowerClient("127.0.0.1", tower.api_port, Dialect.RUST)
+    user.register()
+    pair = bitcoind.wallet().breach_pair()
+    sent = user.add_appointment(pair.commitment.txid, pair.penalty.raw)
+
+    # Funding the wallet mined blocks: the tower catches up with them.
+    height = bitcoind.rpc("getblockcount")
+
+    def caught_up() -> dict[str, Any] | None:
+        code, info = teos_cli(datadir, admin_port, "gettowerinfo")
+        assert code == 0
+        done = info["last_processed_block"]["height"] == info["tip_height"] == height
+        return info if done and info["ready"] else None
+
+    info = wait_until(caught_up, 60, "the tower to catch up with bitcoind")
+    counts = (info["n_registered_users"], info["n_watcher_appointments"], info["n_responder_trackers"])
+    assert counts == (1, 1, 0)
+
+    code, users = teos_cli(datadir, admin_port, "getusers")
+    assert code == 0 and user.user_id.hex() in json.dumps(users)
+    code, found = teos_cli(datadir, admin_port, "getappointments", sent.locator.hex())
+    assert code == 0 and sent.locator.hex() in json.dumps(found)
+
+    # The breach: the tower responds, and the metrics say so.
+    assert metric(admin_port, "teos_breaches_seen_total") == 0
+    bitcoind.rpc("sendrawtransaction", pair.commitment.hex)
+    bitcoind.mine(1)
+    wait_until(lambda: metric(admin_port, "teos_penalties_broadcast_total") >= 1, 30, "penalty metric")
+    assert metric(admin_port, "teos_breaches_seen_total") == 1
+    code, info = teos_cli(datadir, admin_port, "gettowerinfo")
+    assert (info["n_watcher_appointments"], info["n_responder_trackers"]) == (0, 1)
+
+    # Without the cookie the admin API refuses.
+    conn = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
+    conn.request("GET", "/gettowerinfo")
+    assert conn.getresponse().status == 401
+    conn.close()
+
+    code, _ = teos_cli(datadir, admin_port, "stop")
+    assert code == 0
+    assert tower.wait(timeout=20) == 0
+    code, error = teos_cli(datadir, admin_port, "gettowerinfo")
+    assert code != 0 and "error" in error
