@@ -260,7 +260,9 @@ class Daemon:
             self.store, self.engine.status, self.tower_id,
             stop_callback=lambda: os.kill(os.getpid(), signal.SIGTERM),
         )  # fmt: skip
-        self.admin = AdminServer(backend, c.network_dir, host=c.rpc_bind, port=c.rpc_port, metrics=self.metrics)
+        self.admin = AdminServer(
+            backend, c.network_dir, host=c.rpc_bind, port=c.rpc_port, metrics=self.metrics
+        )
         try:
             self.admin.start()
         except AdminServerError as e:
