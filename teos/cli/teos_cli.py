@@ -16,6 +16,7 @@ import argparse
 import base64
 import configparser
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -208,14 +209,19 @@ def normalise_network(name: str) -> str:
 
 
 def make_client(args: argparse.Namespace) -> AdminClient:
-    datadir = Path(args.datadir or DEFAULT_DATADIR).expanduser()
+    """Where teosd's admin API is: flags, else teosd's own ``TEOS_<KEY>`` environment variables, else
+    ``teos.conf``, else the defaults (so a container's HEALTHCHECK finds what teosd was started with)."""
+    env = os.environ
+    datadir = Path(args.datadir or env.get("TEOS_DATADIR") or DEFAULT_DATADIR).expanduser()
     conf = _read_conf(datadir)
-    network = normalise_network(args.btcnetwork or conf.get("btcnetwork") or DEFAULT_NETWORK)
-    host = args.rpcconnect or conf.get("rpcbind") or DEFAULT_RPC_HOST
+    network = normalise_network(
+        args.btcnetwork or env.get("TEOS_BTCNETWORK") or conf.get("btcnetwork") or DEFAULT_NETWORK
+    )
+    host = args.rpcconnect or env.get("TEOS_RPCBIND") or conf.get("rpcbind") or DEFAULT_RPC_HOST
     if host in ("0.0.0.0", "::"):
         host = DEFAULT_RPC_HOST
     try:
-        port = args.rpcport or int(conf.get("rpcport") or DEFAULT_RPC_PORT)
+        port = args.rpcport or int(env.get("TEOS_RPCPORT") or conf.get("rpcport") or DEFAULT_RPC_PORT)
     except ValueError:
         raise CliError(f"bad rpcport in {datadir / 'teos.conf'}", exit_code=2) from None
     try:

@@ -156,3 +156,17 @@ def test_ipv6_literal_host_is_bracketed() -> None:
 
     assert AdminClient("::1", 8814, ("__cookie__", "x")).base == "http://[::1]:8814"
     assert AdminClient("127.0.0.1", 1, ("__cookie__", "x")).base == "http://127.0.0.1:1"
+
+
+def test_teosd_environment_gives_datadir_network_and_port(tower: Tower) -> None:
+    """In a container teosd is configured by TEOS_* variables; the HEALTHCHECK's plain
+    ``teos-cli gettowerinfo`` must find the same datadir, network and port."""
+    env = {**os.environ, "TEOS_DATADIR": str(tower.datadir), "TEOS_BTCNETWORK": NETWORK,
+           "TEOS_RPCPORT": str(tower.server.port)}  # fmt: skip
+    cmd = [sys.executable, "-m", "teos.cli.teos_cli", "gettowerinfo"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert ok_json(result)["tower_id"] == TOWER_ID.hex()
+    # A flag still wins over the environment.
+    env["TEOS_RPCPORT"] = "1"
+    cmd = [*cmd[:-1], "--rpcport", str(tower.server.port), "gettowerinfo"]
+    assert ok_json(subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env))["tower_id"]
