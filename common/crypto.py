@@ -13,6 +13,7 @@ Everything here is a pure function over bytes, shared by the tower and any clien
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from coincurve import PrivateKey, PublicKey
@@ -92,6 +93,13 @@ def _private_key(secret_key: bytes) -> PrivateKey:
     """A coincurve key for exactly 32 bytes encoding a scalar in [1, n-1]; ValueError otherwise."""
     if not isinstance(secret_key, bytes) or len(secret_key) != 32:
         raise ValueError("a secret key is 32 bytes")
+    return _cached_private_key(secret_key)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_private_key(secret_key: bytes) -> PrivateKey:
+    # Building a PrivateKey derives its public keys (two point multiplications); the tower signs every
+    # receipt with the same key, so keep the few recently used ones (coincurve keys are immutable).
     return PrivateKey(secret_key)
 
 
