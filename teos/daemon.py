@@ -47,6 +47,7 @@ from coincurve import PrivateKey
 from common import crypto
 from common.types import Txid, UserId
 from teos.config import Config
+from teos.fsutil import write_private_file
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord
 from teos.storage.store import Batch, StorageError, Store
@@ -95,26 +96,6 @@ def setup_logging(debug: bool, log_file: Path | None) -> None:
 # -- the tower key --------------------------------------------------------------------------------
 
 
-def _write_private_file(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` atomically; the file is never readable by others, even briefly."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def load_or_create_key(path: Path, store: Store, overwrite: bool) -> bytes:
     """The tower's 32-byte secret key: from ``path``, else from the database, else a new one."""
     stored = store.get(keys.META_TOWER_KEY)
@@ -133,10 +114,10 @@ def load_or_create_key(path: Path, store: Store, overwrite: bool) -> bytes:
     elif stored is not None and len(stored) == 32:
         secret = stored
         log.warning("tower key file missing, restored from the database path=%s", path)
-        _write_private_file(path, PrivateKey(secret).to_der())
+        write_private_file(path, PrivateKey(secret).to_der())
     if secret is None:
         secret = crypto.generate_secret_key()
-        _write_private_file(path, PrivateKey(secret).to_der())
+        write_private_file(path, PrivateKey(secret).to_der())
         log.info("tower key created path=%s", path)
     if stored != secret:
         batch = Batch()

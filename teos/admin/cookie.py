@@ -12,9 +12,10 @@ never readable by others, not even for an instant, and a reader never sees a hal
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 from pathlib import Path
+
+from teos.fsutil import write_private_file
 
 COOKIE_USER = "__cookie__"
 COOKIE_FILE = ".cookie"
@@ -31,18 +32,7 @@ def cookie_path(directory: str | Path) -> Path:
 def write_cookie(directory: str | Path) -> str:
     """Writes a fresh cookie to ``<directory>/.cookie`` (mode 0600) and returns its secret (hex)."""
     secret = secrets.token_hex(32)
-    path = cookie_path(directory)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, f"{COOKIE_USER}:{secret}".encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private_file(cookie_path(directory), f"{COOKIE_USER}:{secret}".encode("ascii"))
     return secret
 
 

@@ -24,9 +24,7 @@ Exit codes: 0 success, 1 the tower refused the request, 2 usage, 3 tower unreach
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ from common.appointment import Appointment
 from common.dialects import locator_from_txid
 from common.types import Dialect, Locator, Txid, UserId
 from teos.cli.transport import BadResponse, HttpError, Unreachable, request_json
+from teos.fsutil import write_private_file
 
 DEFAULT_DATADIR = "~/.teos_client"
 DEFAULT_TOWER_PORT = 9814
@@ -106,21 +105,6 @@ def parse_tower_id(text: str) -> UserId:
 # -- the user's datadir -------------------------------------------------------------------------------
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Writes ``data`` atomically, readable by the owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 class UserData:
     """The user's key, towers and receipts on disk (see the module docstring)."""
 
@@ -135,7 +119,7 @@ class UserData:
             except Exception as e:
                 raise ClientError(f"cannot read the user key {path}: {e}") from None
         secret = crypto.generate_secret_key()
-        write_private(path, PrivateKey(secret).to_der())
+        write_private_file(path, PrivateKey(secret).to_der())
         return secret
 
     def _tower_dir(self, tower_id: UserId) -> Path:
@@ -144,7 +128,7 @@ class UserData:
     def save_tower(self, tower: TowerAddress, dialect: Dialect, registration: JsonObject) -> None:
         info = {"tower_id": tower.tower_id.hex(), "netaddr": tower.netaddr, "dialect": dialect.value,
                 "registration": registration}
-        write_private(self._tower_dir(tower.tower_id) / "tower.json", _dumps(info).encode())
+        write_private_file(self._tower_dir(tower.tower_id) / "tower.json", _dumps(info).encode())
 
     def load_tower(self, tower_id: UserId) -> JsonObject:
         path = self._tower_dir(tower_id) / "tower.json"
@@ -163,7 +147,7 @@ class UserData:
 
     def save_appointment_receipt(self, tower_id: UserId, locator: Locator, receipt: JsonObject) -> Path:
         path = self._tower_dir(tower_id) / "appointments" / f"{locator.hex()}.json"
-        write_private(path, _dumps(receipt).encode())
+        write_private_file(path, _dumps(receipt).encode())
         return path
 
 
