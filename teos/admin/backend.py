@@ -225,6 +225,8 @@ class StoreAdminBackend:
             "last_processed_block": last,
             "blocks_behind": _int_or_none(status.get("blocks_behind")),
             "catching_up": status.get("catching_up") is True,
+            # while far behind: {from_height, to_height, done, total, blocks_per_second}, else null
+            "catch_up": status.get("catch_up") if isinstance(status.get("catch_up"), dict) else None,
             "ready": ready,
             "not_ready_reason": reason or None,
         }

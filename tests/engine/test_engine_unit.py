@@ -300,3 +300,18 @@ def test_unreachable_at_start_is_refused_after_the_retry_policy(h):
     h.chain.down = True
     with pytest.raises(BootstrapError, match="did not answer"):
         h.start()
+
+
+def test_catch_up_after_downtime_logs_progress_and_status_reports_the_tip(h, caplog):
+    h.start()
+    h.stop()
+    h.chain.mine(n=40)  # mined while the tower was down
+    with caplog.at_level("INFO", logger="teos.engine"):
+        engine = h.start()
+        h.synced(timeout=20)
+        wait_until(lambda: "caught up" in caplog.text, 5)
+    assert "catching up from height" in caplog.text
+    status = engine.status()
+    assert status["tip_height_seen"] == h.chain.tip.height
+    assert status["blocks_behind"] == 0 and status["catch_up"] is None
+    assert status["seconds_since_tip_check"] is not None and status["seconds_since_tip_check"] < 5
