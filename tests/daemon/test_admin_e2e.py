@@ -110,3 +110,39 @@ def test_teos_cli_sees_what_users_did_and_stops_the_tower(
     assert tower.wait(timeout=20) == 0
     code, error = teos_cli(datadir, admin_port, "gettowerinfo")
     assert code != 0 and "error" in error
+
+
+def teos_client(home: Path, *args: str) -> tuple[int, Any]:
+    done = subprocess.run([sys.executable, "-m", "teos.cli.teos_client", "--datadir", str(home), *args],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = done.stdout.strip() or done.stderr.strip()
+    return done.returncode, json.loads(out)
+
+
+@pytest.mark.parametrize("dialect", ["rust", "python"])
+def test_teos_client_session_through_a_breach(
+    bitcoind: BitcoindHandle, tower: Teosd, tmp_path: Path, dialect: str
+) -> None:
+    """A user with teos-client registers, hands over a real penalty, and sees it responded."""
+    home = tmp_path / f"client-{dialect}"
+    address = f"{tower.tower_id().hex()}@127.0.0.1:{tower.api_port}"
+    code, reg = teos_client(home, "--dialect", dialect, "register", address)
+    assert code == 0 and reg["tower_id"] == tower.tower_id().hex()
+
+    pair = bitcoind.wallet().breach_pair()
+    code, receipt = teos_client(home, "add_appointment", "--dispute-txid", pair.commitment.txid.hex(),
+                                "--penalty-rawtx", pair.penalty.hex)  # fmt: skip
+    assert code == 0, receipt
+    locator = receipt["appointment"]["locator"]
+    code, got = teos_client(home, "get_appointment", locator)
+    assert code == 0 and got["status"] == "being_watched"
+
+    bitcoind.rpc("sendrawtransaction", pair.commitment.hex)
+    bitcoind.mine(1)
+    wait_until(lambda: pair.penalty.txid.hex() in bitcoind.rpc("getrawmempool"), 30, "the penalty")
+
+    def responded() -> bool:
+        code, got = teos_client(home, "get_appointment", locator)
+        return code == 0 and got["status"] == "dispute_responded"
+
+    wait_until(responded, 30, "get_appointment to show the response")
