@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from teos.storage.store import Store
 from tests.support.bitcoind import BitcoindHandle, make_handle
 
 
@@ -59,3 +60,14 @@ def bitcoind_factory(tmp_path: Path) -> Iterator[Callable[..., BitcoindHandle]]:
     finally:
         for handle in started:
             handle.stop()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A real LevelDB store in the test's temporary directory, closed at teardown."""
+    s = Store(tmp_path / "db")
+    s.open()
+    try:
+        yield s
+    finally:
+        s.close()

@@ -159,13 +159,6 @@ class StoreAdminBackend:
 
     # -- counting ------------------------------------------------------------------------------------
 
-    def _count(self, prefix: bytes) -> int:
-        n = 0
-        with self._store.db.iterator(prefix=prefix, include_value=False) as it:
-            for _ in it:
-                n += 1
-        return n
-
     def _status(self) -> Mapping[str, Any]:
         try:
             return self._engine_status()
@@ -215,11 +208,11 @@ class StoreAdminBackend:
         n_appointments_raw = self._store.get(keys.META_N_APPOINTMENTS)
         return {
             "tower_id": self._tower_id.hex(),
-            "n_registered_users": self._count(keys.USER),
-            "n_watcher_appointments": self._count(keys.APPOINTMENT),
-            "n_responder_trackers": self._count(keys.TRACKER),
+            "n_registered_users": self._store.count(keys.USER),
+            "n_watcher_appointments": self._store.count(keys.APPOINTMENT),
+            "n_responder_trackers": self._store.count(keys.TRACKER),
             "n_appointments": (int.from_bytes(n_appointments_raw, "big") if n_appointments_raw is not None
-                               else self._count(keys.USER_APPOINTMENT)),
+                               else self._store.count(keys.USER_APPOINTMENT)),
             "bitcoind_reachable": status.get("bitcoind_reachable") is True,
             "tip_height": tip if tip is not None and tip >= 0 else None,
             "last_processed_block": last,

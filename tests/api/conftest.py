@@ -1,23 +1,10 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.storage.store import Store
 from tests.api.support import FakeChain, Tower
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "db")
-    s.open()
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture

@@ -11,18 +11,10 @@ from teos.chain.bitcoind import RetryPolicy, RPCError
 from teos.engine import BootstrapError, Engine, EngineConfig
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord
-from teos.storage.store import Batch, Store
+from teos.storage.store import Batch
 from teos.storage.watched import put_watched
 from tests.engine.fakes import FakeChain, RecordingLedger, random_tx, store_appointment
 from tests.support.wait import wait_until
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "db")
-    s.open()
-    yield s
-    s.close()
 
 
 @pytest.fixture
