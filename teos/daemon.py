@@ -226,7 +226,7 @@ class Daemon:
             self.engine.start()
         except BootstrapError as e:
             raise FatalError(f"cannot start on bitcoind {c.btc_rpc_connect}:{c.btc_rpc_port}: {e}") from e
-        self.service = TowerService(self.gatekeeper, self.engine, self.store, secret)
+        self.service = TowerService.local(self.gatekeeper, self.engine, self.store, secret)
         self.server = self._make_server(self.service)
         log.info("API listening host=%s port=%d threads=%d", c.api_bind, c.api_port, c.api_threads)
         self._start_admin()

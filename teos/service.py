@@ -1,14 +1,25 @@
 """The tower's use cases, as the public API calls them: register, add/get an appointment, subscription info.
 
-The service knows nothing of HTTP or JSON: it takes value types (already validated by
-``common.validation``) and returns plain records, or raises ``TeosError`` (the API maps the error kind to a
-status and a code in the caller's dialect). It holds the tower's secret key and signs the receipts, in the
-byte layout of the user's dialect (``common.receipts``).
+Two halves, so the HTTP side can run in other processes than the one that owns the database:
+
+- ``TowerCore`` is the state side. It lives in the process that owns the store, the Gatekeeper and the
+  engine (teosd's main process) and takes identified users (``UserId``), never signatures or keys.
+- ``TowerService`` is the request side. It recovers who signed a request (ECDSA public-key recovery),
+  checks that a signature was made over the very message acted on, asks a core for the state change, and
+  signs the receipt with the tower key, in the byte layout of the user's dialect (``common.receipts``).
+  Its core is a ``TowerCore`` in the same process, or a ``teos.api.ipc.RemoteCore`` speaking to one in
+  teosd's main process: the CPU work of a request (key recovery, receipt signing, HTTP and JSON) then runs
+  in API worker processes while one process stays the single writer.
+
+Neither knows anything of HTTP or JSON: they take value types (already validated by ``common.validation``)
+and return plain records, or raise ``TeosError`` (the API maps the error kind to a status and a code in the
+caller's dialect).
 
 Authentication is a capability: ``authenticate(message, signature)`` recovers the signer and returns a
 ``Caller`` only if the signer is a registered user. Use cases take that ``Caller`` and check that it was
-made for the very message they act on. Whether the user's subscription is still active is checked by each
-use case (expired users are known users, so their errors can be answered in their own dialect).
+made for the very message they act on. Whether the user's subscription is still active is checked by the
+core on each use case, on the user record as it is then (expired users are known users, so their errors
+can be answered in their own dialect).
 
 Durability: ``add_appointment`` returns the signed receipt only after the appointment and the slot change
 are synced to disk (the Gatekeeper commits them in one batch).
@@ -18,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
 from common import crypto, receipts
 from common.appointment import Appointment, compute_uuid
@@ -40,6 +52,8 @@ DISPUTE_RESPONDED = "dispute_responded"
 DEFAULT_MAX_BLOB_BYTES = 16 * 1024
 
 GET_SUBSCRIPTION_INFO_MESSAGE = b"get subscription info"
+
+NOT_ENOUGH_SLOTS = "Invalid signature or user does not have enough slots available"
 
 
 def get_appointment_message(locator: Locator) -> bytes:
@@ -97,38 +111,169 @@ class SubscriptionInfo:
     locators: list[Locator]
 
 
+class Core(Protocol):
+    """The state side of the use cases, as ``TowerService`` needs it (``TowerCore`` or a remote one)."""
+
+    def user(self, user_id: UserId) -> UserRecord | None: ...
+
+    def register(self, user_id: UserId, dialect: Dialect) -> UserRecord: ...
+
+    def add_appointment(
+        self, user_id: UserId, signature: str, appointment: Appointment
+    ) -> tuple[AppointmentRecord, UserRecord]: ...
+
+    def get_appointment(self, user_id: UserId, locator: Locator) -> AppointmentState: ...
+
+    def get_subscription_info(self, user_id: UserId) -> SubscriptionInfo: ...
+
+
+class TowerCore:
+    """The state side of the use cases (see the module docstring); implements ``Core``."""
+
+    def __init__(self, gatekeeper: Gatekeeper, chain: ChainView, store: Store) -> None:
+        self.gatekeeper = gatekeeper
+        self.chain = chain
+        self.store = store
+
+    def _require_bitcoind(self) -> None:
+        if not self.chain.bitcoind_reachable:
+            raise TeosError(ErrorKind.SERVICE_UNAVAILABLE, "Service currently unavailable")
+
+    def _active_user(self, user_id: UserId, refusal: str) -> UserRecord:
+        user = self.gatekeeper.get_user(user_id)
+        if user is None:  # deleted (expired) since the request was authenticated
+            raise TeosError(ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION, refusal)
+        self.gatekeeper.check_active(user)
+        return user
+
+    def user(self, user_id: UserId) -> UserRecord | None:
+        """The registered user ``user_id`` (perhaps expired), or None."""
+        return self.gatekeeper.get_user(user_id)
+
+    def register(self, user_id: UserId, dialect: Dialect) -> UserRecord:
+        """Registers (or tops up) ``user_id``; returns the stored subscription."""
+        self._require_bitcoind()
+        return self.gatekeeper.register(user_id, dialect)
+
+    def add_appointment(
+        self, user_id: UserId, signature: str, appointment: Appointment
+    ) -> tuple[AppointmentRecord, UserRecord]:
+        """Stores ``appointment`` for ``user_id`` (who signed it with ``signature``) and charges its slots.
+
+        If the dispute is already in the chain's locator cache, the blob must decrypt (with the key of
+        the user's dialect) to a transaction; otherwise the appointment is refused (WRONG_FIELD_FORMAT,
+        nothing charged, nothing signed) rather than accepted, charged and forgotten as python-teos did.
+        A valid one is stored like any other, and the engine is told after the commit so it responds at
+        once.
+        """
+        self._require_bitcoind()
+        user = self.gatekeeper.get_user(user_id)
+        if user is None:
+            raise TeosError(ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION, NOT_ENOUGH_SLOTS)
+        record = AppointmentRecord(
+            uuid=compute_uuid(appointment.locator, user_id),
+            locator=appointment.locator,
+            encrypted_blob=appointment.encrypted_blob,
+            to_self_delay=appointment.to_self_delay,
+            user_id=user_id,
+            user_signature=signature,
+            start_block=self.chain.tip_height,
+            dialect=user.dialect,
+        )
+        dispute_txid = self.chain.breach_in_cache(record)
+        if dispute_txid is not None:
+            self._check_penalty_decodes(record, dispute_txid)
+        user = self.gatekeeper.add_appointment(record)
+        if dispute_txid is None:
+            # The breach block may have been processed between the check above and the commit: the
+            # Watcher puts a block in the cache before its lookups, so looking again closes that gap.
+            dispute_txid = self.chain.breach_in_cache(record)
+        if dispute_txid is not None:
+            self.chain.appointment_added(record, dispute_txid)
+        log.debug(
+            "appointment accepted locator=%s user_id=%s slots_left=%d breached=%s",
+            record.locator,
+            record.user_id,
+            user.available_slots,
+            dispute_txid is not None,
+        )
+        return record, user
+
+    def _check_penalty_decodes(self, record: AppointmentRecord, dispute_txid: Txid) -> None:
+        try:
+            decode_transaction(crypto.decrypt(record.encrypted_blob, dispute_txid, record.dialect))
+        except (crypto.DecryptionError, TxDecodeError) as exc:
+            log.info("appointment refused: breach in cache, blob invalid locator=%s: %s", record.locator, exc)
+            raise RequestError(
+                ErrorKind.WRONG_FIELD_FORMAT,
+                "encrypted_blob does not decrypt to a valid transaction for a dispute already in the chain",
+            ) from None
+
+    def get_appointment(self, user_id: UserId, locator: Locator) -> AppointmentState:
+        """The user's appointment at ``locator``: watched, or responded (its tracker). Raises
+        APPOINTMENT_NOT_FOUND if the user holds none there."""
+        self._active_user(user_id, "User cannot be authenticated")
+        uuid = compute_uuid(locator, user_id)
+        raw = self.store.get(keys.appointment(locator, uuid))
+        if raw is not None:
+            return AppointmentState(BEING_WATCHED, appointment=AppointmentRecord.decode(raw))
+        raw = self.store.get(keys.tracker(uuid))
+        if raw is not None:
+            return AppointmentState(DISPUTE_RESPONDED, tracker=TrackerRecord.decode(raw))
+        raise TeosError(ErrorKind.APPOINTMENT_NOT_FOUND, "Appointment not found")
+
+    def get_subscription_info(self, user_id: UserId) -> SubscriptionInfo:
+        """The user's subscription and the locators of every appointment it holds (watched or
+        responded)."""
+        user = self._active_user(user_id, "User not found. Have you registered?")
+        locators = [locator for _, locator in self.gatekeeper.user_appointments(user_id)]
+        return SubscriptionInfo(user=user, locators=locators)
+
+
 class TowerService:
-    """Use cases of the public API (see the module docstring)."""
+    """The request side of the use cases (see the module docstring): who signed, and the signed receipts."""
 
     def __init__(
         self,
+        core: Core,
+        tower_secret_key: bytes,
+        *,
+        min_to_self_delay: int,
+        max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
+    ) -> None:
+        self.core = core
+        self._secret_key = tower_secret_key
+        self.tower_id = crypto.public_key(tower_secret_key)
+        self.min_to_self_delay = min_to_self_delay
+        self.max_blob_bytes = max_blob_bytes
+
+    @classmethod
+    def local(
+        cls,
         gatekeeper: Gatekeeper,
         chain: ChainView,
         store: Store,
         tower_secret_key: bytes,
         *,
         max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
-    ) -> None:
-        self.gatekeeper = gatekeeper
-        self.chain = chain
-        self.store = store
-        self._secret_key = tower_secret_key
-        self.tower_id = crypto.public_key(tower_secret_key)
-        self.max_blob_bytes = max_blob_bytes
-
-    @property
-    def min_to_self_delay(self) -> int:
-        return self.gatekeeper.config.min_to_self_delay
-
-    def _require_bitcoind(self) -> None:
-        if not self.chain.bitcoind_reachable:
-            raise TeosError(ErrorKind.SERVICE_UNAVAILABLE, "Service currently unavailable")
+    ) -> TowerService:
+        """A service over a ``TowerCore`` in this process (tests, and tools that own the database)."""
+        return cls(
+            TowerCore(gatekeeper, chain, store),
+            tower_secret_key,
+            min_to_self_delay=gatekeeper.config.min_to_self_delay,
+            max_blob_bytes=max_blob_bytes,
+        )
 
     # -- authentication --------------------------------------------------------------------------
 
     def authenticate(self, message: bytes, signature: str) -> Caller | None:
         """The registered user who signed ``message``, or None (bad signature or unknown signer)."""
-        user = self.gatekeeper.authenticate(message, signature)
+        try:
+            user_id = crypto.recover_public_key(message, signature)
+        except crypto.InvalidSignature:
+            return None
+        user = self.core.user(user_id)
         if user is None:
             return None
         return Caller(user=user, message=message, signature=signature)
@@ -141,8 +286,7 @@ class TowerService:
 
     def register(self, user_id: UserId, dialect: Dialect) -> Registration:
         """Registers (or tops up) ``user_id`` and signs the registration receipt in its dialect."""
-        self._require_bitcoind()
-        user = self.gatekeeper.register(user_id, dialect)
+        user = self.core.register(user_id, dialect)
         receipt = receipts.registration_receipt(
             user.dialect,
             user.user_id,
@@ -153,75 +297,20 @@ class TowerService:
         return Registration(user=user, dialect=user.dialect, signature=crypto.sign(receipt, self._secret_key))
 
     def add_appointment(self, caller: Caller, appointment: Appointment) -> AcceptedAppointment:
-        """Stores ``appointment`` for ``caller`` (who signed its serialization) and signs the receipt.
-
-        If the dispute is already in the chain's locator cache, the blob must decrypt (with the key of
-        the user's dialect) to a transaction; otherwise the appointment is refused (WRONG_FIELD_FORMAT,
-        nothing charged, nothing signed) rather than accepted, charged and forgotten as python-teos did.
-        A valid one is stored like any other, and the engine is told after the commit so it responds at
-        once.
-        """
-        self._require_bitcoind()
+        """Stores ``appointment`` for ``caller`` (who signed its serialization) and signs the receipt
+        (see ``TowerCore.add_appointment`` for an appointment whose breach is already known)."""
         self._check_caller(caller, appointment.serialize())
-        record = AppointmentRecord(
-            uuid=compute_uuid(appointment.locator, caller.user_id),
-            locator=appointment.locator,
-            encrypted_blob=appointment.encrypted_blob,
-            to_self_delay=appointment.to_self_delay,
-            user_id=caller.user_id,
-            user_signature=caller.signature,
-            start_block=self.chain.tip_height,
-            dialect=caller.dialect,
-        )
-        dispute_txid = self.chain.breach_in_cache(record)
-        if dispute_txid is not None:
-            self._check_penalty_decodes(record, dispute_txid)
-        user = self.gatekeeper.add_appointment(record)
-        if dispute_txid is None:
-            # The breach block may have been processed between the check above and the commit: the
-            # Watcher puts a block in the cache before its lookups, so looking again closes that gap.
-            dispute_txid = self.chain.breach_in_cache(record)
-        if dispute_txid is not None:
-            self.chain.appointment_added(record, dispute_txid)
+        record, user = self.core.add_appointment(caller.user_id, caller.signature, appointment)
         receipt = receipts.appointment_receipt(record.dialect, record.user_signature, record.start_block)
-        log.debug(
-            "appointment accepted locator=%s user_id=%s slots_left=%d breached=%s",
-            record.locator,
-            record.user_id,
-            user.available_slots,
-            dispute_txid is not None,
-        )
         return AcceptedAppointment(record=record, user=user, signature=crypto.sign(receipt, self._secret_key))
-
-    def _check_penalty_decodes(self, record: AppointmentRecord, dispute_txid: Txid) -> None:
-        try:
-            decode_transaction(crypto.decrypt(record.encrypted_blob, dispute_txid, record.dialect))
-        except (crypto.DecryptionError, TxDecodeError) as exc:
-            log.info("appointment refused: breach in cache, blob invalid locator=%s: %s", record.locator, exc)
-            raise RequestError(
-                ErrorKind.WRONG_FIELD_FORMAT,
-                "encrypted_blob does not decrypt to a valid transaction for a dispute already in the chain",
-            ) from None
 
     def get_appointment(self, caller: Caller, locator: Locator) -> AppointmentState:
         """The caller's appointment at ``locator``: watched, or responded (its tracker). Raises
         APPOINTMENT_NOT_FOUND if the caller holds none there."""
         self._check_caller(caller, get_appointment_message(locator))
-        self.gatekeeper.check_active(caller.user)
-        uuid = compute_uuid(locator, caller.user_id)
-        raw = self.store.get(keys.appointment(locator, uuid))
-        if raw is not None:
-            return AppointmentState(BEING_WATCHED, appointment=AppointmentRecord.decode(raw))
-        raw = self.store.get(keys.tracker(uuid))
-        if raw is not None:
-            return AppointmentState(DISPUTE_RESPONDED, tracker=TrackerRecord.decode(raw))
-        raise TeosError(ErrorKind.APPOINTMENT_NOT_FOUND, "Appointment not found")
+        return self.core.get_appointment(caller.user_id, locator)
 
     def get_subscription_info(self, caller: Caller) -> SubscriptionInfo:
-        """The caller's subscription and the locators of every appointment it holds (watched or
-        responded)."""
+        """The caller's subscription and the locators of every appointment it holds."""
         self._check_caller(caller, GET_SUBSCRIPTION_INFO_MESSAGE)
-        user = self.gatekeeper.get_user(caller.user_id) or caller.user
-        self.gatekeeper.check_active(user)
-        locators = [locator for _, locator in self.gatekeeper.user_appointments(caller.user_id)]
-        return SubscriptionInfo(user=user, locators=locators)
+        return self.core.get_subscription_info(caller.user_id)

@@ -141,7 +141,7 @@ class Tower:
         gatekeeper = Gatekeeper(store, config, chain)
         gatekeeper.start()
         secret_key = crypto.generate_secret_key()
-        service = TowerService(gatekeeper, chain, store, secret_key)
+        service = TowerService.local(gatekeeper, chain, store, secret_key)
         return cls(store, chain, gatekeeper, service, create_app(service), secret_key)
 
     @property

@@ -119,7 +119,7 @@ def real_tower(tmp_path: Path) -> Iterator[RealTower]:
     gatekeeper = Gatekeeper(store, GatekeeperConfig(), chain)
     gatekeeper.start()
     secret = crypto.generate_secret_key()
-    service = service_mod.TowerService(gatekeeper, chain, store, secret)
+    service = service_mod.TowerService.local(gatekeeper, chain, store, secret)
     try:
         with serve(api.create_app(service)) as port:
             yield RealTower(crypto.public_key(secret), port, store)
@@ -321,7 +321,7 @@ def test_admin_sees_what_the_real_gatekeeper_wrote(tmp_path: Path) -> None:
     secret = crypto.generate_secret_key()
     tower_id = crypto.public_key(secret)
     metrics = Metrics()
-    public_app = api.create_app(service_mod.TowerService(gatekeeper, chain, store, secret))
+    public_app = api.create_app(service_mod.TowerService.local(gatekeeper, chain, store, secret))
     instrument(public_app, metrics, name="public")
     admin = AdminServer(StoreAdminBackend(store, FakeEngineStatus(), tower_id, lambda: None),
                         tmp_path / "regtest", port=0, metrics=metrics)
