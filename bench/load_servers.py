@@ -6,7 +6,7 @@ Store's group commit, a signed receipt and a JSON answer. Each server runs in it
 subprocess of this script), the load comes from ``bench/loadgen.py``. On a 2-core machine the client
 processes compete with the server for the CPU, so the absolute figures are lower than with wrk.
 
-    .venv/bin/python bench/load_servers.py [--appointments N] [--servers waitress,gunicorn,werkzeug,cheroot]
+    .venv/bin/python bench/load_servers.py [--appointments N] [--servers waitress,granian,gunicorn,cheroot]
 
 (cheroot is not a requirement of the project: ``pip install cheroot`` into .venv to include it.)
 """
@@ -27,7 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.loadgen import run_load
 
-SERVERS = ("waitress", "cheroot", "gunicorn", "werkzeug")
+SERVERS = ("waitress", "granian", "cheroot", "gunicorn", "werkzeug")
+
+
+def _granian_app(db_path: str, target: str) -> Any:
+    """granian's loader in its (spawned) worker: the probe app over its own store."""
+    return make_app(db_path)
 
 
 def make_app(db_path: str) -> Any:
@@ -75,6 +80,18 @@ def make_app(db_path: str) -> Any:
 
 
 def serve(kind: str, port: int, db_path: str, threads: int) -> None:
+    if kind == "granian":  # one worker: the probe's store allows one process, as teosd's state does
+        import functools
+        import multiprocessing
+
+        from granian import Granian
+        from granian.constants import Interfaces
+
+        multiprocessing.set_start_method("spawn", force=True)
+        Granian("probe", address="127.0.0.1", port=port, interface=Interfaces.WSGI, workers=1,
+                blocking_threads=threads, log_level="warning").serve(  # type: ignore[arg-type]
+            target_loader=functools.partial(_granian_app, db_path))
+        return
     app = make_app(db_path)
     if kind == "waitress":
         import waitress
@@ -124,7 +141,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--servers", default="waitress,gunicorn")
+    parser.add_argument("--servers", default="waitress,granian,gunicorn")
     parser.add_argument("--appointments", type=int, default=8000)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)

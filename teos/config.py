@@ -50,6 +50,7 @@ class Config:
     api_bind: str
     api_port: int
     api_threads: int
+    api_workers: int
     rpc_bind: str
     rpc_port: int
     btc_network: str
@@ -70,6 +71,11 @@ class Config:
     log_file: Path | None
     debug: bool
     overwrite_key: bool
+
+    @property
+    def api_workers_count(self) -> int:
+        """API worker processes to run: ``api_workers``, or one per CPU core when it is 0."""
+        return self.api_workers or max(1, min(os.cpu_count() or 1, 16))
 
     @property
     def chain_name(self) -> str:
@@ -176,8 +182,11 @@ OPTIONS: tuple[_Option, ...] = (
             "(default: ~/.teos)", in_file=False),
     _Option("apibind", "api_bind", _host, "127.0.0.1", "address the public HTTP API listens on"),
     _Option("apiport", "api_port", _port, "9814", "port of the public HTTP API"),
-    _Option("apithreads", "api_threads", _int_in(1, 256), "16",
-            "threads serving HTTP requests (requests wait on disk writes, which are grouped)"),
+    _Option("apiworkers", "api_workers", _int_in(0, 64), "0",
+            "processes serving the public API (0: one per CPU core); the database stays in teosd's "
+            "main process"),
+    _Option("apithreads", "api_threads", _int_in(1, 256), "8",
+            "threads per API worker (requests wait on disk writes, which are grouped)"),
     _Option("rpcbind", "rpc_bind", _host, "127.0.0.1",
             "address of the admin API (teos-cli, /metrics, /ready); keep it on localhost"),
     _Option("rpcport", "rpc_port", _port, "8814", "port of the admin API"),

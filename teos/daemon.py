@@ -2,22 +2,25 @@
 
 Order: logging -> store (``<datadir>/<network>/db``, LevelDB) -> tower key -> bitcoind client -> Gatekeeper
 -> Engine (chain monitor, Watcher, Responder; its start-up checks bitcoind's network and pruning) ->
-service -> Flask app -> HTTP server. Stopping goes the other way: the server stops accepting and its
-threads finish the requests in hand (each request's write is either synced or not started, never partial),
-then the engine stops and joins its threads (a block's effects are one atomic batch), then the store is
-closed. SIGTERM and SIGINT trigger that and teosd exits 0; a second signal during shutdown is ignored.
+TowerCore and its worker channel (``teos.api.ipc.CoreServer``) -> admin API -> API workers (granian).
+Stopping goes the other way: granian stops accepting and each worker finishes the requests in hand (each
+request's write is either synced or not started, never partial), then the worker channel closes, then the
+engine stops and joins its threads (a block's effects are one atomic batch), then the store is closed.
+SIGTERM and SIGINT trigger that and teosd exits 0; a second signal during shutdown changes nothing.
 
-Serving: waitress, a production pure-Python WSGI server, in this process, with a pool of threads; the
-engine's threads live beside it, so the database and the in-memory state have a single owner (LevelDB
-allows one process anyway). Measured with ``bench/load_servers.py`` (a probe doing add_appointment's real
-work, 2 client processes on the same 2 cores): waitress ~1050 appointments/s, cheroot ~960, gunicorn with
-one gthread worker ~770, Werkzeug's development server ~500. gunicorn would also need the engine to start
-in its forked worker (post_worker_init) and would put an arbiter process between the signals and the state;
-waitress is faster here and keeps teosd one process whose signals, exit status and lock are its own.
-The whole tower under ``bench/load.py`` (many users, 16 connections): ~520-640 accepted appointments/s,
-each synced before its receipt, with teosd using one core (~1.5 ms of CPU per request; the GIL is the limit,
-the second core sits mostly idle). Going further takes the per-request CPU work (HTTP parsing, JSON, key
-recovery, receipt signing) into other processes while this one stays the single writer.
+Serving: the public API runs in ``--apiworkers`` processes (one per core by default) under granian, a
+production WSGI server (HTTP in Rust, the Flask app in Python threads). Each worker parses and validates
+requests, recovers the signer, signs the receipts, and asks this process for every state change over an
+authenticated Unix socket (``teos.api.ipc``); this process keeps the database, the Gatekeeper and the
+engine: one writer. Why: one Python process tops out near 700 add_appointment/s here (the GIL; ~1.4 ms of
+CPU per request, about half of it HTTP and Flask), so the CPU work of a request has to use the other cores.
+Measured (a probe doing add_appointment's HTTP, JSON and crypto work, loaded by wrk, 2 cores): waitress in one
+process ~1340/s, granian with one worker ~1670/s; two processes: waitress ~2490/s, granian ~3890/s.
+gunicorn (gthread) measured ~930/s for one process and would put its arbiter between the signals and the
+state. The worker processes are spawned fresh (never forked from this threaded process), get the tower
+key through the spawn pickle, and are killed by the kernel if this process dies (``PR_SET_PDEATHSIG``), so
+a crashed teosd never leaves workers answering on its port. granian respawns a worker that dies and
+gives up (teosd then exits 1) if they keep dying.
 
 The tower key: ``<datadir>/<network>/teos_sk.der``, the secp256k1 secret key in DER (the format python-teos
 used, so its key file can be brought over), mode 0600, created atomically (written to a temporary file
@@ -32,9 +35,12 @@ another network, port in use) raise ``FatalError`` with an actionable message; `
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import multiprocessing
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -62,7 +68,7 @@ class FatalError(RuntimeError):
 
 
 class _StopSignal(SystemExit):
-    """Raised in the main thread by SIGTERM/SIGINT (waitress's loop returns on SystemExit)."""
+    """Raised in the main thread by SIGTERM/SIGINT before granian takes the signals over."""
 
 
 # -- logging -------------------------------------------------------------------------------------
@@ -89,8 +95,39 @@ def setup_logging(debug: bool, log_file: Path | None) -> None:
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
-    # waitress warns about its queue depth under load: expected with bursts, not an operator's concern.
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    logging.getLogger("_granian").addFilter(_GRANIAN_NOISE)
+
+
+# granian's own messages (workers spawned, stopped, crashed) go to teosd's log; its access log stays off.
+_GRANIAN_LOGGING: dict[str, Any] = {
+    "loggers": {
+        "_granian": {"level": "INFO", "propagate": True},
+        "granian.access": {"level": "WARNING", "propagate": False},
+    },
+}
+
+
+class _GranianNoise(logging.Filter):
+    """Drops granian's advice to run fewer blocking threads: ours mostly wait on synced writes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Python threads" not in record.getMessage()
+
+
+_GRANIAN_NOISE = _GranianNoise()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fails if ``host:port`` is taken. granian's listeners share the port among its workers
+    (SO_REUSEPORT), so without this a second tower on the same port would silently share its traffic."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise FatalError(f"cannot listen on {host}:{port}: {e.strerror} "
+                             "(is another teosd or program using this port? see --apiport)") from e
 
 
 # -- the tower key --------------------------------------------------------------------------------
@@ -175,7 +212,8 @@ class Daemon:
         self.bitcoind: Any = None
         self.gatekeeper: Any = None
         self.engine: Any = None
-        self.service: Any = None
+        self.core: Any = None
+        self.core_server: Any = None
         self.server: Any = None
         self.admin: Any = None
         self.metrics: Any = None
@@ -184,10 +222,13 @@ class Daemon:
 
     def start(self) -> None:
         from teos.admin import Metrics
+        from teos.api import DEFAULT_MAX_BODY_BYTES
+        from teos.api.ipc import TOKEN_BYTES, CoreServer
+        from teos.api.worker import WorkerSettings
         from teos.chain.bitcoind import BitcoindClient, BitcoindConfig
         from teos.engine import BootstrapError, Engine, EngineConfig
         from teos.gatekeeper import Gatekeeper, GatekeeperConfig
-        from teos.service import TowerService
+        from teos.service import DEFAULT_MAX_BLOB_BYTES, TowerCore
 
         c = self.config
         log.info("starting teosd network=%s datadir=%s", c.btc_network, c.datadir)
@@ -226,9 +267,17 @@ class Daemon:
             self.engine.start()
         except BootstrapError as e:
             raise FatalError(f"cannot start on bitcoind {c.btc_rpc_connect}:{c.btc_rpc_port}: {e}") from e
-        self.service = TowerService.local(self.gatekeeper, self.engine, self.store, secret)
-        self.server = self._make_server(self.service)
-        log.info("API listening host=%s port=%d threads=%d", c.api_bind, c.api_port, c.api_threads)
+        self.core = TowerCore(self.gatekeeper, self.engine, self.store)
+        self.core_server = CoreServer(self.core, os.urandom(TOKEN_BYTES),
+                                      on_observations=self.metrics.observe_requests)
+        self.core_server.start()
+        self._worker_settings = WorkerSettings(
+            address=self.core_server.address, token=self.core_server.token, tower_secret_key=secret,
+            min_to_self_delay=c.min_to_self_delay, max_blob_bytes=DEFAULT_MAX_BLOB_BYTES,
+            max_body_bytes=DEFAULT_MAX_BODY_BYTES, debug=c.debug,
+            log_file=str(c.log_file) if c.log_file else None, parent_pid=os.getpid(),
+        )
+        self.server = self._make_server()
         self._start_admin()
 
     def _start_admin(self) -> None:
@@ -252,26 +301,36 @@ class Daemon:
         log.info("admin API listening host=%s port=%d cookie=%s", c.rpc_bind, self.admin.port,
                  self.admin.cookie_file)  # fmt: skip
 
-    def _make_server(self, service: Any) -> Any:
-        import waitress
+    def _make_server(self) -> Any:
+        """granian's supervisor for the API workers (see the module docstring); listens in ``serve``."""
+        from granian import Granian
+        from granian.constants import HTTPModes, Interfaces
+        from granian.log import LogLevels
 
-        from teos.admin import instrument
-        from teos.api import create_app
-
-        app = create_app(service)
-        instrument(app, self.metrics, name="public")
-        try:
-            return waitress.create_server(
-                app, host=self.config.api_bind, port=self.config.api_port, threads=self.config.api_threads,
-                ident="teos", clear_untrusted_proxy_headers=True, channel_timeout=60,
-            )
-        except OSError as e:
-            raise FatalError(f"cannot listen on {self.config.api_bind}:{self.config.api_port}: {e.strerror} "
-                             "(is another teosd or program using this port? see --apiport)") from e
+        c = self.config
+        _check_port_free(c.api_bind, c.api_port)
+        # Workers are fresh interpreters: forking this process, whose engine threads hold locks, is unsafe.
+        multiprocessing.set_start_method("spawn", force=True)
+        server = Granian(
+            "teos.api.worker:load_app", address=c.api_bind, port=c.api_port, interface=Interfaces.WSGI,
+            workers=c.api_workers_count, blocking_threads=c.api_threads, http=HTTPModes.http1,
+            websockets=False, backlog=1024, respawn_failed_workers=True,
+            workers_kill_timeout=int(SHUTDOWN_TIMEOUT),
+            log_level=LogLevels.debug if c.debug else LogLevels.info,
+            log_dictconfig=_GRANIAN_LOGGING,
+        )
+        setup_logging(c.debug, c.log_file)  # granian's dictConfig replaced our handlers
+        log.info("API listening host=%s port=%d workers=%d threads=%d", c.api_bind, c.api_port,
+                 c.api_workers_count, c.api_threads)
+        return server
 
     def serve(self) -> None:
-        """Serves until a signal raises ``_StopSignal`` in this (main) thread."""
-        self.server.run()
+        """Serves until SIGTERM/SIGINT (granian's handlers, from here on, stop the workers gracefully:
+        each finishes the requests in hand, whose writes are synced or not started) and returns.
+        Raises SystemExit if the workers keep dying (granian's crash-loop guard)."""
+        from teos.api.worker import load_app
+
+        self.server.serve(target_loader=functools.partial(load_app, self._worker_settings))
 
     def stop(self) -> None:
         """Stops whatever was started, in reverse order; safe to call more than once."""
@@ -281,11 +340,8 @@ class Daemon:
         if self.admin is not None:
             with contextlib.suppress(Exception):
                 self.admin.stop()  # stops listening and deletes the cookie
-        if self.server is not None:
-            log.info("stopping the API")
-            with contextlib.suppress(Exception):
-                self.server.close()
-            self.server.task_dispatcher.shutdown(cancel_pending=True, timeout=SHUTDOWN_TIMEOUT)
+        if self.core_server is not None:
+            self.core_server.stop()  # the workers are gone; requests in hand finished their writes
         if self.engine is not None:
             log.info("stopping the engine")
             self.engine.stop()
@@ -335,6 +391,9 @@ def run(config: Config) -> int:
         daemon.serve()
     except _StopSignal:
         pass
+    except SystemExit as e:  # granian gave up: its workers kept dying
+        log.error("fatal: the API workers failed repeatedly (exit %s); see the errors above", e.code)
+        status = 1
     except FatalError as e:
         log.error("fatal: %s", e)
         status = 1

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Protocol
 
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -120,6 +120,11 @@ class Metrics:
         self._requests.labels(app, endpoint, method, str(status)).inc()
         self._latency.labels(app, endpoint).observe(seconds)
 
+    def observe_requests(self, observations: Iterable[tuple[str, str, str, int, float]]) -> None:
+        """Records requests answered elsewhere (an API worker): (app, endpoint, method, status, seconds)."""
+        for app, endpoint, method, status, seconds in observations:
+            self.observe_request(endpoint, status, seconds, method=method, app=app)
+
     # -- state ---------------------------------------------------------------------------------------
 
     def bind_status(self, source: StatusSource) -> None:
@@ -144,7 +149,15 @@ def metrics_response(metrics: Metrics) -> Response:
     return Response(metrics.render(), mimetype=None, content_type=CONTENT_TYPE_LATEST)
 
 
-def instrument(app: Flask, metrics: Metrics, name: str = "public") -> None:
+class RequestObserver(Protocol):
+    """Where ``instrument`` reports requests: ``Metrics``, or an API worker's forwarder to it."""
+
+    def observe_request(
+        self, endpoint: str, status: int, seconds: float, *, method: str = "", app: str = "public"
+    ) -> None: ...
+
+
+def instrument(app: Flask, metrics: RequestObserver, name: str = "public") -> None:
     """Counts and times every request ``app`` answers, labelled by route (``/register``), method, status.
 
     Requests that match no route are labelled ``<unmatched>`` so a scanner cannot create unbounded labels.

@@ -15,8 +15,9 @@ from common.dialects import locator_from_txid
 from common.tx import Transaction, TxIn, TxOut
 from common.types import Dialect, Locator, Txid, UserId
 from teos.api import create_app
+from teos.api.ipc import TOKEN_BYTES, CoreClient, CoreServer, RemoteCore
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
-from teos.service import GET_SUBSCRIPTION_INFO_MESSAGE, TowerService, get_appointment_message
+from teos.service import GET_SUBSCRIPTION_INFO_MESSAGE, TowerCore, TowerService, get_appointment_message
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord
 from teos.storage.store import Batch, Store
@@ -125,6 +126,11 @@ class Tower:
     service: TowerService
     app: Flask
     secret_key: bytes
+    core_server: CoreServer | None = None
+
+    def close(self) -> None:
+        if self.core_server is not None:
+            self.core_server.stop()
 
     @classmethod
     def build(
@@ -135,14 +141,26 @@ class Tower:
         tip: int = 11,
         max_appointments: int = 1_000_000,
         chain: Any = None,
+        remote: bool = False,
     ) -> Tower:
+        """The app over a Gatekeeper on ``store``; with ``remote`` its service reaches the state through
+        the worker channel (a ``CoreServer`` on a real Unix socket), as in teosd's API workers."""
         chain = chain if chain is not None else FakeChain(tip_height=tip)
         config = GatekeeperConfig(subscription_slots=slots, max_appointments=max_appointments)
         gatekeeper = Gatekeeper(store, config, chain)
         gatekeeper.start()
         secret_key = crypto.generate_secret_key()
-        service = TowerService.local(gatekeeper, chain, store, secret_key)
-        return cls(store, chain, gatekeeper, service, create_app(service), secret_key)
+        if not remote:
+            service = TowerService.local(gatekeeper, chain, store, secret_key)
+            return cls(store, chain, gatekeeper, service, create_app(service), secret_key)
+        server = CoreServer(TowerCore(gatekeeper, chain, store), os.urandom(TOKEN_BYTES))
+        server.start()
+        service = TowerService(
+            RemoteCore(CoreClient(server.address, server.token)),
+            secret_key,
+            min_to_self_delay=config.min_to_self_delay,
+        )
+        return cls(store, chain, gatekeeper, service, create_app(service), secret_key, server)
 
     @property
     def tower_id(self) -> UserId:

@@ -1,0 +1,186 @@
+"""The worker channel (``teos.api.ipc``): a CoreServer on a real Unix socket and its clients.
+
+The public API's conformance tests already run through it (the ``tower`` fixture's "remote" variant);
+these cover what only the channel does: its authentication, its framing limits, how its failures reach
+a client, the metrics it carries and the caller cache of ``RemoteCore``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from common import crypto
+from common.appointment import Appointment
+from common.dialects import locator_from_txid
+from common.errors import ErrorKind, RequestError, TeosError
+from common.types import Dialect, Locator, Txid, UserId
+from teos.api.ipc import MAX_REQUEST_BYTES, TOKEN_BYTES, CoreClient, CoreServer, Observation, RemoteCore
+from teos.gatekeeper import Gatekeeper
+from teos.service import TowerCore
+from teos.storage.store import Store
+from tests.api.support import FakeChain
+
+TIMEOUT = 10.0
+
+
+@pytest.fixture
+def observed() -> list[Observation]:
+    return []
+
+
+@pytest.fixture
+def server(
+    gatekeeper: Gatekeeper, chain: FakeChain, store: Store, observed: list[Observation]
+) -> Iterator[CoreServer]:
+    core = TowerCore(gatekeeper, chain, store)
+    srv = CoreServer(core, os.urandom(TOKEN_BYTES), on_observations=observed.extend)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _client(server: CoreServer, token: bytes | None = None) -> CoreClient:
+    return CoreClient(server.address, server.token if token is None else token, timeout=TIMEOUT)
+
+
+def _user() -> tuple[bytes, UserId]:
+    secret = crypto.generate_secret_key()
+    return secret, crypto.public_key(secret)
+
+
+def test_round_trip_of_every_use_case(server: CoreServer) -> None:
+    core = RemoteCore(_client(server))
+    _, user_id = _user()
+    assert core.user(user_id) is None
+    registered = core.register(user_id, Dialect.RUST)
+    assert registered.user_id == user_id and registered.dialect is Dialect.RUST
+    appointment = Appointment(Locator(os.urandom(16)), os.urandom(100), 20)
+    record, user = core.add_appointment(user_id, "sig", appointment)
+    assert record.locator == appointment.locator and record.encrypted_blob == appointment.encrypted_blob
+    assert user.available_slots == registered.available_slots - 1
+    state = core.get_appointment(user_id, appointment.locator)
+    assert state.appointment == record and state.tracker is None
+    info = core.get_subscription_info(user_id)
+    assert info.locators == [appointment.locator] and info.user == user
+
+
+def test_errors_keep_their_kind_and_class(server: CoreServer, chain: FakeChain) -> None:
+    core = RemoteCore(_client(server))
+    _, user_id = _user()
+    with pytest.raises(TeosError) as refused:
+        core.get_subscription_info(user_id)
+    assert refused.value.kind is ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION
+    assert not isinstance(refused.value, RequestError)
+    core.register(user_id, Dialect.PYTHON)
+    with pytest.raises(TeosError) as missing:
+        core.get_appointment(user_id, Locator(os.urandom(16)))
+    assert missing.value.kind is ErrorKind.APPOINTMENT_NOT_FOUND
+    chain.bitcoind_reachable = False
+    with pytest.raises(TeosError) as down:
+        core.register(user_id, Dialect.PYTHON)
+    assert down.value.kind is ErrorKind.SERVICE_UNAVAILABLE
+
+
+def test_request_errors_stay_request_errors(server: CoreServer, chain: FakeChain) -> None:
+    core = RemoteCore(_client(server))
+    _, user_id = _user()
+    core.register(user_id, Dialect.RUST)
+    dispute_txid = Txid(os.urandom(32))
+    chain.add_breach(dispute_txid)  # the breach is known: the blob must decrypt to a transaction
+    appointment = Appointment(locator_from_txid(dispute_txid, Dialect.RUST), os.urandom(100), 20)
+    with pytest.raises(RequestError) as refused:
+        core.add_appointment(user_id, "sig", appointment)
+    assert refused.value.kind is ErrorKind.WRONG_FIELD_FORMAT
+
+
+def test_a_wrong_token_gets_no_answer(server: CoreServer) -> None:
+    core = RemoteCore(_client(server, token=os.urandom(TOKEN_BYTES)))
+    with pytest.raises(TeosError) as refused:
+        core.user(_user()[1])
+    assert refused.value.kind is ErrorKind.SERVICE_UNAVAILABLE
+
+
+def test_unknown_op_and_bad_frames(server: CoreServer) -> None:
+    client = _client(server)
+    with pytest.raises(TeosError) as unknown:
+        client.call("drop_database")
+    assert unknown.value.kind is ErrorKind.UNEXPECTED
+    with pytest.raises(TeosError) as wrong_arity:
+        client.call("user")
+    assert wrong_arity.value.kind is ErrorKind.UNEXPECTED
+    # A frame over the limit, and bytes marshal cannot read: the server closes that connection.
+    for frame in (struct.pack(">I", MAX_REQUEST_BYTES + 1), struct.pack(">I", 3) + b"\xff\xff\xff"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+            raw.settimeout(TIMEOUT)
+            raw.connect(server.address)
+            raw.sendall(server.token + frame)
+            assert raw.recv(100) == b""
+    assert client.call("user", _user()[1].raw) is None  # the server still serves everyone else
+
+
+def test_a_stopped_server_is_service_unavailable(server: CoreServer) -> None:
+    client = _client(server)
+    assert client.call("user", _user()[1].raw) is None
+    server.stop()
+    with pytest.raises(TeosError) as down:
+        client.call("user", _user()[1].raw)
+    assert down.value.kind is ErrorKind.SERVICE_UNAVAILABLE
+
+
+def test_observations_reach_the_main_process(server: CoreServer, observed: list[Observation]) -> None:
+    batch = [("public", "/register", "POST", 200, 0.002), ("public", "<unmatched>", "GET", 404, 0.001)]
+    assert _client(server).call("observe", batch) is None
+    assert [tuple(o) for o in observed] == batch
+
+
+def test_cached_callers_are_still_checked_by_the_core(server: CoreServer, gatekeeper: Gatekeeper) -> None:
+    now = [0.0]
+    core = RemoteCore(_client(server), clock=lambda: now[0])
+    _, user_id = _user()
+    user = core.register(user_id, Dialect.RUST)
+    assert core.user(user_id) is not None
+    # The expiry sweep removes it (at its deletion height).
+    gatekeeper._delete_user(user_id, user.subscription_expiry + gatekeeper.config.expiry_delta)
+    assert gatekeeper.get_user(user_id) is None
+    assert core.user(user_id) is not None  # still cached: it only identifies the caller ...
+    with pytest.raises(TeosError) as refused:  # ... and the core refuses what it asks for
+        core.add_appointment(user_id, "sig", Appointment(Locator(os.urandom(16)), b"\x00" * 50, 20))
+    assert refused.value.kind is ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION
+    now[0] += RemoteCore.USER_CACHE_SECONDS + 1
+    assert core.user(user_id) is None  # and the cache forgets it in seconds
+
+
+def test_concurrent_clients_never_overspend(server: CoreServer, gatekeeper: Gatekeeper) -> None:
+    core = RemoteCore(_client(server))
+    _, user_id = _user()
+    slots = core.register(user_id, Dialect.RUST).available_slots
+    accepted: list[int] = []
+    refused: list[ErrorKind] = []
+
+    def add(n: int) -> None:
+        for _ in range(n):
+            try:
+                core.add_appointment(user_id, "sig", Appointment(Locator(os.urandom(16)), b"\x01" * 50, 20))
+                accepted.append(1)
+            except TeosError as e:
+                refused.append(e.kind)
+
+    threads: Sequence[threading.Thread] = [
+        threading.Thread(target=add, args=(slots // 4 + 3,)) for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(accepted) == slots
+    assert set(refused) == {ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION}
+    user = gatekeeper.get_user(user_id)
+    assert user is not None and user.available_slots == 0
