@@ -103,7 +103,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8, help="connections (threads) per client process")
     parser.add_argument("--users", type=int, default=4, help="users per client process")
     parser.add_argument("--blob-size", type=int, default=200, help="encrypted blob bytes")
-    parser.add_argument("--apithreads", type=int, default=16, help="teosd's --apithreads")
+    parser.add_argument("--apithreads", type=int, default=8, help="teosd's --apithreads (per worker)")
+    parser.add_argument("--apiworkers", type=int, default=0, help="teosd's --apiworkers (0: one per core)")
     args = parser.parse_args()
 
     print(
@@ -126,7 +127,8 @@ def main() -> None:
                 regtest.user,
                 regtest.password,
                 regtest.zmq_url,
-                ["--apithreads", str(args.apithreads), "--maxappointments", "10000000"],
+                ["--apithreads", str(args.apithreads), "--apiworkers", str(args.apiworkers),
+                 "--maxappointments", "10000000"],
             ),
             port,
         )

@@ -1,5 +1,5 @@
-"""teosd end to end: the real daemon (subprocess, LevelDB on disk, granian workers on 127.0.0.1) over real HTTP,
-against the ``bitcoind`` fixture (the simulator, and Bitcoin Core when one is installed)."""
+"""teosd end to end: the real daemon (subprocess, LevelDB on disk, granian workers on 127.0.0.1) over real
+HTTP, against the ``bitcoind`` fixture (the simulator, and Bitcoin Core when one is installed)."""
 
 from __future__ import annotations
 
