@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -11,6 +12,20 @@ from teos.demo import Teosd, free_port, teosd_args
 from tests.support.bitcoind import BitcoindHandle
 
 TeosdFactory = Callable[..., Teosd]
+
+
+def metric(port: int, name: str) -> float:
+    """The value of ``name`` (a metric, with its labels if given) on the admin port's /metrics."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"metric {name} not exposed")
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 
 from common.types import Dialect
 from teos.demo import Teosd, TowerClient, free_port, wait_until
-from tests.daemon.conftest import TeosdFactory
+from tests.daemon.conftest import TeosdFactory, metric
 from tests.support.bitcoind import BitcoindHandle
 
 pytestmark = pytest.mark.e2e
@@ -32,19 +32,6 @@ def teos_cli(datadir: Path, port: int, *args: str) -> tuple[int, Any]:
     )  # fmt: skip
     out = done.stdout.strip() or done.stderr.strip()
     return done.returncode, json.loads(out)
-
-
-def metric(port: int, name: str) -> float:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"metric {name} not exposed")
 
 
 @pytest.fixture
