@@ -3,6 +3,7 @@ outlive the tower or share its port with another."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 from pathlib import Path
@@ -103,3 +104,17 @@ def test_requests_served_by_workers_show_in_metrics(
             return False
 
     wait_until(counted, 15, "the workers' request counts to reach /metrics")
+
+
+def test_a_killed_worker_is_replaced_and_nothing_is_lost(bitcoind: BitcoindHandle, teosd: Teosd) -> None:
+    pid = teosd_pid(teosd)
+    wait_until(lambda: len(children(pid)) >= 2, 30, "the API workers")
+    user = TowerClient("127.0.0.1", teosd.api_port, Dialect.RUST)
+    user.register()
+    victim = min(children(pid))
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: victim not in children(pid) and len(children(pid)) >= 2, 30, "a new worker")
+    user.close()
+    info = user.get_subscription_info()  # the registration made before the crash is still there
+    assert info["available_slots"] > 0
+    assert teosd.running
