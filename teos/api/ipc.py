@@ -44,6 +44,8 @@ from teos.storage.codec import AppointmentRecord, TrackerRecord, UserRecord
 log = logging.getLogger(__name__)
 
 TOKEN_BYTES = 32
+HANDSHAKE_TIMEOUT = 5.0  # seconds a new connection has to present the token
+MAX_CONNECTIONS = 1024  # workers x threads is far below; bounds threads if something local floods the socket
 MAX_REQUEST_BYTES = 1 << 20  # an add_appointment with the largest blob is ~17 KB
 MAX_ANSWER_BYTES = 1 << 28  # a subscription's locator list (16 B each) for millions of appointments
 _HEADER = struct.Struct(">I")
@@ -178,18 +180,24 @@ class CoreServer:
                 if self._stopping.is_set():
                     return
                 continue
-            thread = threading.Thread(target=self._serve, args=(conn,), name="core-conn", daemon=True)
             with self._lock:
+                if len(self._connections) >= MAX_CONNECTIONS:
+                    log.warning("refused a connection to the worker channel: %d open", MAX_CONNECTIONS)
+                    conn.close()
+                    continue
+                thread = threading.Thread(target=self._serve, args=(conn,), name="core-conn", daemon=True)
                 self._connections[conn] = thread
             thread.start()
 
     def _serve(self, conn: socket.socket) -> None:
         reader = _Reader(conn, MAX_REQUEST_BYTES)
         try:
+            conn.settimeout(HANDSHAKE_TIMEOUT)
             token = reader.read_exact(TOKEN_BYTES)
             if token is None or not hmac.compare_digest(token, self.token):
                 log.warning("refused a connection to the worker channel: wrong token")
                 return
+            conn.settimeout(None)  # a worker thread may stay idle for hours between requests
             while True:
                 request = reader.frame()
                 if request is None:

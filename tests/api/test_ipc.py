@@ -20,6 +20,7 @@ from common.appointment import Appointment
 from common.dialects import locator_from_txid
 from common.errors import ErrorKind, RequestError, TeosError
 from common.types import Dialect, Locator, Txid, UserId
+from teos.api import ipc
 from teos.api.ipc import MAX_REQUEST_BYTES, TOKEN_BYTES, CoreClient, CoreServer, Observation, RemoteCore
 from teos.gatekeeper import Gatekeeper
 from teos.service import TowerCore
@@ -106,6 +107,15 @@ def test_a_wrong_token_gets_no_answer(server: CoreServer) -> None:
     with pytest.raises(TeosError) as refused:
         core.user(_user()[1])
     assert refused.value.kind is ErrorKind.SERVICE_UNAVAILABLE
+
+
+def test_a_silent_connection_is_dropped(server: CoreServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ipc, "HANDSHAKE_TIMEOUT", 0.2)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
+        silent.settimeout(TIMEOUT)
+        silent.connect(server.address)
+        assert silent.recv(100) == b""  # closed by the server, no token having come
+    assert _client(server).call("user", _user()[1].raw) is None
 
 
 def test_unknown_op_and_bad_frames(server: CoreServer) -> None:
