@@ -44,15 +44,19 @@ class ReceiptError(Exception):
     """A receipt's signature does not verify against the tower id."""
 
 
+class WaitTimedOut(TimeoutError):
+    """``wait_until``'s condition did not come true in time."""
+
+
 def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Polls ``predicate`` until it returns something truthy; raises TimeoutError naming ``what``."""
+    """Polls ``predicate`` until it returns something truthy; raises WaitTimedOut naming ``what``."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise WaitTimedOut(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
 
 

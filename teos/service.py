@@ -243,7 +243,6 @@ class TowerService:
     ) -> None:
         self.core = core
         self._secret_key = tower_secret_key
-        self.tower_id = crypto.public_key(tower_secret_key)
         self.min_to_self_delay = min_to_self_delay
         self.max_blob_bytes = max_blob_bytes
 

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,8 +96,8 @@ class ForwardingMetrics:
                 log.debug("request metrics not forwarded: %s", e)
 
     def _run(self) -> None:
-        stop = threading.Event()
-        while not stop.wait(FLUSH_INTERVAL):
+        while True:  # a daemon thread: it ends with the worker
+            time.sleep(FLUSH_INTERVAL)
             self.flush()
 
 

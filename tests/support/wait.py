@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import TypeVar
+
+from teos import demo
 
 T = TypeVar("T")
 
@@ -21,11 +22,7 @@ def wait_until(
     Raises WaitTimeout after ``timeout`` seconds. Exceptions raised by the predicate propagate, so a
     predicate that may fail transiently should catch what it expects itself.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise WaitTimeout(message or f"condition not met within {timeout}s: {predicate!r}")
-        time.sleep(interval)
+    try:
+        return demo.wait_until(predicate, timeout, message, interval=interval)
+    except demo.WaitTimedOut:
+        raise WaitTimeout(message or f"condition not met within {timeout}s: {predicate!r}") from None
