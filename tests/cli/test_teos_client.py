@@ -25,8 +25,9 @@ from teos.cli.teos_client import build_appointment, run
 from teos.storage.codec import AppointmentRecord
 from teos.storage.store import Store
 from tests.admin.support import serve
+from tests.common.vectors import vectors_dir
 
-VECTORS = Path("/work/shared/vectors")
+VECTORS = vectors_dir()
 # A real transaction (rust-teos's published encryption vector) stands in as the penalty: the tower only
 # stores it encrypted, but what the client sends is then a real, well-formed transaction.
 RUST_VECTOR = {
@@ -56,8 +57,6 @@ def cli(datadir: Path, *args: str) -> tuple[int, Any, Any]:
 
 def _encryption_vectors(name: str) -> list[dict[str, str]]:
     path = VECTORS / f"{name}.json"
-    if not path.exists():
-        return []
     vectors: list[dict[str, str]] = json.loads(path.read_text())["encryption"]
     return vectors
 
@@ -65,7 +64,7 @@ def _encryption_vectors(name: str) -> list[dict[str, str]]:
 @pytest.mark.parametrize("dialect,name", [(Dialect.RUST, "rust-teos"), (Dialect.PYTHON, "python-teos")])
 def test_blob_matches_the_dialect_vectors(dialect: Dialect, name: str) -> None:
     vectors = _encryption_vectors(name)
-    assert vectors, f"{name} vectors not found (../shared/vectors or TEOS_VECTORS_DIR)"
+    assert vectors, f"{name} has no encryption vectors"
     for v in vectors:
         txid = Txid.from_hex(v["dispute_txid"])
         appointment = build_appointment(txid, bytes.fromhex(v["plaintext"]), 20, dialect)

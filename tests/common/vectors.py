@@ -1,7 +1,7 @@
-"""Loads the shared known-answer vectors (``../shared/vectors`` next to the repository).
+"""Loads the known-answer vectors the repository carries (``tests/vectors/``, see its README).
 
-The directory can be overridden with TEOS_VECTORS_DIR. A missing directory is an error, not a skip:
-without the vectors the byte formats would go untested.
+The directory can be overridden with TEOS_VECTORS_DIR (to check a newer copy). A missing file is an
+error, not a skip: without the vectors the byte formats would go untested.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ def vectors_dir() -> Path:
     if override:
         candidates = [Path(override)]
     else:
-        repo_root = Path(__file__).resolve().parents[2]
-        candidates = [repo_root.parent / "shared" / "vectors", repo_root / "shared" / "vectors"]
+        candidates = [Path(__file__).resolve().parents[1] / "vectors"]
     for candidate in candidates:
         if all((candidate / name).is_file() for name in FILES.values()):
             return candidate

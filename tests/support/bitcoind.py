@@ -269,7 +269,6 @@ class BitcoinCoreHandle(BitcoindHandle):
             "-listenonion=0",
             "-dnsseed=0",
             "-fixedseeds=0",
-            "-upnp=0",
             "-natpmp=0",
             "-rpcbind=127.0.0.1",
             "-rpcallowip=127.0.0.1",
