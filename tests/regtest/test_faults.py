@@ -1,0 +1,190 @@
+"""The fault renderer (``teos.regtest.faults``) and the tests' faulting JSON-RPC proxy in front of a real
+node: each kind gives the bytes it promises, faults are delivered N times in order, and everything else
+passes through unchanged."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+import time
+from typing import Any
+
+import pytest
+
+from teos.regtest import faults
+from tests.support.bitcoind import BitcoindHandle
+from tests.support.rpcproxy import RpcProxy
+from tests.support.wait import wait_until
+
+TXID = "ab" * 32
+BLOCK = {
+    "hash": "11" * 32,
+    "height": 7,
+    "previousblockhash": "22" * 32,
+    "tx": ["33" * 32, "44" * 32],
+    "bits": "207fffff",
+}
+
+
+def ok(result: Any) -> dict[str, Any]:
+    return {"result": result, "error": None, "id": 1}
+
+
+def parsed(reply: faults.FaultReply) -> Any:
+    return json.loads(reply.sent_body)
+
+
+# -- rendering -------------------------------------------------------------------------------------
+
+
+def test_every_kind_is_known_and_unknown_ones_are_refused() -> None:
+    assert len(set(faults.KINDS)) == len(faults.KINDS) == 9
+    with pytest.raises(faults.UnknownFault, match="one of: wrong_type"):
+        faults.render("nonsense", "getblock", ok(BLOCK))
+
+
+def test_wrong_type_changes_the_type_of_the_whole_result() -> None:
+    assert parsed(faults.render("wrong_type", "sendrawtransaction", ok(TXID)))["result"] == 64
+    assert parsed(faults.render("wrong_type", "getblockcount", ok(7)))["result"] == "7"
+    assert parsed(faults.render("wrong_type", "getblock", ok(BLOCK)))["result"] == [BLOCK]
+    assert isinstance(parsed(faults.render("wrong_type", "getrawmempool", ok([TXID])))["result"], dict)
+
+
+def test_wrong_field_type_changes_the_fields_the_tower_reads() -> None:
+    result = parsed(faults.render("wrong_field_type", "getblock", ok(BLOCK)))["result"]
+    assert result["hash"] == 64 and result["height"] == "7" and result["previousblockhash"] == 64
+    assert result["tx"] == {"0": "33" * 32, "1": "44" * 32}
+    assert result["bits"] == "207fffff"  # not read by the tower: left alone
+
+
+def test_missing_field_drops_the_read_fields_or_the_result_member() -> None:
+    result = parsed(faults.render("missing_field", "getblock", ok(BLOCK)))["result"]
+    assert result == {"bits": "207fffff"}
+    reply = parsed(faults.render("missing_field", "getbestblockhash", ok(TXID)))
+    assert "result" not in reply and reply["id"] == 1
+
+
+def test_bad_value_gives_out_of_range_values_of_the_same_type() -> None:
+    short = parsed(faults.render("bad_value", "sendrawtransaction", ok(TXID)))["result"]
+    assert short == TXID[:-1]
+    high = parsed(faults.render("bad_value", "getblock", ok(BLOCK), n=0))["result"]
+    assert high["height"] > 2**32 and high["hash"] == "11" * 31 + "1"
+    assert all(len(t) == 63 for t in high["tx"])
+    low = parsed(faults.render("bad_value", "getblockheader", ok({"confirmations": 3}), n=1))["result"]
+    assert low["confirmations"] < -1
+    chain = parsed(faults.render("bad_value", "getblockchaininfo", ok({"chain": "regtest"})))["result"]
+    assert chain["chain"].startswith("zz")
+
+
+def test_cut_body_is_a_complete_message_that_does_not_parse() -> None:
+    reply = faults.render("cut_body", "getblock", ok(BLOCK))
+    assert dict(reply.headers)["Content-Length"] == str(len(reply.sent_body)) and not reply.close
+    with pytest.raises(ValueError):
+        json.loads(reply.sent_body)
+
+
+def test_cut_stream_announces_more_than_it_sends_and_closes() -> None:
+    reply = faults.render("cut_stream", "getblock", ok(BLOCK))
+    assert int(dict(reply.headers)["Content-Length"]) == len(reply.body) > len(reply.sent_body)
+    assert reply.close
+
+
+def test_error_pages_and_hang() -> None:
+    html = faults.render("html_500", "getblock")
+    assert html.status == 500 and dict(html.headers)["Content-Type"] == "text/html"
+    busy = faults.render("busy_503", "sendrawtransaction")
+    assert (busy.status, busy.sent_body) == (503, b"Work queue depth exceeded")
+    assert dict(busy.headers)["Content-Type"] == "text/plain"
+    hang = faults.render("hang", "getblock", seconds=1.5)
+    assert hang.hold == 1.5 and not hang.answer
+
+
+def test_rewriting_kinds_apply_only_to_successful_answers() -> None:
+    error = {"result": None, "error": {"code": -8, "message": "Block height out of range"}, "id": 1}
+    for kind in faults.TRANSFORMS:
+        assert not faults.applies(kind, error) and faults.applies(kind, ok(TXID))
+        with pytest.raises(ValueError):
+            faults.render(kind, "getblockhash", error)
+    assert faults.applies("html_500", error) and faults.applies("hang", None)
+
+
+# -- the proxy in front of a node ---------------------------------------------------------------------
+
+
+def raw_call(port: int, node: BitcoindHandle, method: str, *params: Any) -> tuple[int, bytes]:
+    """One JSON-RPC call through the proxy: (HTTP status, body)."""
+    auth = base64.b64encode(f"{node.rpc_user}:{node.rpc_password}".encode()).decode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        body = json.dumps({"jsonrpc": "1.0", "id": "t", "method": method, "params": list(params)})
+        headers = {"Authorization": f"Basic {auth}", "Content-Type": "application/json"}
+        conn.request("POST", "/", body, headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def result(port: int, node: BitcoindHandle, method: str, *params: Any) -> Any:
+    return json.loads(raw_call(port, node, method, *params)[1])["result"]
+
+
+@pytest.fixture
+def proxy(bitcoind: BitcoindHandle) -> Any:
+    with RpcProxy(bitcoind.rpc_host, bitcoind.rpc_port) as p:
+        yield p
+
+
+def test_proxy_forwards_and_delivers_faults_in_order_n_times(
+    bitcoind: BitcoindHandle, proxy: RpcProxy
+) -> None:
+    height = bitcoind.rpc("getblockcount")
+    assert result(proxy.port, bitcoind, "getblockcount") == height
+    proxy.inject("getblockcount", "busy_503", count=2)
+    proxy.inject("getblockcount", "wrong_type", count=1)
+    assert proxy.pending("getblockcount") == 3
+    for _ in range(2):
+        assert raw_call(proxy.port, bitcoind, "getblockcount") == (503, b"Work queue depth exceeded")
+    assert result(proxy.port, bitcoind, "getblockcount") == str(height)
+    assert result(proxy.port, bitcoind, "getblockcount") == height
+    assert proxy.pending() == 0 and proxy.delivered("getblockcount") == 3
+    assert proxy.delivered("getblockcount", "busy_503") == 2 and proxy.calls("getblockcount") == 5
+
+
+def test_proxy_passes_errors_on_without_spending_a_rewriting_fault(
+    bitcoind: BitcoindHandle, proxy: RpcProxy
+) -> None:
+    proxy.inject("getblockhash", "wrong_type")
+    status, body = raw_call(proxy.port, bitcoind, "getblockhash", 10_000)
+    assert status == 500 and json.loads(body)["error"]["code"] == -8
+    assert proxy.pending("getblockhash") == 1
+    assert result(proxy.port, bitcoind, "getblockhash", 0) == 64 and proxy.pending() == 0
+
+
+def test_proxy_cut_stream_and_hang_close_the_connection(simulator: BitcoindHandle) -> None:
+    with RpcProxy(simulator.rpc_host, simulator.rpc_port) as proxy:
+        proxy.inject("getblock", "cut_stream")
+        best = simulator.rpc("getbestblockhash")
+        with pytest.raises(http.client.IncompleteRead):
+            raw_call(proxy.port, simulator, "getblock", best)
+        proxy.inject("getbestblockhash", "hang", seconds=0.5)
+        started = time.monotonic()
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+            raw_call(proxy.port, simulator, "getbestblockhash")
+        assert time.monotonic() - started >= 0.5
+        assert result(proxy.port, simulator, "getbestblockhash") == best
+
+
+def test_proxy_stop_releases_a_hanging_request(simulator: BitcoindHandle) -> None:
+    proxy = RpcProxy(simulator.rpc_host, simulator.rpc_port).start()
+    proxy.inject("getblockcount", "hang", seconds=60)
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+    body = b'{"method":"getblockcount","params":[],"id":1}'
+    sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    wait_until(lambda: proxy.calls("getblockcount") == 1, 10)
+    started = time.monotonic()
+    proxy.stop()
+    assert sock.recv(100) == b"" and time.monotonic() - started < 15
+    sock.close()
