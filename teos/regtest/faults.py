@@ -16,8 +16,9 @@ The kinds, from the least to the most visible:
   ``"tx": "..."``); for a scalar result, as ``wrong_type``.
 - ``missing_field``: an object ``result`` without the fields the tower reads (hash, height, tx...); for
   a scalar result, an answer with no ``result`` member at all.
-- ``bad_value``: values of the right type but out of range: hashes and txids one hex digit short (the
-  "Txid must be 64 hex characters" case), heights and counts beyond 2^32 or below -1, non-hex text.
+- ``bad_value``: values of the right type but out of range, in turn: hashes and txids one hex digit
+  short (the "Txid must be 64 hex characters" case) and non-hex text; heights and counts beyond 2^32;
+  heights and counts below -2^32 (an answer without numbers gets its text changed every time).
 - ``cut_body``: the answer cut in half, with a ``Content-Length`` that matches the cut: a complete HTTP
   message whose JSON does not parse.
 - ``cut_stream``: the full ``Content-Length`` announced, half the body sent, the connection closed.
@@ -143,7 +144,8 @@ def render(
     """What to send instead of ``reply`` (bitcoind's parsed answer to ``method``) for fault ``kind``.
 
     ``n`` counts the faults of this kind already sent for the method (0 for the first): ``bad_value``
-    alternates between values too large and too small with it. ``seconds`` is how long ``hang`` holds
+    changes, in turn, the text, the numbers (too large), the numbers (too small); an answer that the
+    turn would leave as it was gets text and numbers changed. ``seconds`` is how long ``hang`` holds
     the connection."""
     check_kind(kind)
     if kind == HTML_500:
@@ -171,7 +173,10 @@ def render(
             kept = {k: v for k, v in result.items() if fields is not None and k not in fields}
             return _json(200, encode({**reply, "result": kept}))
         return _json(200, encode({k: v for k, v in reply.items() if k != "result"}))
-    return _json(200, encode({**reply, "result": _map_fields(result, fields, lambda v: out_of_range(v, n))}))
+    changed = _map_fields(result, fields, lambda v: _out_of_range(v, n % 3))
+    if changed == result:
+        changed = _map_fields(result, fields, lambda v: _out_of_range(v, 3))
+    return _json(200, encode({**reply, "result": changed}))
 
 
 def other_type(value: Any) -> Any:
@@ -189,21 +194,26 @@ def other_type(value: Any) -> Any:
     return {}  # null
 
 
-def out_of_range(value: Any, n: int = 0) -> Any:
-    """A value of the same JSON type that no honest bitcoind sends: hex one digit short, text that is
-    not hex, a number beyond 2^32 (even ``n``) or below -1 (odd ``n``); lists have each item changed."""
+def _out_of_range(value: Any, mode: int) -> Any:
+    """A value of the same JSON type that no honest bitcoind sends. ``mode`` picks what changes: 0 the
+    text (hex one digit short, other text made non-hex), 1 the numbers (beyond 2^32), 2 the numbers
+    (below -2^32), 3 text and numbers (beyond 2^32); lists and objects have each item changed."""
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, str):
+        if mode not in (0, 3):
+            return value
         if value and all(c in "0123456789abcdefABCDEF" for c in value):
             return value[:-1]
         return "zz" + hashlib.sha256(value.encode()).hexdigest()[2:]
     if isinstance(value, int | float):
-        return 2**32 + 7 if n % 2 == 0 else -(2**32) - 7
+        if mode in (1, 3):
+            return 2**32 + 7
+        return -(2**32) - 7 if mode == 2 else value
     if isinstance(value, list):
-        return [out_of_range(v, n) for v in value]
+        return [_out_of_range(v, mode) for v in value]
     if isinstance(value, dict):
-        return {k: out_of_range(v, n) for k, v in value.items()}
+        return {k: _out_of_range(v, mode) for k, v in value.items()}
     return value
 
 

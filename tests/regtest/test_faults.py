@@ -66,14 +66,18 @@ def test_missing_field_drops_the_read_fields_or_the_result_member() -> None:
     assert "result" not in reply and reply["id"] == 1
 
 
-def test_bad_value_gives_out_of_range_values_of_the_same_type() -> None:
+def test_bad_value_gives_out_of_range_values_of_the_same_type_in_turn() -> None:
     short = parsed(faults.render("bad_value", "sendrawtransaction", ok(TXID)))["result"]
     assert short == TXID[:-1]
-    high = parsed(faults.render("bad_value", "getblock", ok(BLOCK), n=0))["result"]
-    assert high["height"] > 2**32 and high["hash"] == "11" * 31 + "1"
-    assert all(len(t) == 63 for t in high["tx"])
-    low = parsed(faults.render("bad_value", "getblockheader", ok({"confirmations": 3}), n=1))["result"]
-    assert low["confirmations"] < -1
+    text = parsed(faults.render("bad_value", "getblock", ok(BLOCK), n=0))["result"]
+    assert text["hash"] == "11" * 31 + "1" and text["height"] == 7 and all(len(t) == 63 for t in text["tx"])
+    high = parsed(faults.render("bad_value", "getblock", ok(BLOCK), n=1))["result"]
+    assert high["height"] > 2**32 and high["hash"] == BLOCK["hash"] and high["tx"] == BLOCK["tx"]
+    low = parsed(faults.render("bad_value", "getblockheader", ok({"confirmations": 3}), n=2))["result"]
+    assert low["confirmations"] < -(2**32)
+    # Text only or numbers only: the fault still bites, whatever its turn.
+    assert parsed(faults.render("bad_value", "getbestblockhash", ok(TXID), n=1))["result"] == TXID[:-1]
+    assert parsed(faults.render("bad_value", "getblockcount", ok(7), n=0))["result"] > 2**32
     chain = parsed(faults.render("bad_value", "getblockchaininfo", ok({"chain": "regtest"})))["result"]
     assert chain["chain"].startswith("zz")
 
