@@ -26,15 +26,22 @@ The kinds, from the least to the most visible:
 - ``busy_503``: HTTP 503 ``text/plain`` "Work queue depth exceeded", exactly as Bitcoin Core sends it.
 - ``hang``: no answer; the connection is held for ``seconds`` and then closed.
 
-The four kinds that rewrite the answer (``TRANSFORMS``) apply only to successful answers: an answer that
+The kinds that rewrite the answer (``TRANSFORMS``) apply only to successful answers: an answer that
 carries a JSON-RPC error (e.g. -8 "Block height out of range", which the tower relies on) is passed on
 unchanged, and the fault waits for the next call (``applies``).
+
+``FaultQueue`` holds the faults queued per method ("the next N calls of getblock answer html_500, then
+the next N a hang"), as the simulator's knob and the proxy both need: ``take_before`` is asked before the
+call is answered (error pages and hangs replace the answer), ``take_after`` with the real answer (the
+kinds that rewrite it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +96,96 @@ HTML_BODY = (
 )
 
 
+@dataclass(frozen=True)
+class Taken:
+    """One fault to deliver now: its kind, how many of that kind were delivered for the method before
+    (``render``'s ``n``) and how long a hang holds."""
+
+    kind: str
+    n: int
+    seconds: float
+
+
+@dataclass
+class _Rule:
+    kind: str
+    remaining: int
+    seconds: float
+
+
+class FaultQueue:
+    """Faults queued per method, delivered in order, each ``count`` times; thread-safe."""
+
+    def __init__(self) -> None:
+        self._rules: dict[str, deque[_Rule]] = {}
+        self._delivered: Counter[tuple[str, str]] = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, method: str, kind: str, count: int = 1, seconds: float = DEFAULT_HANG_SECONDS) -> None:
+        """Queues ``count`` faults of ``kind`` for ``method``, after those already queued for it."""
+        check_kind(kind)
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        if seconds < 0:
+            raise ValueError("seconds must not be negative")
+        with self._lock:
+            self._rules.setdefault(method, deque()).append(_Rule(kind, count, seconds))
+
+    def clear(self, method: str | None = None) -> None:
+        """Drops the faults still queued (for ``method``, or for every method)."""
+        with self._lock:
+            if method is None:
+                self._rules.clear()
+            else:
+                self._rules.pop(method, None)
+
+    def pending(self, method: str | None = None) -> int:
+        """Faults queued and not delivered yet."""
+        with self._lock:
+            queues = [self._rules.get(method, deque())] if method is not None else list(self._rules.values())
+            return sum(r.remaining for q in queues for r in q)
+
+    def delivered(self, method: str | None = None, kind: str | None = None) -> int:
+        """Faults delivered so far (for ``method`` and ``kind`` when given)."""
+        with self._lock:
+            return sum(
+                n
+                for (m, k), n in self._delivered.items()
+                if (method is None or m == method) and (kind is None or k == kind)
+            )
+
+    def snapshot(self) -> dict[str, list[tuple[str, int]]]:
+        """The queued faults, method -> [(kind, remaining)] (for a status call)."""
+        with self._lock:
+            return {m: [(r.kind, r.remaining) for r in q] for m, q in self._rules.items()}
+
+    def take_before(self, method: str) -> Taken | None:
+        """The fault that answers this call in bitcoind's place (error page, hang), if one is next."""
+        return self._take(method, None, before=True)
+
+    def take_after(self, method: str, reply: Any) -> Taken | None:
+        """The fault that rewrites bitcoind's answer ``reply`` to this call, if one is next and applies."""
+        return self._take(method, reply, before=False)
+
+    def _take(self, method: str, reply: Any, before: bool) -> Taken | None:
+        with self._lock:
+            rules = self._rules.get(method)
+            if not rules:
+                return None
+            rule = rules[0]
+            rewrites = rule.kind in TRANSFORMS
+            if before == rewrites or (rewrites and not applies(rule.kind, reply)):
+                return None
+            rule.remaining -= 1
+            if rule.remaining <= 0:
+                rules.popleft()
+                if not rules:
+                    del self._rules[method]
+            n = self._delivered[(method, rule.kind)]
+            self._delivered[(method, rule.kind)] += 1
+            return Taken(rule.kind, n, rule.seconds)
+
+
 class UnknownFault(ValueError):
     """The fault kind is not one of ``KINDS``."""
 
@@ -136,6 +233,11 @@ def applies(kind: str, reply: Any) -> bool:
 def encode(reply: Any) -> bytes:
     """A JSON-RPC answer as Bitcoin Core writes it: compact JSON and a newline."""
     return (json.dumps(reply, separators=(",", ":")) + "\n").encode()
+
+
+def render_taken(taken: Taken, method: str, reply: Any = None) -> FaultReply:
+    """``render`` for a fault taken from a ``FaultQueue``."""
+    return render(taken.kind, method, reply, taken.n, taken.seconds)
 
 
 def render(

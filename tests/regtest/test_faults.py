@@ -114,6 +114,34 @@ def test_rewriting_kinds_apply_only_to_successful_answers() -> None:
     assert faults.applies("html_500", error) and faults.applies("hang", None)
 
 
+def test_fault_queue_delivers_in_order_each_count_times() -> None:
+    queue = faults.FaultQueue()
+    queue.add("getblock", "busy_503", count=2)
+    queue.add("getblock", "wrong_type")
+    queue.add("getblock", "hang", seconds=0.5)
+    assert queue.pending() == 4 and queue.snapshot() == {
+        "getblock": [("busy_503", 2), ("wrong_type", 1), ("hang", 1)]
+    }
+    assert queue.take_before("getbestblockhash") is None
+    assert queue.take_after("getblock", ok(BLOCK)) is None  # an error page is next: it answers before
+    assert queue.take_before("getblock") == faults.Taken("busy_503", 0, faults.DEFAULT_HANG_SECONDS)
+    assert queue.take_before("getblock") == faults.Taken("busy_503", 1, faults.DEFAULT_HANG_SECONDS)
+    assert queue.take_before("getblock") is None  # a rewrite is next: it needs the answer
+    error = {"result": None, "error": {"code": -5, "message": "Block not found"}, "id": 1}
+    assert queue.take_after("getblock", error) is None  # errors pass, the fault waits
+    taken = queue.take_after("getblock", ok(BLOCK))
+    assert taken is not None and (taken.kind, taken.n) == ("wrong_type", 0)
+    assert queue.take_before("getblock") == faults.Taken("hang", 0, 0.5)
+    assert queue.pending() == 0 and queue.delivered("getblock") == 4 and queue.delivered(kind="busy_503") == 2
+    queue.add("getblock", "html_500", count=5)
+    queue.clear("getblock")
+    assert queue.pending() == 0 and queue.snapshot() == {}
+    with pytest.raises(ValueError):
+        queue.add("getblock", "html_500", count=0)
+    with pytest.raises(faults.UnknownFault):
+        queue.add("getblock", "teapot")
+
+
 # -- the proxy in front of a node ---------------------------------------------------------------------
 
 

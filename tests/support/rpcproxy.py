@@ -27,7 +27,7 @@ import http.client
 import json
 import logging
 import threading
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -39,13 +39,6 @@ from teos.regtest.faults import FaultReply
 log = logging.getLogger(__name__)
 
 FORWARDED_HEADERS = ("Authorization", "Content-Type")
-
-
-@dataclass
-class _Rule:
-    kind: str
-    remaining: int
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -88,10 +81,13 @@ class _Handler(BaseHTTPRequestHandler):
             length = 0
         body = self.rfile.read(length) if length > 0 else b""
         method = _method_of(body)
-        taken = proxy._take(method, before_forwarding=True) if method is not None else None
-        if method is not None and taken is not None:
-            self._write(faults.render(taken[0], method, None, taken[1], taken[2]))
-            return
+        if method is not None:
+            proxy._count(method)
+            taken = proxy.faults.take_before(method)
+            if taken is not None:
+                proxy._log(method, taken)
+                self._write(faults.render_taken(taken, method))
+                return
         try:
             status, content_type, data = proxy._forward(self.path, body, self.headers)
         except (OSError, http.client.HTTPException) as e:
@@ -100,9 +96,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if method is not None:
             reply = _parse(data)
-            taken = proxy._take(method, reply=reply)
+            taken = proxy.faults.take_after(method, reply)
             if taken is not None:
-                self._write(faults.render(taken[0], method, reply, taken[1], taken[2]))
+                proxy._log(method, taken)
+                self._write(faults.render_taken(taken, method, reply))
                 return
         self._reply(status, content_type, data)
 
@@ -154,8 +151,7 @@ class RpcProxy:
         self.upstream_host = upstream_host
         self.upstream_port = upstream_port
         self.timeout = timeout
-        self._rules: dict[str, deque[_Rule]] = {}
-        self._delivered: Counter[tuple[str, str]] = Counter()
+        self.faults = faults.FaultQueue()
         self._calls: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -207,66 +203,32 @@ class RpcProxy:
         self, method: str, kind: str, count: int = 1, seconds: float = faults.DEFAULT_HANG_SECONDS
     ) -> None:
         """Queues ``count`` faults of ``kind`` for ``method`` (after those already queued for it)."""
-        faults.check_kind(kind)
-        if count < 1:
-            raise ValueError("count must be at least 1")
-        with self._lock:
-            self._rules.setdefault(method, deque()).append(_Rule(kind, count, seconds))
+        self.faults.add(method, kind, count, seconds)
 
     def clear(self, method: str | None = None) -> None:
         """Drops the faults still queued (for ``method``, or for every method)."""
-        with self._lock:
-            if method is None:
-                self._rules.clear()
-            else:
-                self._rules.pop(method, None)
+        self.faults.clear(method)
 
     def pending(self, method: str | None = None) -> int:
         """Faults queued and not delivered yet."""
-        with self._lock:
-            queues = [self._rules.get(method, deque())] if method is not None else list(self._rules.values())
-            return sum(r.remaining for q in queues for r in q)
+        return self.faults.pending(method)
 
     def delivered(self, method: str | None = None, kind: str | None = None) -> int:
         """Faults delivered so far (for ``method`` and ``kind`` when given)."""
-        with self._lock:
-            return sum(
-                n
-                for (m, k), n in self._delivered.items()
-                if (method is None or m == method) and (kind is None or k == kind)
-            )
+        return self.faults.delivered(method, kind)
 
     def calls(self, method: str) -> int:
         """Requests for ``method`` seen so far, broken or forwarded."""
         with self._lock:
             return self._calls[method]
 
-    def _take(
-        self, method: str, before_forwarding: bool = False, reply: Any = None
-    ) -> tuple[str, int, float] | None:
-        """The fault to deliver for this call, if any: (kind, how many of it were delivered, hold).
-
-        Called before forwarding (for faults that answer in bitcoind's place) and after (for faults
-        that rewrite its answer, which must apply to ``reply``)."""
+    def _count(self, method: str) -> None:
         with self._lock:
-            if before_forwarding:
-                self._calls[method] += 1
-            rules = self._rules.get(method)
-            if not rules:
-                return None
-            rule = rules[0]
-            rewrites = rule.kind in faults.TRANSFORMS
-            if before_forwarding == rewrites or (rewrites and not faults.applies(rule.kind, reply)):
-                return None
-            rule.remaining -= 1
-            if rule.remaining <= 0:
-                rules.popleft()
-                if not rules:
-                    del self._rules[method]
-            n = self._delivered[(method, rule.kind)]
-            self._delivered[(method, rule.kind)] += 1
-        log.info("rpcproxy fault delivered method=%s kind=%s n=%d", method, rule.kind, n)
-        return rule.kind, n, rule.seconds
+            self._calls[method] += 1
+
+    @staticmethod
+    def _log(method: str, taken: faults.Taken) -> None:
+        log.info("rpcproxy fault delivered method=%s kind=%s n=%d", method, taken.kind, taken.n)
 
     # -- forwarding --------------------------------------------------------------------------------
 
