@@ -1,7 +1,7 @@
 # teosd, The Eye of Satoshi watchtower.
 #
 #   docker build -t teos .
-#   docker run -v teos-data:/data -p 9814:9814 -e TEOS_BTCNETWORK=mainnet teos \
+#   docker run -v teos-data:/data -p 9814:9814 --stop-timeout 30 -e TEOS_BTCNETWORK=mainnet teos \
 #       --btcrpcconnect <bitcoind host> --btcrpcuser <user> --btcrpcpassword <password> \
 #       --zmqhashblock tcp://<bitcoind host>:28332
 #
@@ -24,7 +24,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/teos/venv \
-    PATH=/opt/teos/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PATH=/opt/teos/venv/bin:$PATH \
     TEOS_DATADIR=/data \
     TEOS_BTCNETWORK=mainnet \
     TEOS_APIBIND=0.0.0.0
@@ -56,5 +56,6 @@ EXPOSE 9814
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["teos-cli", "--timeout", "5", "gettowerinfo"]
 
-# exec form: teosd is PID 1 and receives SIGTERM from `docker stop` (it stops cleanly and exits 0).
+# exec form: teosd is PID 1 and receives SIGTERM from `docker stop` (it stops cleanly and exits 0; give it
+# up to 30 s, --stop-timeout, rather than Docker's default 10 s: its API workers alone may take 10 s).
 ENTRYPOINT ["teosd"]
