@@ -140,7 +140,7 @@ def inspect_image(image_id: str) -> dict[str, Any]:
 
 
 class Container:
-    """One detached container of the image (host network), removed with its anonymous volume by ``remove``."""
+    """A detached container of the image (host network); ``remove`` kills it, drops its anonymous volume."""
 
     def __init__(
         self, image_id: str, args: list[str], env: dict[str, str], entrypoint: str | None = None
@@ -190,4 +190,4 @@ class Container:
         return done.stdout + done.stderr
 
     def remove(self) -> None:
-        podman("rm", "--force", "--volumes", self.name, timeout=120)
+        podman("rm", "--force", "--time", "0", "--volumes", self.name, timeout=120)  # SIGKILL what still runs
