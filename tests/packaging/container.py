@@ -60,6 +60,12 @@ def podman(*args: str, timeout: float = 120.0, check: bool = False) -> subproces
     return done
 
 
+def container_required() -> bool:
+    """True where the image tests must fail instead of skipping (CI sets TEOS_REQUIRE_CONTAINER=1 after
+    running scripts/container-setup, so that a broken set-up cannot pass as a skip)."""
+    return os.environ.get("TEOS_REQUIRE_CONTAINER", "") not in ("", "0")
+
+
 def unavailable_reason() -> str | None:
     """Why the image cannot be built and run here (a skip message that says what to do), or None."""
     if shutil.which("podman") is None:

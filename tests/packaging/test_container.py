@@ -6,7 +6,8 @@ runs as the unprivileged user ``teos``, its HEALTHCHECK tells a dead tower from 
 container guards a channel against the ``bitcoind`` fixture (the simulator, and real Bitcoin Core when one
 is found) over the host's loopback, keeps its files to itself, stops with exit status 0 on SIGTERM and
 comes back with the same key and appointments from its volume. Without podman, root, the base image or
-PyPI the tests are skipped, and the reason says what to run.
+PyPI the tests are skipped, and the reason says what to run (they fail instead under
+TEOS_REQUIRE_CONTAINER=1, as in CI).
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import pytest
 from common.types import Dialect, UserId
 from teos.demo import TowerClient
 from tests.packaging.container import (
-    SETUP,
     BuiltImage,
     Container,
     ContainerError,
     build_image,
+    container_required,
     inspect_image,
     podman,
     pypi_unreachable,
@@ -42,18 +43,24 @@ NOBODY = "65534:65534"
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 
+def skip_or_fail(reason: str) -> None:
+    if container_required():
+        pytest.fail(f"TEOS_REQUIRE_CONTAINER is set: {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> BuiltImage:
     reason = unavailable_reason()
     if reason is not None:
-        pytest.skip(reason)
+        skip_or_fail(reason)
     workdir = tmp_path_factory.mktemp("image")
     try:
         built = build_image(ROOT, workdir)
     except ContainerError:
         offline = pypi_unreachable()
         if offline is not None:
-            pytest.skip(f"{offline} (run the tests where PyPI answers, or after `{SETUP}` on such a machine)")
+            skip_or_fail(f"{offline} (run the tests where PyPI answers)")
         raise
     print(f"image {built.image_id[:12]} built on {built.base} in {built.seconds:.1f} s")
     return built
