@@ -76,6 +76,12 @@ def funding_witness_script(user_key: bytes, tower_key: bytes, expiry: int) -> by
     )
 
 
+def funding_script_pubkey(user_key: bytes, tower_key: bytes, expiry: int) -> bytes:
+    """The funding output's script (P2WSH of the witness script): known before the funding transaction,
+    whose outpoint then names the channel."""
+    return script.p2wsh(funding_witness_script(user_key, tower_key, expiry))
+
+
 @dataclass(frozen=True, order=True, slots=True)
 class ChannelId:
     """A channel is named by its funding outpoint: ``<txid display hex>:<vout>`` in JSON.
