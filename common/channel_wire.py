@@ -41,7 +41,7 @@ from common import crypto
 from common.channel import ChannelError, ChannelId, ChannelParams
 from common.errors import ErrorKind, RequestError, TeosError
 from common.tx import Transaction, TxDecodeError, decode_transaction
-from common.types import Dialect, UserId
+from common.types import Dialect, Txid, UserId
 
 TERMS_TAG = b"teos-terms-v1"
 OPEN_TAG = b"teos-open-channel-v1"
@@ -394,6 +394,137 @@ def make_get_channel_request(channel_id: ChannelId, user_secret: bytes) -> GetCh
 def parse_get_channel_request(data: object) -> GetChannelRequest:
     body = _object(data)
     return GetChannelRequest(_channel_id(body), _signature(body))
+
+
+# -- responses ----------------------------------------------------------------------------------------------
+
+CHANNEL_STATUSES = ("open", "closing", "claimed", "refunded", "unpaid")
+
+
+@dataclass(frozen=True)
+class ChannelView:
+    """A channel as the tower shows it to its user (``/open_channel``, ``/pay``, ``/get_channel``), with the
+    tower's signature over ``ack_message`` next to it in each answer."""
+
+    params: ChannelParams
+    opened_at: int
+    status: str  # one of CHANNEL_STATUSES
+    nonce: int
+    amount: int
+    registrations: int
+    claim_txid: Txid | None = None
+
+    def ack_message(self) -> bytes:
+        return ack_message(self.params.channel_id, self.nonce, self.amount, self.params.expiry)
+
+    def to_json(self) -> dict[str, Any]:
+        p = self.params
+        return {
+            "channel_id": str(p.channel_id),
+            "funding_value": p.funding_value,
+            "user_key": p.user_key.hex(),
+            "tower_key": p.tower_key.hex(),
+            "expiry": p.expiry,
+            "change_script": p.change_script.hex(),
+            "fee_rate": p.fee_rate,
+            "opened_at": self.opened_at,
+            "status": self.status,
+            "nonce": self.nonce,
+            "amount": self.amount,
+            "max_amount": p.max_amount,
+            "registrations": self.registrations,
+            "claim_txid": self.claim_txid.hex() if self.claim_txid is not None else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> ChannelView:
+        """A client's reading of the tower's answer (shape only; the caller checks the signature)."""
+        body = _object(data)
+        status = body.get("status")
+        if status not in CHANNEL_STATUSES:
+            raise RequestError(ErrorKind.WRONG_FIELD_FORMAT, "unknown channel status")
+        claim = body.get("claim_txid")
+        try:
+            claim_txid = None if claim is None else Txid.from_hex(claim)
+        except ValueError:
+            raise RequestError(ErrorKind.WRONG_FIELD_FORMAT, "wrong claim_txid") from None
+        params = ChannelParams(
+            _channel_id(body),
+            _int(body, "funding_value", U64_MAX, minimum=1),
+            _key(body, "user_key"),
+            _key(body, "tower_key"),
+            _int(body, "expiry", U32_MAX, minimum=1),
+            _hex(body, "change_script", MAX_CHANGE_SCRIPT),
+            _int(body, "fee_rate", U32_MAX, minimum=1),
+        )
+        return cls(
+            params,
+            _int(body, "opened_at", U32_MAX),
+            status,
+            _int(body, "nonce", U32_MAX),
+            _int(body, "amount", U64_MAX),
+            _int(body, "registrations", U32_MAX),
+            claim_txid,
+        )
+
+
+def channel_response(view: ChannelView, channel_signature: str) -> dict[str, Any]:
+    """The body of ``/open_channel`` and ``/get_channel``."""
+    return {"channel": view.to_json(), "channel_signature": channel_signature}
+
+
+def pay_response(
+    dialect: Dialect,
+    user_id: UserId,
+    available_slots: int,
+    subscription_start: int,
+    subscription_expiry: int,
+    subscription_signature: str,
+    registrations: int,
+    view: ChannelView,
+    channel_signature: str,
+) -> dict[str, Any]:
+    """The body of ``/pay``: the caller's dialect's ``/register`` answer, plus what the payment bought and
+    the tower-signed channel state."""
+    body: dict[str, Any] = {
+        "user_id": user_id.hex(),
+        "available_slots": available_slots,
+        "subscription_expiry": subscription_expiry,
+        "subscription_signature": subscription_signature,
+    }
+    if dialect is Dialect.PYTHON:
+        body["public_key"] = user_id.hex()
+    else:
+        body["subscription_start"] = subscription_start
+    body["registrations"] = registrations
+    body.update(channel_response(view, channel_signature))
+    return body
+
+
+def error_body(error: TeosError, dialect: Dialect) -> dict[str, Any]:
+    """A refusal: the usual ``{error, error_code}``, plus ``reason`` for payment refusals."""
+    body: dict[str, Any] = {"error": error.message, "error_code": error.code(dialect)}
+    if isinstance(error, PaymentError):
+        body["reason"] = error.reason.text
+    return body
+
+
+def payment_required_body(
+    dialect: Dialect, tower_id: UserId, terms: PaymentTerms, signature: str
+) -> dict[str, Any]:
+    """The 402 answer of a paid tower to an unpaid ``/register``."""
+    return {
+        "error": "Payment required: this tower charges for registrations (see terms)",
+        "error_code": TeosError(ErrorKind.PAYMENT_REQUIRED, "").code(dialect),
+        "tower_id": tower_id.hex(),
+        "terms": terms.to_json(),
+        "signature": signature,
+    }
+
+
+def terms_response(tower_id: UserId, terms: PaymentTerms, signature: str) -> dict[str, Any]:
+    """The body of ``GET /payment_terms``."""
+    return {"tower_id": tower_id.hex(), "terms": terms.to_json(), "signature": signature}
 
 
 # -- field parsers ------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from typing import Protocol
 from common import channel
 from common.channel import ChannelError, ChannelId
 from common.channel_wire import (
+    ChannelView,
     GetChannelRequest,
     OpenChannelRequest,
     PaymentError,
@@ -49,7 +50,7 @@ from common.types import Dialect, UserId
 from teos.payments.chain import ChainUnavailable, FundingChain, TxOutInfo
 from teos.payments.config import PaymentConfig
 from teos.payments.income import IncomeValidator
-from teos.payments.state import ChannelState, ChannelStatus, Grant
+from teos.payments.state import ChannelState, ChannelStatus, ClaimRecord, Grant
 from teos.payments.store import ChannelStore, Snapshot
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,19 @@ class PaymentResult:
 
 def channel_ack(state: ChannelState) -> bytes:
     return ack_message(state.channel_id, state.nonce, state.amount, state.params.expiry)
+
+
+def channel_view(state: ChannelState, claim: ClaimRecord | None = None) -> ChannelView:
+    """What the user is shown of its channel (the API signs ``view.ack_message()`` with the tower key)."""
+    return ChannelView(
+        state.params,
+        state.opened_at,
+        state.status.name.lower(),
+        state.nonce,
+        state.amount,
+        state.registrations,
+        claim.txid if claim is not None else None,
+    )
 
 
 def _refuse(reason: Refusal, message: str) -> PaymentError:
