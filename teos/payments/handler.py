@@ -5,7 +5,7 @@ every refusal is a ``PaymentError`` whose reason names the check, and a refused 
 nothing (no state written, no grant applied).
 
 A payment is accepted in this order, cheapest checks first so that a forged request costs the tower no
-bitcoind call: the channel exists and is OPEN; the request is signed by the channel's key; the nonce is
+bitcoind call: the channel exists; the request is signed by the channel's key; it is OPEN; the nonce is
 the next one; the amount rises by at least the price (the income validator says by how many
 registrations); the expiry is far enough; the payment transaction is exactly the one the channel's
 parameters give for that amount (one input, the two outputs, the fixed fee, no lock time); the user's
@@ -274,15 +274,15 @@ class PaymentHandler:
         snap = self._snapshot(request.channel_id)
         state = snap.state
         params = state.params
-        if state.status is not ChannelStatus.OPEN:
-            raise _refuse(Refusal.CHANNEL_CLOSED, f"the channel is {state.status.name.lower()}")
         if not verify(request.message(), request.signature, UserId(params.user_key)):
             raise _refuse(
                 Refusal.BAD_REQUEST_SIGNATURE, "the request is not signed by the channel's user key"
             )
-        if self._is_repeat(state, request):
+        if self._is_repeat(state, request):  # answered again even once the channel is closing
             assert state.last_grant is not None
             return PaymentResult(state, state.last_grant, self.ledger.apply(state.last_grant), replayed=True)
+        if state.status is not ChannelStatus.OPEN:
+            raise _refuse(Refusal.CHANNEL_CLOSED, f"the channel is {state.status.name.lower()}")
         if request.nonce <= state.nonce:
             raise _refuse(
                 Refusal.STALE_NONCE, f"nonce {request.nonce} is used; the channel is at {state.nonce}"

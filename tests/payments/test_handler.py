@@ -422,3 +422,14 @@ def test_get_channel_needs_the_channel_key() -> None:
         Refusal.CHANNEL_NOT_FOUND,
         lambda: w.handler.get_channel(make_get_channel_request(make_params(vout=5).channel_id, USER_SECRET)),
     )
+
+
+def test_a_repeat_is_answered_even_after_the_claim_froze_the_channel() -> None:
+    w = make_world()
+    request = w.pay(1, PRICE)
+    w.handler.pay(request)
+    snap = w.store.get(w.params.channel_id)
+    assert snap is not None and w.store.swap(snap, replace(snap.state, status=ChannelStatus.CLOSING))
+    again = w.handler.pay(request)
+    assert again.replayed and again.outcome.available_slots == SLOTS
+    assert w.ledger.applied == {(w.params.channel_id, 1): 1}
