@@ -28,12 +28,13 @@ payment but ``amount``.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 from coincurve import PublicKey
 
-from common import bech32, script, sighash
+from common import bech32, psbt, script, sighash
 from common.tx import Transaction, TxIn, TxOut
 from common.types import Txid
 
@@ -271,6 +272,34 @@ def with_witness(tx: Transaction, witness: tuple[bytes, ...]) -> Transaction:
     (txin,) = tx.inputs
     signed = TxIn(txin.prev_txid, txin.prev_vout, txin.script_sig, txin.sequence, witness)
     return Transaction(tx.version, (signed,), tx.outputs, tx.locktime)
+
+
+# -- funding --------------------------------------------------------------------------------------------
+
+
+def funding_psbt(
+    user_key: bytes,
+    tower_key: bytes,
+    expiry: int,
+    funding_value: int,
+    spends: Sequence[tuple[Txid, int, TxOut]],
+    change: TxOut | None = None,
+    sequence: int = 0xFFFFFFFD,
+) -> psbt.Psbt:
+    """A BIP174 PSBT for any wallet to sign: ``spends`` (outpoint and the output it spends, given to the
+    signer as its witness UTXO) pay ``funding_value`` to the channel's funding output (output 0, with its
+    witness script attached so that a hardware wallet can show it) and the optional ``change``. The fee is
+    whatever the inputs leave; choosing inputs and change is the wallet's business."""
+    witness_script = funding_witness_script(user_key, tower_key, expiry)
+    outputs = [TxOut(funding_value, script.p2wsh(witness_script))]
+    if change is not None:
+        outputs.append(change)
+    inputs = tuple(TxIn(txid, vout, b"", sequence) for txid, vout, _ in spends)
+    p = psbt.Psbt.create(Transaction(TX_VERSION, inputs, tuple(outputs), 0))
+    for index, (_, _, utxo) in enumerate(spends):
+        p.set_witness_utxo(index, utxo)
+    p.set_output_witness_script(0, witness_script)
+    return p
 
 
 # -- refund ---------------------------------------------------------------------------------------------

@@ -117,7 +117,8 @@ def begin(record: ClaimRecord) -> list[Action]:
 
 
 def advance(record: ClaimRecord, event: ClaimEvent, policy: ClaimPolicy) -> tuple[ClaimRecord, list[Action]]:
-    """The claim after ``event``, and what to do now. Terminal records never change."""
+    """The claim after ``event``, and what to do now. Terminal records never change, and a block at or
+    below the record's tip is ignored, so feeding the same blocks again (after a restart) is harmless."""
     if record.terminal:
         return record, []
     if isinstance(event, BroadcastResult):
@@ -134,6 +135,8 @@ def _connected(
     record: ClaimRecord, event: BlockConnected, policy: ClaimPolicy
 ) -> tuple[ClaimRecord, list[Action]]:
     h = event.height
+    if h <= record.tip:
+        return record, []  # a block already seen (the engine replays blocks after a restart): nothing new
     rec = replace(record, tip=h)
     if event.spender is not None:
         if event.spender == rec.txid:

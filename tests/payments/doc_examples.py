@@ -17,7 +17,7 @@ from pathlib import Path
 
 from coincurve import PrivateKey
 
-from common import channel, crypto, psbt, receipts, script
+from common import channel, crypto, receipts, script
 from common.channel import ChannelId, ChannelParams
 from common.channel_wire import (
     PaymentError,
@@ -34,7 +34,7 @@ from common.channel_wire import (
     payment_required_body,
     terms_response,
 )
-from common.tx import Transaction, TxIn, TxOut
+from common.tx import TxOut
 from common.types import Dialect, Txid, UserId
 from teos.payments.handler import channel_view
 from teos.payments.state import ChannelState, Grant
@@ -135,11 +135,10 @@ def examples() -> dict[str, str]:
 
     coin_key = _h("teos docs wallet coin")
     coin_script = script.p2wpkh(PrivateKey(coin_key).public_key.format())
-    coin = TxIn(Txid(_h("teos docs wallet utxo")), 1, b"", 0xFFFFFFFD)
-    unsigned = Transaction(2, (coin,), (params.funding_output, TxOut(49_700, coin_script)), 0)
-    funding_psbt = psbt.Psbt.create(unsigned)
-    funding_psbt.set_witness_utxo(0, TxOut(300_000, coin_script))
-    funding_psbt.set_output_witness_script(0, params.witness_script)
+    funding_psbt = channel.funding_psbt(
+        user_key, pay_key.public_key, expiry, 250_000,
+        [(Txid(_h("teos docs wallet utxo")), 1, TxOut(300_000, coin_script))], TxOut(49_700, coin_script),
+    )  # fmt: skip
     out["funding-psbt"] = funding_psbt.to_base64()
     return out
 

@@ -326,3 +326,12 @@ def test_the_payment_key_is_derived_from_the_tower_key() -> None:
     assert TOWER.secret.hex() not in repr(TOWER)
     with pytest.raises(ValueError):
         derive_payment_secret(b"short")
+
+
+def test_replayed_blocks_change_nothing() -> None:
+    r = replace(record(deadline=120), status=ClaimStatus.BROADCAST, last_broadcast=100, tip=100)
+    for h in (111, 112):
+        r, _ = advance(r, BlockConnected(h, None), POLICY)
+    assert r.bumps == 2
+    for h in (105, 111, 112):  # the engine feeds these again after a restart
+        assert advance(r, BlockConnected(h, CLAIM_TXID if h == 112 else None), POLICY) == (r, [])

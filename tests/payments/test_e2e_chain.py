@@ -17,7 +17,7 @@ import pytest
 from common import channel, psbt, script, sighash
 from common.channel import ChannelId, ChannelParams
 from common.channel_wire import PaymentError, Refusal, make_open_request, make_pay_request
-from common.tx import Transaction, TxIn, TxOut
+from common.tx import Transaction, TxOut
 from common.types import Dialect, Txid
 from teos.payments.chain import RpcFundingChain
 from teos.payments.claims import BlockConnected, BroadcastResult, Claimer
@@ -214,15 +214,12 @@ def test_a_channel_funded_through_a_psbt(bitcoind: BitcoindHandle) -> None:
     node.mine(1)
     expiry = height(node) + 100
     spk = channel.funding_script_pubkey(USER_KEY, TOWER.public_key, expiry)
-    unsigned = Transaction(
-        2,
-        (TxIn(source.txid, 0, b"", 0xFFFFFFFD),),
-        (TxOut(200_000, spk), TxOut(350_000 - 200_000 - 500, script.p2wpkh(pubkey(secret("psbt change"))))),
-        0,
+    change = TxOut(350_000 - 200_000 - 500, script.p2wpkh(pubkey(secret("psbt change"))))
+    p = channel.funding_psbt(
+        USER_KEY, TOWER.public_key, expiry, 200_000, [(source.txid, 0, TxOut(350_000, coin_script))], change
     )
-    p = psbt.Psbt.create(unsigned)
-    p.set_witness_utxo(0, TxOut(350_000, coin_script))
-    p.set_output_witness_script(0, channel.funding_witness_script(USER_KEY, TOWER.public_key, expiry))
+    unsigned = p.tx
+    assert unsigned.outputs[0].script_pubkey == spk
     text = p.to_base64()
     if node.kind == "bitcoin-core":
         decoded = node.rpc("decodepsbt", text)
