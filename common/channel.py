@@ -27,6 +27,7 @@ payment but ``amount``.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ SIGNATURE_BOUND = 72  # the largest low-S DER signature (71 bytes) plus the hash
 MAX_MONEY = 21_000_000 * 100_000_000
 MAX_FEE_RATE = 1_000_000  # sat per 1000 vbytes (1000 sat/vB): a sanity bound, not a policy
 CHANGE_SCRIPT_TYPES = ("p2pkh", "p2sh", "p2wpkh", "p2wsh", "p2tr")
+_LOWER_HEX_64 = re.compile(r"[0-9a-f]{64}")
+_DECIMAL = re.compile(r"[0-9]{1,10}")
 
 
 class ChannelError(ValueError):
@@ -119,7 +122,7 @@ class ChannelId:
         if not isinstance(text, str) or len(text) > 75 or text.count(":") != 1:
             raise ChannelError("a channel id is <txid>:<vout>")
         txid_hex, vout_text = text.split(":")
-        if len(txid_hex) != 64 or txid_hex.lower() != txid_hex or not vout_text.isdigit():
+        if not _LOWER_HEX_64.fullmatch(txid_hex) or not _DECIMAL.fullmatch(vout_text):
             raise ChannelError("a channel id is <64 lower-case hex txid>:<vout>")
         if vout_text != str(int(vout_text)):
             raise ChannelError("vout has leading zeros")

@@ -6,6 +6,8 @@ import struct
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common import channel, crypto
 from common.channel_wire import (
@@ -181,3 +183,36 @@ def test_open_request_refusals() -> None:
             parse_open_request(body)
         assert info.value.kind is kind, field
     assert isinstance(parse_open_request(good), OpenChannelRequest)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=80),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=6)
+    ),
+    max_leaves=20,
+)
+FIELDS = [
+    "channel_id", "nonce", "amount", "payment_tx", "payment_signature", "user_id", "public_key", "signature",
+    "funding_value", "user_key", "expiry", "change_script", "fee_rate",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(FIELDS), JSON | st.text(alphabet="0123456789abcdef:²٣", max_size=80)))
+def test_parsers_raise_only_request_errors(body: dict[str, object]) -> None:
+    """Hostile bodies (any JSON values in the right field names, odd digits and hex) end in RequestError."""
+    good = _pay_body()
+    for candidate in (body, {**good, **body}):
+        for parse in (parse_open_request, parse_pay_request, parse_get_channel_request):
+            try:
+                parse(candidate)
+            except RequestError:
+                pass
+
+
+@pytest.mark.parametrize("vout", ["²", "٣", "1²", " 1", "+1", "1_0"])
+def test_channel_ids_with_odd_digits_are_refused(vout: str) -> None:
+    body = dict(_pay_body(), channel_id="ab" * 32 + ":" + vout)
+    with pytest.raises(RequestError):
+        parse_pay_request(body)
