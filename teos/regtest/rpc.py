@@ -24,6 +24,7 @@ from common.tx import (
 )
 from common.types import BlockHash, Txid
 from teos.regtest import errors as E
+from teos.regtest import scriptcheck
 from teos.regtest.address import (
     AddressError,
     address_for_script,
@@ -65,6 +66,10 @@ class NodeControl(Protocol):
     def request_stop(self) -> None: ...
 
     def fault(self, name: str, args: list[Any]) -> Any: ...
+
+
+def not_validated_warning() -> str:
+    return scriptcheck.NOT_VALIDATED_WARNING.format(reason=scriptcheck.unavailable_reason())
 
 
 def btc(sats: int) -> float:
@@ -373,7 +378,7 @@ class RpcDispatcher:
             "relayfee": btc(MIN_RELAY_FEE_PER_KVB),
             "incrementalfee": btc(INCREMENTAL_RELAY_FEE_PER_KVB),
             "localaddresses": [],
-            "warnings": [],
+            "warnings": [] if scriptcheck.available() else [not_validated_warning()],
         }
 
     def getindexinfo(self, index_name: str | None) -> dict[str, Any]:
@@ -835,7 +840,7 @@ class RpcDispatcher:
             try:
                 block = c.create_block(script, txs)
             except TxReject as e:
-                raise RpcError(E.RPC_VERIFY_ERROR, f"TestBlockValidity failed: {e.reason}") from None
+                raise RpcError(E.RPC_VERIFY_ERROR, f"TestBlockValidity failed: {e.text}") from None
             if submit is False:
                 return {"hash": block.hash.hex(), "hex": block.raw.hex()}
             try:

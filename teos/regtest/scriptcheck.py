@@ -1,0 +1,198 @@
+"""Script and signature checks for the simulator: Bitcoin Core's own code decides, as Core words it.
+
+Validity comes from libbitcoinkernel (Bitcoin Core's consensus library, through the ``pbk`` package,
+py-bitcoinkernel): every input of every transaction that enters the mempool or a block is run through
+Core's ``VerifyScript`` with the consensus flags in force. libbitcoinkernel answers only yes or no and
+accepts only consensus flags, while Core's mempool also applies its policy flags and both mempool and
+blocks report the interpreter's ``ScriptError``. Those come from ``teos.regtest.interpreter``, a step by
+step port of Core's interpreter: it runs with the full flag set (policy flags in the mempool), and its first
+error is the ``<reason>`` of Core's messages. When the two disagree on a consensus question, Core's code
+wins: a spend the kernel rejects is rejected even if the port passed it (reason ``unknown error``, and a
+warning is logged), and a spend the kernel accepts is never rejected for a consensus reason by the port.
+
+Flags, as Bitcoin Core v31 applies them on regtest (``GetBlockScriptFlags``; BIP34/65/66 and CSV at height
+1, segwit at 0, taproot always): P2SH, WITNESS, TAPROOT and NULLDUMMY at every height, DERSIG,
+CHECKLOCKTIMEVERIFY and CHECKSEQUENCEVERIFY from height 1. The mempool checks with
+``STANDARD_SCRIPT_VERIFY_FLAGS`` and then, as Core's ConsensusScriptChecks does, with the tip's block
+flags, caching the result per (wtxid, flags) the way Core's script execution cache does, so a block that
+includes the transaction with the same flags does not verify it again.
+
+Without ``pbk`` (another Python or platform) nothing is verified: ``available()`` is false, a warning says
+so at start, and ``getnetworkinfo`` reports it. ``TEOS_REGTEST_NO_KERNEL=1`` in the environment forces that
+mode (to measure what validation costs, or to see how tests behave on such a platform).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from common.tx import Transaction, TxOut
+from teos.regtest.interpreter import (
+    MANDATORY_FLAGS,
+    STANDARD_FLAGS,
+    Flag,
+    ScriptError,
+    TxContext,
+    error_string,
+    verify_input,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _load_kernel() -> tuple[Any, Any, str]:
+    """(the pbk module, its PrecomputedTransactionData, "") or (None, None, why it cannot be loaded)."""
+    if os.environ.get("TEOS_REGTEST_NO_KERNEL"):
+        return None, None, "TEOS_REGTEST_NO_KERNEL is set"
+    try:
+        import pbk
+        from pbk.script import PrecomputedTransactionData
+    except Exception as e:  # ImportError, or OSError when the shared library cannot be loaded
+        return None, None, f"{type(e).__name__}: {e}"
+    return pbk, PrecomputedTransactionData, ""
+
+
+_pbk, _PrecomputedTransactionData, _IMPORT_ERROR = _load_kernel()
+
+# Core v31 regtest deployment heights (kernel/chainparams.cpp, CRegTestParams)
+BIP34_HEIGHT = 1
+BIP65_HEIGHT = 1
+BIP66_HEIGHT = 1
+CSV_HEIGHT = 1
+SEGWIT_HEIGHT = 0
+
+NOT_VALIDATED_WARNING = (
+    "scripts and signatures are NOT validated: py-bitcoinkernel (import pbk) is unavailable on this "
+    "Python/platform ({reason}); any witness is accepted, unlike Bitcoin Core"
+)
+
+
+def available() -> bool:
+    """Whether libbitcoinkernel could be loaded, i.e. whether scripts are verified at all."""
+    return _pbk is not None
+
+
+def unavailable_reason() -> str:
+    return _IMPORT_ERROR
+
+
+def block_script_flags(height: int) -> int:
+    """Core's GetBlockScriptFlags for a regtest block at ``height``."""
+    flags = Flag.P2SH | Flag.WITNESS | Flag.TAPROOT
+    if height >= BIP66_HEIGHT:
+        flags |= Flag.DERSIG
+    if height >= BIP65_HEIGHT:
+        flags |= Flag.CHECKLOCKTIMEVERIFY
+    if height >= CSV_HEIGHT:
+        flags |= Flag.CHECKSEQUENCEVERIFY
+    if height >= SEGWIT_HEIGHT:
+        flags |= Flag.NULLDUMMY
+    return int(flags)
+
+
+@dataclass(frozen=True)
+class ScriptFailure:
+    """The first input that failed and why (Core's CScriptCheck result)."""
+
+    index: int
+    error: ScriptError
+    exact: bool  # False when the kernel rejected a spend the port passed: the reason is a stand-in
+
+    @property
+    def reason(self) -> str:
+        return error_string(self.error)
+
+    def debug(self, tx: Transaction) -> str:
+        """CScriptCheck's debug string: ``input N of TXID (wtxid WTXID), spending PREV:N``."""
+        txin = tx.inputs[self.index]
+        return (
+            f"input {self.index} of {tx.txid} (wtxid {tx.wtxid}), spending {txin.prev_txid}:{txin.prev_vout}"
+        )
+
+
+class ScriptChecker:
+    """Verifies transactions' inputs; remembers successes per (wtxid, flags) like Core's script cache."""
+
+    def __init__(self, cache_size: int = 50_000) -> None:
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[bytes, int], None] = OrderedDict()
+        self.verified_inputs = 0  # inputs run through the kernel (for measurements)
+        self.cache_hits = 0
+
+    @property
+    def enabled(self) -> bool:
+        return available()
+
+    def check(self, tx: Transaction, spent: Sequence[TxOut], flags: int) -> ScriptFailure | None:
+        """None when every input of ``tx`` passes with ``flags``; else the first failure.
+
+        ``spent`` are the outputs the inputs spend, in input order. The kernel checks the consensus
+        part of ``flags``; the port checks all of them (and words any failure)."""
+        if _pbk is None or tx.is_coinbase:
+            return None
+        key = (tx.wtxid.raw, flags)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            self.cache_hits += 1
+            return None
+        ctx = TxContext(tx, spent)
+        policy = flags & ~int(MANDATORY_FLAGS)
+        kernel = _KernelTx(tx, spent)
+        for index in range(len(tx.inputs)):
+            if policy:
+                error = verify_input(ctx, index, flags)
+                if error != ScriptError.OK:
+                    return ScriptFailure(index, error, True)
+            self.verified_inputs += 1
+            if not kernel.verify(index, flags & int(MANDATORY_FLAGS)):
+                error = ScriptError.OK if policy else verify_input(ctx, index, flags)
+                if error == ScriptError.OK:
+                    logger.warning(
+                        "script port passed a spend libbitcoinkernel rejects txid=%s input=%d flags=%#x",
+                        tx.txid,
+                        index,
+                        flags,
+                    )
+                    return ScriptFailure(index, ScriptError.UNKNOWN_ERROR, False)
+                return ScriptFailure(index, error, True)
+        self._remember(key)
+        return None
+
+    def _remember(self, key: tuple[bytes, int]) -> None:
+        self._cache[key] = None
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+
+class _KernelTx:
+    """One transaction as libbitcoinkernel objects, built once for all its inputs."""
+
+    def __init__(self, tx: Transaction, spent: Sequence[TxOut]) -> None:
+        assert _pbk is not None
+        self.tx = _pbk.Transaction(tx.raw)
+        self.spent = list(spent)
+        self.scripts = [_pbk.ScriptPubkey(out.script_pubkey) for out in spent]
+        outputs = [_pbk.TransactionOutput(s, out.value) for s, out in zip(self.scripts, spent, strict=True)]
+        self.precomputed = _PrecomputedTransactionData(self.tx, outputs)
+
+    def verify(self, index: int, flags: int) -> bool:
+        try:
+            return bool(
+                self.scripts[index].verify(
+                    self.spent[index].value,
+                    self.tx,
+                    self.precomputed,
+                    index,
+                    _pbk.ScriptVerificationFlags(flags),
+                )
+            )
+        except _pbk.ScriptVerifyException as e:  # invalid flag combination or missing spent outputs
+            raise RuntimeError(f"libbitcoinkernel refused the check: {e}") from e
+
+
+STANDARD_SCRIPT_VERIFY_FLAGS = int(STANDARD_FLAGS)
