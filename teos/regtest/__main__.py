@@ -49,7 +49,10 @@ Fault knobs, also available at runtime as RPCs that real Bitcoin Core answers wi
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    if scriptcheck.available():
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not {"-h", "--help"} & set(args):
+        validation = "run with --help to see"  # loading the kernel here would log before logging is set
+    elif scriptcheck.available():
         validation = "scripts ARE validated (libbitcoinkernel loaded)"
     else:
         validation = f"scripts are NOT validated ({scriptcheck.unavailable_reason()})"
@@ -85,7 +88,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--latency", type=float, default=0.0, metavar="SECONDS", help="delay every RPC answer")
     p.add_argument("--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING...)")
-    return p.parse_args(argv)
+    return p.parse_args(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,19 +46,70 @@ from teos.regtest.interpreter import (
 logger = logging.getLogger(__name__)
 
 
-def _load_kernel() -> tuple[Any, Any, str]:
-    """(the pbk module, its PrecomputedTransactionData, "") or (None, None, why it cannot be loaded)."""
-    if os.environ.get("TEOS_REGTEST_NO_KERNEL"):
-        return None, None, "TEOS_REGTEST_NO_KERNEL is set"
-    try:
-        import pbk
-        from pbk.script import PrecomputedTransactionData
-    except Exception as e:  # ImportError, or OSError when the shared library cannot be loaded
-        return None, None, f"{type(e).__name__}: {e}"
-    return pbk, PrecomputedTransactionData, ""
+@dataclass(frozen=True)
+class _Kernel:
+    pbk: Any  # the pbk module, or None
+    precomputed: Any  # pbk.script.PrecomputedTransactionData
+    error: str  # why it could not be loaded
 
 
-_pbk, _PrecomputedTransactionData, _IMPORT_ERROR = _load_kernel()
+class _KernelLoader:
+    """Loads libbitcoinkernel once. Loading the shared library takes a tenth of a second or more, which
+    every simulator start would pay before answering; ``start()`` loads it on a thread while the node
+    starts, and ``get()`` waits for it (or loads it, if nobody started the thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._kernel: _Kernel | None = None
+        self._started = False
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        threading.Thread(target=self._load, name="regtest-kernel-load", daemon=True).start()
+
+    def get(self) -> _Kernel:
+        with self._lock:
+            started = self._started
+            self._started = True
+        if not started:
+            self._load()
+        self._done.wait()
+        assert self._kernel is not None
+        return self._kernel
+
+    def _load(self) -> None:
+        try:
+            self._kernel = self._import()
+        finally:
+            if self._kernel is None:
+                self._kernel = _Kernel(None, None, "loading failed")
+            if self._kernel.pbk is None:
+                logger.warning(NOT_VALIDATED_WARNING.format(reason=self._kernel.error))
+            self._done.set()
+
+    @staticmethod
+    def _import() -> _Kernel:
+        if os.environ.get("TEOS_REGTEST_NO_KERNEL"):
+            return _Kernel(None, None, "TEOS_REGTEST_NO_KERNEL is set")
+        try:
+            import pbk
+            from pbk.script import PrecomputedTransactionData
+        except Exception as e:  # ImportError, or OSError when the shared library cannot be loaded
+            return _Kernel(None, None, f"{type(e).__name__}: {e}")
+        return _Kernel(pbk, PrecomputedTransactionData, "")
+
+
+_loader = _KernelLoader()
+
+
+def load_in_background() -> None:
+    """Starts loading libbitcoinkernel on a thread (the simulator calls this first thing at start)."""
+    _loader.start()
+
 
 # Core v31 regtest deployment heights (kernel/chainparams.cpp, CRegTestParams)
 BIP34_HEIGHT = 1
@@ -74,11 +126,11 @@ NOT_VALIDATED_WARNING = (
 
 def available() -> bool:
     """Whether libbitcoinkernel could be loaded, i.e. whether scripts are verified at all."""
-    return _pbk is not None
+    return _loader.get().pbk is not None
 
 
 def unavailable_reason() -> str:
-    return _IMPORT_ERROR
+    return _loader.get().error
 
 
 def block_script_flags(height: int) -> int:
@@ -133,7 +185,8 @@ class ScriptChecker:
 
         ``spent`` are the outputs the inputs spend, in input order. The kernel checks the consensus
         part of ``flags``; the port checks all of them (and words any failure)."""
-        if _pbk is None or tx.is_coinbase:
+        kernel_lib = _loader.get()
+        if kernel_lib.pbk is None or tx.is_coinbase:
             return None
         key = (tx.wtxid.raw, flags)
         if key in self._cache:
@@ -142,7 +195,7 @@ class ScriptChecker:
             return None
         ctx = TxContext(tx, spent)
         policy = flags & ~int(MANDATORY_FLAGS)
-        kernel = _KernelTx(tx, spent)
+        kernel = _KernelTx(kernel_lib, tx, spent)
         for index in range(len(tx.inputs)):
             if policy:
                 error = verify_input(ctx, index, flags)
@@ -172,13 +225,14 @@ class ScriptChecker:
 class _KernelTx:
     """One transaction as libbitcoinkernel objects, built once for all its inputs."""
 
-    def __init__(self, tx: Transaction, spent: Sequence[TxOut]) -> None:
-        assert _pbk is not None
-        self.tx = _pbk.Transaction(tx.raw)
+    def __init__(self, kernel: _Kernel, tx: Transaction, spent: Sequence[TxOut]) -> None:
+        pbk = kernel.pbk
+        self.pbk = pbk
+        self.tx = pbk.Transaction(tx.raw)
         self.spent = list(spent)
-        self.scripts = [_pbk.ScriptPubkey(out.script_pubkey) for out in spent]
-        outputs = [_pbk.TransactionOutput(s, out.value) for s, out in zip(self.scripts, spent, strict=True)]
-        self.precomputed = _PrecomputedTransactionData(self.tx, outputs)
+        self.scripts = [pbk.ScriptPubkey(out.script_pubkey) for out in spent]
+        outputs = [pbk.TransactionOutput(s, out.value) for s, out in zip(self.scripts, spent, strict=True)]
+        self.precomputed = kernel.precomputed(self.tx, outputs)
 
     def verify(self, index: int, flags: int) -> bool:
         try:
@@ -188,10 +242,10 @@ class _KernelTx:
                     self.tx,
                     self.precomputed,
                     index,
-                    _pbk.ScriptVerificationFlags(flags),
+                    self.pbk.ScriptVerificationFlags(flags),
                 )
             )
-        except _pbk.ScriptVerifyException as e:  # invalid flag combination or missing spent outputs
+        except self.pbk.ScriptVerifyException as e:  # invalid flag combination or missing spent outputs
             raise RuntimeError(f"libbitcoinkernel refused the check: {e}") from e
 
 

@@ -102,9 +102,8 @@ class Simulator:
             return
         self._started = True
         self.started_at = time.time()
+        scriptcheck.load_in_background()  # logs a WARNING if scripts cannot be verified
         (self.datadir / "regtest").mkdir(parents=True, exist_ok=True)
-        if not scriptcheck.available():
-            logger.warning(scriptcheck.NOT_VALIDATED_WARNING.format(reason=scriptcheck.unavailable_reason()))
         self.chain.load()
         self.zmq.start()
         if not self.rpcpassword:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from common.tx import TxOut, decode_transaction
-from teos.regtest.simulator import Simulator
 from teos.regtest import scriptcheck
+from teos.regtest.simulator import Simulator
 from teos.regtest.wallet import Wallet
 from tests.regtest.conftest import Client, http_request
 from tests.support import RPCError, ZmqSubscriber, wait_until
