@@ -214,6 +214,8 @@ class ScriptChecker:
                     return ScriptFailure(index, ScriptError.UNKNOWN_ERROR, False)
                 return ScriptFailure(index, error, True)
         self._remember(key)
+        if policy:  # the kernel just ran every input with exactly the consensus part of the flags
+            self._remember((key[0], flags & int(MANDATORY_FLAGS)))
         return None
 
     def _remember(self, key: tuple[bytes, int]) -> None:
