@@ -68,10 +68,6 @@ class NodeControl(Protocol):
     def fault(self, name: str, args: list[Any]) -> Any: ...
 
 
-def not_validated_warning() -> str:
-    return scriptcheck.NOT_VALIDATED_WARNING.format(reason=scriptcheck.unavailable_reason())
-
-
 def btc(sats: int) -> float:
     return round(sats / COIN, 8)
 
@@ -378,7 +374,7 @@ class RpcDispatcher:
             "relayfee": btc(MIN_RELAY_FEE_PER_KVB),
             "incrementalfee": btc(INCREMENTAL_RELAY_FEE_PER_KVB),
             "localaddresses": [],
-            "warnings": [] if scriptcheck.available() else [not_validated_warning()],
+            "warnings": [w for w in (scriptcheck.validation_warning(),) if w],
         }
 
     def getindexinfo(self, index_name: str | None) -> dict[str, Any]:

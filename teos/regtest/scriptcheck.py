@@ -24,6 +24,7 @@ mode (to measure what validation costs, or to see how tests behave on such a pla
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import threading
@@ -54,47 +55,43 @@ class _Kernel:
 
 
 class _KernelLoader:
-    """Loads libbitcoinkernel once. Loading the shared library takes a tenth of a second or more, which
-    every simulator start would pay before answering; ``start()`` loads it on a thread while the node
-    starts, and ``get()`` waits for it (or loads it, if nobody started the thread)."""
+    """Loads libbitcoinkernel once, when a script is first checked. Loading the shared library costs a
+    tenth of a second of CPU, which most simulator runs (those that only mine) would pay for nothing;
+    ``probe()`` tells at start, without loading it, whether it can be found."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._done = threading.Event()
         self._kernel: _Kernel | None = None
-        self._started = False
-
-    def start(self) -> None:
-        with self._lock:
-            if self._started:
-                return
-            self._started = True
-        threading.Thread(target=self._load, name="regtest-kernel-load", daemon=True).start()
 
     def get(self) -> _Kernel:
         with self._lock:
-            started = self._started
-            self._started = True
-        if not started:
-            self._load()
-        self._done.wait()
-        assert self._kernel is not None
+            if self._kernel is None:
+                self._kernel = self._import()
+                if self._kernel.pbk is None:
+                    logger.warning(NOT_VALIDATED_WARNING.format(reason=self._kernel.error))
+            return self._kernel
+
+    @property
+    def loaded(self) -> _Kernel | None:
         return self._kernel
 
-    def _load(self) -> None:
-        try:
-            self._kernel = self._import()
-        finally:
-            if self._kernel is None:
-                self._kernel = _Kernel(None, None, "loading failed")
-            if self._kernel.pbk is None:
-                logger.warning(NOT_VALIDATED_WARNING.format(reason=self._kernel.error))
-            self._done.set()
-
     @staticmethod
-    def _import() -> _Kernel:
+    def probe() -> str:
+        """Why the kernel cannot be loaded, or "" when its package is installed (loading may still fail,
+        which ``get()`` then reports)."""
         if os.environ.get("TEOS_REGTEST_NO_KERNEL"):
-            return _Kernel(None, None, "TEOS_REGTEST_NO_KERNEL is set")
+            return "TEOS_REGTEST_NO_KERNEL is set"
+        try:
+            found = importlib.util.find_spec("pbk") is not None
+        except (ImportError, ValueError) as e:
+            return f"{type(e).__name__}: {e}"
+        return "" if found else "ModuleNotFoundError: No module named 'pbk'"
+
+    @classmethod
+    def _import(cls) -> _Kernel:
+        missing = cls.probe()
+        if missing:
+            return _Kernel(None, None, missing)
         try:
             import pbk
             from pbk.script import PrecomputedTransactionData
@@ -106,9 +103,19 @@ class _KernelLoader:
 _loader = _KernelLoader()
 
 
-def load_in_background() -> None:
-    """Starts loading libbitcoinkernel on a thread (the simulator calls this first thing at start)."""
-    _loader.start()
+def validation_warning() -> str | None:
+    """The NOT-validated warning when scripts are (or will be) unverified, else None; never loads the
+    kernel, so a node that only mines never pays for it."""
+    loaded = _loader.loaded
+    reason = loaded.error if loaded is not None else _loader.probe()
+    return NOT_VALIDATED_WARNING.format(reason=reason) if reason else None
+
+
+def warn_if_unavailable() -> None:
+    """At start: the loud warning when py-bitcoinkernel is not installed (without loading it if it is)."""
+    missing = _loader.probe()
+    if missing:
+        _loader.get()  # logs the warning once
 
 
 # Core v31 regtest deployment heights (kernel/chainparams.cpp, CRegTestParams)

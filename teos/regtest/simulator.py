@@ -102,7 +102,7 @@ class Simulator:
             return
         self._started = True
         self.started_at = time.time()
-        scriptcheck.load_in_background()  # logs a WARNING if scripts cannot be verified
+        scriptcheck.warn_if_unavailable()  # the kernel itself loads when a script is first checked
         (self.datadir / "regtest").mkdir(parents=True, exist_ok=True)
         self.chain.load()
         self.zmq.start()

@@ -13,6 +13,21 @@ from __future__ import annotations
 
 import pytest
 
+from common.tx import (
+    COINBASE_VOUT,
+    NULL_TXID,
+    Block,
+    BlockHeader,
+    Transaction,
+    TxIn,
+    TxOut,
+    check_proof_of_work,
+    merkle_root,
+    witness_commitment_script,
+)
+from common.types import BlockHash
+from teos.regtest.address import script_for_address
+from teos.regtest.script import push_int
 from teos.regtest.wallet import BreachPair, SignedTx, Wallet
 from tests.support import RPCError
 from tests.support.bitcoind import BURN_ADDRESS, BitcoindHandle
@@ -170,3 +185,56 @@ def test_policy_only_failure_is_refused_by_the_mempool_but_valid_in_a_block(
     block_hash = bitcoind.rpc("generateblock", BURN_ADDRESS, [sloppy.hex])["hash"]
     assert sloppy.txid.hex() in bitcoind.rpc("getblock", block_hash)["tx"]
     assert bitcoind.rpc("getbestblockhash") == block_hash
+
+
+def test_reorg_drops_a_claim_whose_relative_lock_no_longer_holds(bitcoind: BitcoindHandle) -> None:
+    """Disconnected transactions return to the mempool only while BIP68 still lets them into the next
+    block, and a reorg that shortens the commitment's burial evicts a claim already in the mempool."""
+    delay = 2
+    wallet, pair = funded(bitcoind, to_self_delay=delay)
+    wallet.send(pair.commitment)
+    commitment_block, second = bitcoind.mine(delay)
+    claim = wallet.delayed_claim(pair)
+    wallet.send(claim)
+    (claim_block,) = bitcoind.mine(1)
+
+    bitcoind.rpc("invalidateblock", claim_block)  # the commitment keeps `delay` confirmations
+    assert bitcoind.rpc("getrawmempool") == [claim.txid.hex()]
+    bitcoind.rpc("invalidateblock", second)  # one confirmation left: the claim must go
+    assert bitcoind.rpc("getrawmempool") == []
+    bitcoind.rpc("invalidateblock", commitment_block)  # the commitment returns, its claim does not
+    assert bitcoind.rpc("getrawmempool") == [pair.commitment.txid.hex()]
+    err = rpc_error(bitcoind, "sendrawtransaction", claim.hex)
+    assert (err.code, err.message) == (-26, "non-BIP68-final")
+
+
+def block_with(node: BitcoindHandle, txs: list[Transaction]) -> Block:
+    """A block on the tip carrying ``txs`` (checked by nobody): BIP34 coinbase paying nothing, the witness
+    commitment, a time past the tip's, and a nonce meeting regtest's target."""
+    tip = node.rpc("getblockheader", node.rpc("getbestblockhash"))
+    height = tip["height"] + 1
+    coinbase_in = TxIn(NULL_TXID, COINBASE_VOUT, push_int(height) + b"\x00", 0xFFFFFFFF, (bytes(32),))
+    draft = Transaction(2, (coinbase_in,), (TxOut(0, script_for_address(BURN_ADDRESS)),), 0)
+    commitment = TxOut(0, witness_commitment_script([draft, *txs]))
+    coinbase = Transaction(2, (coinbase_in,), (*draft.outputs, commitment), 0)
+    root = merkle_root([tx.txid.raw for tx in (coinbase, *txs)])
+    prev = BlockHash.from_hex(tip["hash"])
+    nonce = 0
+    while True:
+        header = BlockHeader(0x20000000, prev, root, tip["time"] + 1, 0x207FFFFF, nonce)
+        if check_proof_of_work(header):
+            return Block(header, (coinbase, *txs))
+        nonce += 1
+
+
+def test_submitblock_refuses_a_forged_signature(bitcoind: BitcoindHandle) -> None:
+    wallet, pair = funded(bitcoind)
+    tip = bitcoind.rpc("getbestblockhash")
+    forged = wallet.forged(pair.commitment)
+    result = bitcoind.rpc("submitblock", block_with(bitcoind, [forged.tx]).raw.hex())
+    assert result == f"block-script-verify-flag-failed ({EVAL_FALSE})"
+    assert bitcoind.rpc("getbestblockhash") == tip
+
+    good = block_with(bitcoind, [pair.commitment.tx])
+    assert bitcoind.rpc("submitblock", good.raw.hex()) is None
+    assert bitcoind.rpc("getbestblockhash") == good.hash.hex()
