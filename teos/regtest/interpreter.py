@@ -26,7 +26,8 @@ from functools import cached_property
 
 import coincurve
 
-from common.tx import Transaction, TxOut, hash160, ser_bytes, ser_compact_size, sha256, sha256d
+from common.crypto import ripemd160
+from common.tx import Transaction, TxOut, ser_bytes, ser_compact_size, sha256, sha256d
 
 
 class Flag(IntFlag):
@@ -1085,13 +1086,13 @@ def _execute(
         need(1)
         item = stack[-1]
         if op == 0xA6:
-            digest = hashlib.new("ripemd160", item).digest()
+            digest = ripemd160(item)
         elif op == 0xA7:
             digest = hashlib.sha1(item).digest()
         elif op == 0xA8:
             digest = sha256(item)
         elif op == 0xA9:
-            digest = hash160(item)
+            digest = ripemd160(sha256(item))
         else:
             digest = sha256d(item)
         stack[-1] = digest
