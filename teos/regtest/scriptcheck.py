@@ -14,12 +14,15 @@ Flags, as Bitcoin Core v31 applies them on regtest (``GetBlockScriptFlags``; BIP
 1, segwit at 0, taproot always): P2SH, WITNESS, TAPROOT and NULLDUMMY at every height, DERSIG,
 CHECKLOCKTIMEVERIFY and CHECKSEQUENCEVERIFY from height 1. The mempool checks with
 ``STANDARD_SCRIPT_VERIFY_FLAGS`` and then, as Core's ConsensusScriptChecks does, with the tip's block
-flags, caching the result per (wtxid, flags) the way Core's script execution cache does, so a block that
-includes the transaction with the same flags does not verify it again.
+flags. Successes are cached per (wtxid, flags) the way Core's script execution cache does: the kernel's
+run during the policy check used exactly the consensus flags, so the second pass, and a later block that
+includes the transaction at a height with the same flags, verify nothing again.
 
-Without ``pbk`` (another Python or platform) nothing is verified: ``available()`` is false, a warning says
-so at start, and ``getnetworkinfo`` reports it. ``TEOS_REGTEST_NO_KERNEL=1`` in the environment forces that
-mode (to measure what validation costs, or to see how tests behave on such a platform).
+libbitcoinkernel is loaded the first time a script is checked (a tenth of a second of CPU that a node that
+only mines never pays). Without ``pbk`` (another Python or platform) nothing is verified: ``available()``
+is false, a warning is logged at start, and ``getnetworkinfo`` lists it under ``warnings``.
+``TEOS_REGTEST_NO_KERNEL=1`` in the environment forces that mode (to measure what validation costs, or to
+see how tests behave on such a platform).
 """
 
 from __future__ import annotations
@@ -118,8 +121,7 @@ def warn_if_unavailable() -> None:
         _loader.get()  # logs the warning once
 
 
-# Core v31 regtest deployment heights (kernel/chainparams.cpp, CRegTestParams)
-BIP34_HEIGHT = 1
+# Core v31 regtest deployment heights that set script flags (kernel/chainparams.cpp, CRegTestParams)
 BIP65_HEIGHT = 1
 BIP66_HEIGHT = 1
 CSV_HEIGHT = 1
