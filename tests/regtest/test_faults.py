@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from teos.regtest import faults
-from tests.support.bitcoind import BitcoindHandle
+from tests.support.bitcoind import BitcoindHandle, RPCError
 from tests.support.rpcproxy import RpcProxy
 from tests.support.wait import wait_until
 
@@ -220,3 +220,69 @@ def test_proxy_stop_releases_a_hanging_request(simulator: BitcoindHandle) -> Non
     proxy.stop()
     assert sock.recv(100) == b"" and time.monotonic() - started < 15
     sock.close()
+
+
+# -- the simulator's knob ------------------------------------------------------------------------------
+
+
+def direct(node: BitcoindHandle, method: str, *params: Any) -> tuple[int, bytes]:
+    return raw_call(node.rpc_port, node, method, *params)
+
+
+def test_simulator_knob_breaks_answers_like_the_proxy(simulator: BitcoindHandle) -> None:
+    height = simulator.rpc("getblockcount")
+    best = simulator.rpc("getbestblockhash")
+    simulator.rpc("sim_garble", "getblockcount", "busy_503", 2)
+    simulator.rpc("sim_garble", "getblockcount", "wrong_type")
+    simulator.rpc("sim_garble", "getbestblockhash", "bad_value")
+    status = simulator.rpc("sim_status")
+    assert status["garble"]["getblockcount"] == [
+        {"kind": "busy_503", "remaining": 2},
+        {"kind": "wrong_type", "remaining": 1},
+    ]
+    assert direct(simulator, "getblockcount") == (503, b"Work queue depth exceeded")
+    assert direct(simulator, "getblockcount") == (503, b"Work queue depth exceeded")
+    assert json.loads(direct(simulator, "getblockcount")[1])["result"] == str(height)
+    assert simulator.rpc("getblockcount") == height
+    assert simulator.rpc("getbestblockhash") == best[:-1]
+    assert simulator.rpc("sim_status")["garbled"] == 4
+    # errors are not rewritten, and the fault waits for a successful answer
+    simulator.rpc("sim_garble", "getblockhash", "missing_field")
+    _status, body = direct(simulator, "getblockhash", 10_000)
+    assert json.loads(body)["error"]["code"] == -8
+    assert "result" not in json.loads(direct(simulator, "getblockhash", 0)[1])
+
+
+def test_simulator_knob_hang_cut_and_clear(simulator: BitcoindHandle) -> None:
+    simulator.rpc("sim_garble", "getblockcount", "hang", 1, 0.3)
+    simulator.rpc("sim_garble", "getblockcount", "cut_stream")
+    started = time.monotonic()
+    with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+        direct(simulator, "getblockcount")
+    assert time.monotonic() - started >= 0.3
+    with pytest.raises(http.client.IncompleteRead):
+        direct(simulator, "getblockcount")
+    simulator.rpc("sim_garble", "getblock", "html_500", 5)
+    simulator.rpc("sim_garble", "getblock")
+    assert simulator.rpc("sim_status")["garble"] == {}
+    simulator.rpc("sim_garble", "getblock", "html_500", 5)
+    simulator.rpc("sim_garble", "getblockcount", "html_500", 5)
+    simulator.rpc("sim_garble")
+    assert simulator.rpc("sim_status")["garble"] == {}
+    assert isinstance(simulator.rpc("getblock", simulator.rpc("getbestblockhash")), dict)
+
+
+def test_simulator_knob_refuses_unknown_kinds_and_counts(simulator: BitcoindHandle) -> None:
+    for args in (("getblock", "teapot"), ("getblock", "hang", 0), ("getblock", "hang", "x")):
+        with pytest.raises(RPCError) as e:
+            simulator.rpc("sim_garble", *args)
+        assert e.value.code == -8
+    assert simulator.rpc("sim_status")["garble"] == {}
+
+
+def test_simulator_garble_flag_at_start(bitcoind_factory: Any) -> None:
+    node = bitcoind_factory(extra_args=("--garble", "getbestblockhash:html_500:2", "--garble", "getblock:hang"))
+    assert node.rpc("sim_status")["garble"]["getbestblockhash"] == [{"kind": "html_500", "remaining": 2}]
+    assert direct(node, "getbestblockhash")[0] == 500
+    assert direct(node, "getbestblockhash")[0] == 500
+    assert len(node.rpc("getbestblockhash")) == 64
