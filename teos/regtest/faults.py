@@ -154,6 +154,14 @@ class FaultQueue:
                 if (method is None or m == method) and (kind is None or k == kind)
             )
 
+    def delivered_by_method(self) -> dict[str, int]:
+        """Faults delivered so far, per method."""
+        out: Counter[str] = Counter()
+        with self._lock:
+            for (method, _), n in self._delivered.items():
+                out[method] += n
+        return dict(out)
+
     def snapshot(self) -> dict[str, list[tuple[str, int]]]:
         """The queued faults, method -> [(kind, remaining)] (for a status call)."""
         with self._lock:

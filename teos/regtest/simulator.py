@@ -249,7 +249,7 @@ class Simulator:
             "zmq_drop": self.zmq.pending_drops(),
             "fail": {m: {"code": r[0], "message": r[1], "remaining": r[2]} for m, r in f.fail_rules.items()},
             "garble": {m: [{"kind": k, "remaining": n} for k, n in q] for m, q in garble.items()},
-            "garbled": f.garble.delivered(),
+            "garbled": f.garble.delivered_by_method(),
             "topics": list(TOPICS),
         }
 

@@ -32,7 +32,7 @@ from common.types import Dialect, Txid
 from teos.demo import Teosd, TowerClient, TowerError, free_port
 from teos.regtest import faults
 from tests.daemon.conftest import TeosdFactory
-from tests.support.bitcoind import BitcoindHandle
+from tests.support.bitcoind import BURN_ADDRESS, BitcoindHandle
 from tests.support.rpcproxy import RpcProxy
 from tests.support.wait import wait_until
 
@@ -49,20 +49,20 @@ def proxy(bitcoind: BitcoindHandle) -> Iterator[RpcProxy]:
 
 
 class Tower:
-    """A teosd behind the proxy, with its admin port for gettowerinfo and /ready."""
+    """A teosd against ``endpoint`` (the proxy's front of a node, or a node), with its admin port for
+    gettowerinfo and /ready."""
 
     def __init__(
         self,
         factory: TeosdFactory,
-        proxy: RpcProxy,
-        node: BitcoindHandle,
+        endpoint: Any,
         *extra: str,
         wait: bool = True,
         datadir: Path | None = None,
     ) -> None:
         self.admin_port = free_port()
         self.daemon: Teosd = factory(
-            proxy.front(node), datadir=datadir, extra=["--rpcport", str(self.admin_port), *extra], wait=wait
+            endpoint, datadir=datadir, extra=["--rpcport", str(self.admin_port), *extra], wait=wait
         )
 
     def admin(self, path: str) -> tuple[int, Any]:
@@ -104,7 +104,11 @@ def responded(user: TowerClient, sent: Any) -> bool:
 
 
 class Breaches:
-    """Two users' appointments for two real commitment/penalty pairs, breached on demand."""
+    """Two users' appointments for two real commitment/penalty pairs, breached on demand.
+
+    Both commitments are broadcast at once, before any fault (the test's own ``sendrawtransaction`` must
+    not meet the simulator's knob); ``breach(i)`` mines commitment ``i`` alone in a new block
+    (``generateblock``), so the two breaches land in different blocks whenever the test says."""
 
     def __init__(self, node: BitcoindHandle, tower: Tower) -> None:
         self.node = node
@@ -119,12 +123,20 @@ class Breaches:
         for user, pair in zip(self.users, self.pairs, strict=True):
             user.register()
             self.sent.append(user.add_appointment(pair.commitment.txid, pair.penalty.raw))
+        for pair in self.pairs:
+            self.wallet.send(pair.commitment)  # in the mempool, not mined: no breach yet
         self.mined_in: list[str] = []
 
     def breach(self, i: int) -> None:
-        """The cheating party broadcasts commitment ``i`` and it is mined in a block of its own."""
-        self.wallet.send(self.pairs[i].commitment)
-        self.mined_in.append(self.node.mine(1)[0])
+        """Commitment ``i`` is mined, alone, in a block of its own."""
+        block = self.node.rpc("generateblock", BURN_ADDRESS, [self.pairs[i].commitment.txid.hex()])
+        self.mined_in.append(block["hash"])
+
+    def mine(self) -> None:
+        """A block without the commitments still waiting (the penalties confirm)."""
+        waiting = {p.commitment.txid.hex() for i, p in enumerate(self.pairs) if i >= len(self.mined_in)}
+        mempool = [t for t in self.node.rpc("getrawmempool") if t not in waiting]
+        self.node.rpc("generateblock", BURN_ADDRESS, mempool)
 
     def all_responded(self) -> bool:
         return all(
@@ -140,7 +152,7 @@ class Breaches:
 def test_garbage_from_the_chain_walk_loses_no_breach(
     bitcoind: BitcoindHandle, proxy: RpcProxy, teosd_factory: TeosdFactory, method: str
 ) -> None:
-    tower = Tower(teosd_factory, proxy, bitcoind)
+    tower = Tower(teosd_factory, proxy.front(bitcoind))
     breaches = Breaches(bitcoind, tower)
     wait_until(lambda: tower.at_tip(bitcoind), 30, message="the tower at the tip before the faults")
     for i, kind in enumerate(faults.KINDS):
@@ -148,7 +160,7 @@ def test_garbage_from_the_chain_walk_loses_no_breach(
         if i in (0, len(faults.KINDS) // 2):
             breaches.breach(0 if i == 0 else 1)  # mined while bitcoind answers garbage
         else:
-            bitcoind.mine(1)
+            breaches.mine()
         wait_until(lambda: proxy.pending(method) == 0, 60, message=f"{method} answered {kind} {COUNT} times")
         wait_until(lambda: tower.at_tip(bitcoind), 60, message=f"the tower at the tip after {method} {kind}")
     assert len(set(breaches.mined_in)) == 2
@@ -156,29 +168,53 @@ def test_garbage_from_the_chain_walk_loses_no_breach(
     assert proxy.delivered(method) == COUNT * len(faults.KINDS)
 
 
+class Knob:
+    """The simulator's own fault knob (``sim_garble``), with the proxy's bookkeeping methods."""
+
+    def __init__(self, node: BitcoindHandle) -> None:
+        self.node = node
+
+    def inject(
+        self, method: str, kind: str, count: int = 1, seconds: float = faults.DEFAULT_HANG_SECONDS
+    ) -> None:
+        self.node.rpc("sim_garble", method, kind, count, seconds)
+
+    def pending(self, method: str) -> int:
+        return sum(rule["remaining"] for rule in self.node.rpc("sim_status")["garble"].get(method, []))
+
+    def delivered(self, method: str) -> int:
+        return int(self.node.rpc("sim_status")["garbled"].get(method, 0))
+
+
+def garbage_on_sendrawtransaction(node: BitcoindHandle, tower: Tower, source: RpcProxy | Knob) -> None:
+    """Every kind, COUNT times, on sendrawtransaction while two breaches are mined in different blocks."""
+    method = "sendrawtransaction"
+    breaches = Breaches(node, tower)
+    wait_until(lambda: tower.at_tip(node), 30, message="the tower at the tip before the faults")
+    for kind in faults.KINDS:
+        source.inject(method, kind, count=COUNT, seconds=HANG)
+    total = source.pending(method)
+    breaches.breach(0)
+    # The failed broadcasts are retried on their own; the second breach comes while garbage still flows.
+    wait_until(lambda: source.delivered(method) >= total // 2, 120, message="half the faults delivered")
+    breaches.breach(1)
+    wait_until(lambda: source.pending(method) == 0, 120, message="every sendrawtransaction fault delivered")
+    wait_until(breaches.all_responded, 60, message="both breaches responded")
+    breaches.mine()
+    wait_until(lambda: tower.at_tip(node), 60, message="the tower at the tip")
+    assert len(set(breaches.mined_in)) == 2
+
+
 def test_garbage_from_sendrawtransaction_loses_no_breach(
     bitcoind: BitcoindHandle, proxy: RpcProxy, teosd_factory: TeosdFactory
 ) -> None:
-    method = "sendrawtransaction"
-    tower = Tower(teosd_factory, proxy, bitcoind)
-    breaches = Breaches(bitcoind, tower)
-    wait_until(lambda: tower.at_tip(bitcoind), 30, message="the tower at the tip before the faults")
-    for kind in faults.KINDS:
-        proxy.inject(method, kind, count=COUNT, seconds=HANG)
-    total = proxy.pending(method)
-    breaches.breach(0)
-    # The failed broadcasts are retried on their own; the second breach comes while garbage still flows.
-    wait_until(
-        lambda: proxy.delivered(method) >= total // 2,
-        120,
-        message="half the sendrawtransaction faults delivered",
-    )
-    breaches.breach(1)
-    wait_until(lambda: proxy.pending(method) == 0, 120, message="every sendrawtransaction fault delivered")
-    wait_until(breaches.all_responded, 60, message="both breaches responded")
-    bitcoind.mine(1)
-    wait_until(lambda: tower.at_tip(bitcoind), 60, message="the tower at the tip")
-    assert len(set(breaches.mined_in)) == 2
+    garbage_on_sendrawtransaction(bitcoind, Tower(teosd_factory, proxy.front(bitcoind)), proxy)
+
+
+def test_garbage_from_the_simulators_own_knob_loses_no_breach(
+    simulator: BitcoindHandle, teosd_factory: TeosdFactory
+) -> None:
+    garbage_on_sendrawtransaction(simulator, Tower(teosd_factory, simulator), Knob(simulator))
 
 
 # -- start-up -----------------------------------------------------------------------------------------
@@ -191,7 +227,7 @@ def test_garbage_at_start_up_is_retried(
         proxy.inject("getblockchaininfo", kind)
     for kind in (faults.WRONG_TYPE, faults.BAD_VALUE, faults.BUSY_503, faults.WRONG_FIELD_TYPE):
         proxy.inject("getbestblockhash", kind)
-    tower = Tower(teosd_factory, proxy, bitcoind, wait=False)
+    tower = Tower(teosd_factory, proxy.front(bitcoind), wait=False)
     tower.daemon.wait_ready(timeout=90)
     assert proxy.pending() == 0
     wait_until(lambda: tower.at_tip(bitcoind), 30, message="the tower at the tip")
@@ -202,7 +238,7 @@ def test_start_up_that_never_gets_a_readable_answer_ends_with_one_line(
     bitcoind: BitcoindHandle, proxy: RpcProxy, teosd_factory: TeosdFactory
 ) -> None:
     proxy.inject("getbestblockhash", faults.WRONG_TYPE, count=100_000)
-    tower = Tower(teosd_factory, proxy, bitcoind, "--btcstartuptimeout", "3", wait=False)
+    tower = Tower(teosd_factory, proxy.front(bitcoind), "--btcstartuptimeout", "3", wait=False)
     assert tower.daemon.wait(60) == 1
     log = tower.daemon.log_path.read_text()
     assert "Traceback" not in log
@@ -216,7 +252,7 @@ def test_start_up_that_never_gets_a_readable_answer_ends_with_one_line(
 def test_watchdog_ends_a_stalled_tower_and_the_restart_answers_the_breach(
     bitcoind: BitcoindHandle, proxy: RpcProxy, teosd_factory: TeosdFactory
 ) -> None:
-    tower = Tower(teosd_factory, proxy, bitcoind, "--watchdogtimeout", "5")
+    tower = Tower(teosd_factory, proxy.front(bitcoind), "--watchdogtimeout", "5")
     breaches = Breaches(bitcoind, tower)
     wait_until(lambda: tower.at_tip(bitcoind), 30, message="the tower at the tip")
     # getblock hangs: bitcoind answers everything else, its tip moves ahead, the engine cannot follow.
@@ -249,7 +285,7 @@ def test_watchdog_ends_a_stalled_tower_and_the_restart_answers_the_breach(
 
     # systemd or Docker starts it again; the state resumes from the database.
     proxy.clear()
-    restarted = Tower(teosd_factory, proxy, bitcoind, datadir=tower.daemon.datadir)
+    restarted = Tower(teosd_factory, proxy.front(bitcoind), datadir=tower.daemon.datadir)
     wait_until(
         lambda: responded(breaches.users[0], breaches.sent[0]),
         60,
