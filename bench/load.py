@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.loadgen import LoadResult, run_load
 from common.types import Dialect
-from teos.demo import Process, Regtest, Teosd, TowerClient, free_port, teosd_args, wait_until
+from tests.support.processes import Process, Regtest, Teosd, TowerClient, free_port, teosd_args, wait_until
 
 
 def _load(url: str, args: argparse.Namespace, dialect: Dialect) -> LoadResult:

@@ -51,9 +51,9 @@ from typing import Any
 from coincurve import PrivateKey
 
 from common import crypto
+from common.fsutil import write_private_file
 from common.types import Txid, UserId
 from teos.config import Config
-from teos.fsutil import write_private_file
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord
 from teos.storage.store import Batch, StorageError, Store

@@ -17,11 +17,11 @@ The engine (or whoever sees the event) calls ``metrics.breach_seen()``, ``metric
 ``metrics.penalty_confirmed()`` and ``metrics.block_processed()``; the state gauges need no calls.
 """
 
+from common.cookie import COOKIE_USER, CookieError, read_cookie, remove_cookie, write_cookie
 from teos.admin.app import create_admin_app
 from teos.admin.backend import AdminBackend, AdminError, Page, StoreAdminBackend
-from teos.admin.cookie import COOKIE_USER, CookieError, read_cookie, remove_cookie, write_cookie
-from teos.admin.metrics import Metrics, instrument
 from teos.admin.server import AdminServer, AdminServerError
+from teos.metrics import Metrics, instrument
 
 __all__ = [
     "COOKIE_USER",

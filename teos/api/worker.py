@@ -103,7 +103,7 @@ class ForwardingMetrics:
 
 def build_app(settings: WorkerSettings) -> Flask:
     """The public app of a worker: ``create_app`` over a ``TowerService`` whose core is remote."""
-    from teos.admin.metrics import instrument
+    from teos.metrics import instrument
 
     client = CoreClient(settings.address, settings.token)
     service = TowerService(

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlencode
 
-from teos.admin.cookie import CookieError, read_cookie
-from teos.cli.transport import BadResponse, HttpError, Unreachable, request_json
+from common.cookie import CookieError, read_cookie
+from common.http import BadResponse, HttpError, Unreachable, request_json
 
 DEFAULT_DATADIR = "~/.teos"
 DEFAULT_RPC_HOST = "127.0.0.1"

@@ -36,9 +36,9 @@ from coincurve import PrivateKey
 from common import crypto, receipts
 from common.appointment import Appointment
 from common.dialects import locator_from_txid
+from common.fsutil import write_private_file
+from common.http import BadResponse, HttpError, Unreachable, request_json
 from common.types import Dialect, Locator, Txid, UserId
-from teos.cli.transport import BadResponse, HttpError, Unreachable, request_json
-from teos.fsutil import write_private_file
 
 DEFAULT_DATADIR = "~/.teos_client"
 DEFAULT_TOWER_PORT = 9814

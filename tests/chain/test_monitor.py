@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from teos.chain.monitor import BlockConnected, BlockDisconnected, BlockRef, ChainMonitor, Stop
-from tests.engine.fakes import FakeChain
+from tests.support.fakes import FakeChain
 from tests.support.wait import wait_until
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from teos.demo import Teosd, free_port, teosd_args
 from tests.support.bitcoind import BitcoindHandle
+from tests.support.processes import Teosd, free_port, teosd_args
 
 TeosdFactory = Callable[..., Teosd]
 

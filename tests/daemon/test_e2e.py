@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from common.types import Dialect, Locator, Txid
-from teos.demo import Teosd, TowerClient, wait_until
 from tests.daemon.conftest import TeosdFactory
 from tests.support.bitcoind import BitcoindHandle
+from tests.support.processes import Teosd, TowerClient, wait_until
 
 pytestmark = pytest.mark.e2e
 

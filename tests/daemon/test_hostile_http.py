@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.types import Dialect
-from teos.demo import Teosd, TowerClient
+from tests.support.processes import Teosd, TowerClient
 
 pytestmark = pytest.mark.e2e
 

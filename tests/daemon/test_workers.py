@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from common.types import Dialect
-from teos.demo import Teosd, TowerClient, free_port, wait_until
 from tests.daemon.conftest import TeosdFactory, metric
 from tests.support.bitcoind import BitcoindHandle
+from tests.support.processes import Teosd, TowerClient, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 

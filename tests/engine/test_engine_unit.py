@@ -13,7 +13,7 @@ from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord
 from teos.storage.store import Batch
 from teos.storage.watched import put_watched
-from tests.engine.fakes import FakeChain, RecordingLedger, random_tx, store_appointment
+from tests.support.fakes import FakeChain, RecordingLedger, random_tx, store_appointment
 from tests.support.wait import wait_until
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from teos import demo
+from tests.support import processes
 
 T = TypeVar("T")
 
@@ -23,6 +23,6 @@ def wait_until(
     predicate that may fail transiently should catch what it expects itself.
     """
     try:
-        return demo.wait_until(predicate, timeout, message, interval=interval)
-    except demo.WaitTimedOut:
+        return processes.wait_until(predicate, timeout, message, interval=interval)
+    except processes.WaitTimedOut:
         raise WaitTimeout(message or f"condition not met within {timeout}s: {predicate!r}") from None

@@ -1,0 +1,1 @@
+from tests.api.conftest import chain, config, gatekeeper  # noqa: F401
