@@ -167,7 +167,7 @@ class StoreAdminBackend:
             return {}
 
     def _stored_pointer(self) -> JsonObject:
-        raw = self._store.get(keys.meta_last_block("watcher"))
+        raw = self._store.get(keys.META_LAST_BLOCK)
         if raw is None:
             return {"block_hash": None, "height": None}
         try:

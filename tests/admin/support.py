@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,14 +18,6 @@ from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord, UserRecord, encode_block_pointer
 from teos.storage.store import Batch, Store
 from teos.storage.watched import put_watched
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(interval)
 
 
 def new_user_id() -> UserId:
@@ -107,7 +98,7 @@ class Filler:
 
     def last_block(self, block_hash: BlockHash, height: int) -> None:
         batch = Batch()
-        batch.put(keys.meta_last_block("watcher"), encode_block_pointer(block_hash, height))
+        batch.put(keys.META_LAST_BLOCK, encode_block_pointer(block_hash, height))
         self.store.commit(batch)
 
 

@@ -1,115 +1,30 @@
-"""Fakes and builders shared by the API-side tests (Gatekeeper, service, HTTP API)."""
+"""The public API app over a real store, for the API tests (over ``tests.support.users``' doubles)."""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask
 
 from common import crypto
-from common.appointment import Appointment, compute_uuid
-from common.dialects import locator_from_txid
+from common.appointment import Appointment
+from common.messages import GET_SUBSCRIPTION_INFO_MESSAGE, add_appointment_body, get_appointment_message
 from common.tx import Transaction, TxIn, TxOut
 from common.types import Dialect, Locator, Txid, UserId
 from teos.api import create_app
 from teos.api.ipc import TOKEN_BYTES, CoreClient, CoreServer, RemoteCore
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
-from teos.service import GET_SUBSCRIPTION_INFO_MESSAGE, TowerCore, TowerService, get_appointment_message
-from teos.storage import keys
-from teos.storage.codec import AppointmentRecord, TrackerRecord
-from teos.storage.store import Batch, Store
-
-
-@dataclass
-class FakeChain:
-    """A ChainView whose tip, reachability and locator cache the test sets directly."""
-
-    tip_height: int = 100
-    bitcoind_reachable: bool = True
-    cached: list[Txid] = field(default_factory=list)
-    added: list[tuple[AppointmentRecord, Txid]] = field(default_factory=list)
-
-    def add_breach(self, txid: Txid) -> None:
-        self.cached.append(txid)
-
-    def breach_in_cache(self, record: AppointmentRecord) -> Txid | None:
-        for txid in self.cached:
-            if locator_from_txid(txid, record.dialect) == record.locator:
-                return txid
-        return None
-
-    def appointment_added(self, record: AppointmentRecord, dispute_txid: Txid) -> None:
-        self.added.append((record, dispute_txid))
-
-
-@dataclass(frozen=True)
-class Client:
-    """A user key pair."""
-
-    secret_key: bytes
-
-    @classmethod
-    def new(cls) -> Client:
-        return cls(crypto.generate_secret_key())
-
-    @property
-    def user_id(self) -> UserId:
-        return crypto.public_key(self.secret_key)
-
-    def sign(self, message: bytes) -> str:
-        return crypto.sign(message, self.secret_key)
-
-
-def random_locator() -> Locator:
-    return Locator(os.urandom(16))
-
-
-def make_record(
-    user_id: UserId,
-    locator: Locator,
-    blob_len: int,
-    dialect: Dialect = Dialect.PYTHON,
-    start_block: int = 100,
-    signature: str = "sig",
-) -> AppointmentRecord:
-    return AppointmentRecord(
-        uuid=compute_uuid(locator, user_id),
-        locator=locator,
-        encrypted_blob=os.urandom(blob_len),
-        to_self_delay=20,
-        user_id=user_id,
-        user_signature=signature,
-        start_block=start_block,
-        dialect=dialect,
-    )
+from teos.service import TowerCore, TowerService
+from teos.storage.store import Store
+from tests.support.users import Client, FakeChainView, random_locator
 
 
 def signed_appointment(client: Client, appointment: Appointment) -> dict[str, object]:
     """The JSON body of an add_appointment request."""
-    return {"appointment": appointment.to_json(), "signature": client.sign(appointment.serialize())}
-
-
-def trigger(
-    store: Store, record: AppointmentRecord, dispute_txid: Txid, penalty_rawtx: bytes
-) -> TrackerRecord:
-    """Does what the engine does on a breach: the appointment becomes a tracker (index entry kept)."""
-    tracker = TrackerRecord(
-        appointment=record,
-        dispute_txid=dispute_txid,
-        penalty_txid=Txid(crypto.sha256d(penalty_rawtx)),
-        penalty_rawtx=penalty_rawtx,
-        broadcast_height=record.start_block,
-        confirmed_in=None,
-        confirmed_height=0,
-    )
-    batch = Batch()
-    batch.delete(keys.appointment(record.locator, record.uuid))
-    batch.put(keys.tracker(record.uuid), tracker.encode())
-    store.commit(batch)
-    return tracker
+    return add_appointment_body(appointment, client.sign(appointment.serialize()))
 
 
 PYTHON_UA = {"User-Agent": "python-requests/2.31.0"}
@@ -121,7 +36,7 @@ class Tower:
     """The public API app over a real store, with handles on its parts and a test client."""
 
     store: Store
-    chain: FakeChain
+    chain: FakeChainView
     gatekeeper: Gatekeeper
     service: TowerService
     app: Flask
@@ -145,7 +60,7 @@ class Tower:
     ) -> Tower:
         """The app over a Gatekeeper on ``store``; with ``remote`` its service reaches the state through
         the worker channel (a ``CoreServer`` on a real Unix socket), as in teosd's API workers."""
-        chain = chain if chain is not None else FakeChain(tip_height=tip)
+        chain = chain if chain is not None else FakeChainView(tip_height=tip)
         config = GatekeeperConfig(subscription_slots=slots, max_appointments=max_appointments)
         gatekeeper = Gatekeeper(store, config, chain)
         gatekeeper.start()
@@ -153,7 +68,7 @@ class Tower:
         if not remote:
             service = TowerService.local(gatekeeper, chain, store, secret_key)
             return cls(store, chain, gatekeeper, service, create_app(service), secret_key)
-        server = CoreServer(TowerCore(gatekeeper, chain, store), os.urandom(TOKEN_BYTES))
+        server = CoreServer(TowerCore(gatekeeper, chain, chain, store), os.urandom(TOKEN_BYTES))
         server.start()
         service = TowerService(
             RemoteCore(CoreClient(server.address, server.token)),

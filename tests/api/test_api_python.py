@@ -18,7 +18,8 @@ from common import crypto, receipts, zbase32
 from common.appointment import Appointment
 from common.dialects import locator_from_txid
 from common.types import Dialect, Locator, Txid
-from tests.api.support import Client, Tower, appointment, penalty_transaction, signed_appointment, trigger
+from tests.api.support import Tower, appointment, penalty_transaction, signed_appointment
+from tests.support.users import Client, trigger
 
 LOC = Locator(bytes.fromhex("ddead970f8ceb7b36baf39a829126dba"))
 

@@ -40,20 +40,21 @@ class Tower:
     def start(self):
         self.store = Store(self.path)
         self.store.open()
-        self.gatekeeper, self.engine = build(
+        parts = build(
             self.store,
             self.rpc_config(),
             self.node.zmq_url if self.zmq else None,
             self.poll,
             **self.overrides,
         )
+        self.gatekeeper, self.chain, self.engine = parts.gatekeeper, parts.chain, parts.chain.engine
         self.gatekeeper.start()
-        self.engine.start()
+        self.chain.start()
         return self
 
     def stop(self):
         if self.engine is not None:
-            self.engine.stop()
+            self.chain.stop()
             self.store.close()
             self.engine = None
 

@@ -8,6 +8,8 @@ from common import crypto
 from common.dialects import locator_from_txid
 from common.types import Dialect
 from teos.chain.bitcoind import RetryPolicy, RPCError
+from teos.chain.tip import ChainTip
+from teos.daemon import ChainSide, build_chain_side
 from teos.engine import BootstrapError, Engine, EngineConfig
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord
@@ -31,6 +33,7 @@ class Harness:
     def __init__(self, chain, store, ledger, **overrides):
         self.chain, self.store, self.ledger = chain, store, ledger
         self.overrides = overrides
+        self.parts: ChainSide | None = None
         self.engine: Engine | None = None
 
     def start(self) -> Engine:
@@ -41,21 +44,22 @@ class Harness:
             startup_retry=RetryPolicy(0.05, 0.2, 2.0),
             **self.overrides,
         )
-        self.engine = Engine(config, self.store, self.chain, self.ledger, [])
-        self.engine.start()
+        parts = build_chain_side(config, self.store, self.chain, ChainTip(), self.ledger)
+        parts.start()
+        self.parts, self.engine = parts, parts.engine
         return self.engine
 
     def stop(self) -> None:
-        if self.engine is not None:
-            self.engine.stop()
-            self.engine = None
+        if self.parts is not None:
+            self.parts.stop()
+            self.parts = self.engine = None
 
     def synced(self, timeout: float = 5.0) -> None:
         wait_until(lambda: self.engine.tip_height == self.chain.tip.height, timeout)
 
     def mine(self, *txids, n: int = 1, mempool: bool = True) -> None:
         self.chain.mine(*txids, n=n, mempool=mempool)
-        self.engine.wake()
+        self.parts.monitor.wake()
         self.synced()
 
     def tracker(self, record: AppointmentRecord) -> TrackerRecord | None:

@@ -1,1 +1,3 @@
-from tests.api.conftest import chain, config, gatekeeper  # noqa: F401
+from tests.support.users import chain, config, gatekeeper
+
+__all__ = ["chain", "config", "gatekeeper"]
