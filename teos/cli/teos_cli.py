@@ -21,10 +21,10 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from common.cookie import CookieError, read_cookie
-from common.http import BadResponse, HttpError, Unreachable, request_json
+from common.http import BadResponse, HttpError, JsonHttp, Unreachable
 
 DEFAULT_DATADIR = "~/.teos"
 DEFAULT_RPC_HOST = "127.0.0.1"
@@ -56,14 +56,15 @@ class AdminClient:
         self.base = f"http://{netloc}:{port}"
         user, secret = cookie
         token = base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
-        self._headers = {"Authorization": f"Basic {token}", "User-Agent": "teos-cli"}
+        headers = {"Authorization": f"Basic {token}", "User-Agent": "teos-cli"}
+        self._http = JsonHttp(self.base, timeout, headers)
         self.timeout = timeout
 
     def _call(self, method: str, path: str, params: dict[str, str] | None = None) -> Any:
         query = ""
         if params:
             query = "?" + urlencode(params)
-        return request_json(method, self.base + path + query, headers=self._headers, timeout=self.timeout)
+        return self._http.call(method, path + query)
 
     def get_tower_info(self) -> Any:
         return self._call("GET", "/gettowerinfo")
@@ -81,10 +82,10 @@ class AdminClient:
         return self._call("GET", "/getusers", params)
 
     def get_appointments(self, locator: str) -> Any:
-        return self._call("GET", f"/getappointments/{locator}")
+        return self._call("GET", f"/getappointments/{quote(locator, safe='')}")
 
     def get_user(self, user_id: str) -> Any:
-        return self._call("GET", f"/getuser/{user_id}")
+        return self._call("GET", f"/getuser/{quote(user_id, safe='')}")
 
     def stop(self) -> Any:
         return self._call("POST", "/stop")

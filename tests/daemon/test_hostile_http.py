@@ -12,8 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from common.client import TowerClient
 from common.types import Dialect
-from tests.support.processes import Teosd, TowerClient
+from tests.support.processes import Teosd
 
 pytestmark = pytest.mark.e2e
 
