@@ -34,30 +34,18 @@ from typing import Any, TextIO
 from coincurve import PrivateKey
 
 from common import crypto
-from common.client import ReceiptError, TowerClient, build_appointment
+from common.client import TowerClient, build_appointment
 from common.fsutil import write_private_file
-from common.http import BadResponse, HttpError, Unreachable
+from common.http import HttpError
 from common.types import Dialect, Locator, Txid, UserId
+from teos.cli.errors import EXIT_BAD_ANSWER, EXIT_USAGE, REPORTED, CommandError, report
 
 DEFAULT_DATADIR = "~/.teos_client"
 DEFAULT_TOWER_PORT = 9814
 DEFAULT_TO_SELF_DELAY = 20
 KEY_FILE = "user_sk.der"
 
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_BAD_TOWER = 4
-
 JsonObject = dict[str, Any]
-
-
-class ClientError(Exception):
-    def __init__(self, message: str, exit_code: int = EXIT_REFUSED, details: Any = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exit_code = exit_code
-        self.details = details
 
 
 # -- where the tower is ------------------------------------------------------------------------------
@@ -77,7 +65,7 @@ class TowerAddress:
         """``<tower_id>@<host>[:<port>]`` (port 9814 when left out) or ``<tower_id>@http(s)://...``."""
         tower_hex, sep, netaddr = text.partition("@")
         if not sep or not netaddr:
-            raise ClientError("a tower is given as <tower_id>@<host>[:<port>]", EXIT_USAGE)
+            raise CommandError("a tower is given as <tower_id>@<host>[:<port>]", EXIT_USAGE)
         tower_id = parse_tower_id(tower_hex)
         if "://" not in netaddr:
             host, colon, port = netaddr.rpartition(":")
@@ -90,7 +78,7 @@ def parse_tower_id(text: str) -> UserId:
     try:
         return UserId.from_hex(text)
     except ValueError:
-        raise ClientError(f"{text!r} is not a tower id (66 hex characters, a compressed public key)",
+        raise CommandError(f"{text!r} is not a tower id (66 hex characters, a compressed public key)",
                           EXIT_USAGE) from None
 
 
@@ -109,7 +97,7 @@ class UserData:
             try:
                 return bytes(PrivateKey.from_der(path.read_bytes()).secret)
             except Exception as e:
-                raise ClientError(f"cannot read the user key {path}: {e}") from None
+                raise CommandError(f"cannot read the user key {path}: {e}") from None
         secret = crypto.generate_secret_key()
         write_private_file(path, PrivateKey(secret).to_der())
         return secret
@@ -127,7 +115,7 @@ class UserData:
         try:
             info: JsonObject = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ClientError(f"not registered with tower {tower_id.hex()}: run register first",
+            raise CommandError(f"not registered with tower {tower_id.hex()}: run register first",
                               EXIT_USAGE) from None
         return info
 
@@ -157,28 +145,28 @@ def _appointment_inputs(args: argparse.Namespace) -> tuple[Txid, bytes, int]:
         try:
             data = json.loads(Path(args.file).read_text())
         except (OSError, ValueError) as e:
-            raise ClientError(f"cannot read the appointment file {args.file}: {e}", EXIT_USAGE) from None
+            raise CommandError(f"cannot read the appointment file {args.file}: {e}", EXIT_USAGE) from None
         if not isinstance(data, dict):
-            raise ClientError("the appointment file must hold a JSON object", EXIT_USAGE)
+            raise CommandError("the appointment file must hold a JSON object", EXIT_USAGE)
         txid_hex = data.get("tx_id", data.get("dispute_txid"))
         penalty_hex = data.get("tx", data.get("penalty_rawtx"))
         delay = data.get("to_self_delay", args.to_self_delay)
     else:
         txid_hex, penalty_hex, delay = args.dispute_txid, args.penalty_rawtx, args.to_self_delay
     if not txid_hex or not penalty_hex:
-        raise ClientError("give an appointment file, or both --dispute-txid and --penalty-rawtx", EXIT_USAGE)
+        raise CommandError("give an appointment file, or both --dispute-txid and --penalty-rawtx", EXIT_USAGE)
     try:
         txid = Txid.from_hex(txid_hex)
     except ValueError:
-        raise ClientError("the dispute txid must be 64 hex characters", EXIT_USAGE) from None
+        raise CommandError("the dispute txid must be 64 hex characters", EXIT_USAGE) from None
     try:
         penalty = bytes.fromhex(penalty_hex) if isinstance(penalty_hex, str) else b""
     except ValueError:
         penalty = b""
     if not penalty:
-        raise ClientError("the penalty transaction must be non-empty hex", EXIT_USAGE)
+        raise CommandError("the penalty transaction must be non-empty hex", EXIT_USAGE)
     if not isinstance(delay, int) or isinstance(delay, bool) or not 0 <= delay < 2**32:
-        raise ClientError("to_self_delay must be an integer in [0, 2**32 - 1]", EXIT_USAGE)
+        raise CommandError("to_self_delay must be an integer in [0, 2**32 - 1]", EXIT_USAGE)
     return txid, penalty, delay
 
 
@@ -215,17 +203,17 @@ class Context:
             else:
                 known = self.data.towers()
                 if not known:
-                    raise ClientError("not registered with any tower: run register first", EXIT_USAGE)
+                    raise CommandError("not registered with any tower: run register first", EXIT_USAGE)
                 if len(known) > 1:
                     message = f"registered with {len(known)} towers: choose one with --tower"
-                    raise ClientError(message, EXIT_USAGE)
+                    raise CommandError(message, EXIT_USAGE)
                 tower_id = known[0]
             stored = self.data.load_tower(tower_id)
             address = TowerAddress(tower_id, stored["netaddr"])
         dialect = Dialect(stored["dialect"])
         if self.dialect_flag is not None and self.dialect_flag is not dialect:
-            raise ClientError(f"registered with this tower in the {dialect.value} dialect; register again to "
-                              "change it", EXIT_USAGE)
+            message = f"registered with this tower in the {dialect.value} dialect; register again to switch"
+            raise CommandError(message, EXIT_USAGE)
         return address, self.client(address, dialect)
 
 
@@ -252,7 +240,7 @@ def cmd_get_appointment(ctx: Context, args: argparse.Namespace) -> Any:
     try:
         locator = Locator.from_hex(args.locator)
     except ValueError:
-        raise ClientError("a locator is 32 hex characters", EXIT_USAGE) from None
+        raise CommandError("a locator is 32 hex characters", EXIT_USAGE) from None
     status, answer = tower.get_appointment(locator)
     if status != 200:
         raise HttpError(status, answer)
@@ -302,27 +290,8 @@ def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO
                       Dialect(args.dialect) if args.dialect else None)
         out.write(_dumps(args.handler(ctx, args)))
         return 0
-    except ClientError as e:
-        error: JsonObject = {"error": e.message, "code": e.exit_code}
-        if e.details is not None:
-            error["details"] = e.details
-        code = e.exit_code
-    except ReceiptError as e:  # the tower misbehaved: wrong signer, or not what was asked for
-        code = EXIT_BAD_TOWER
-        error = {"error": e.message, "code": code}
-        if e.details is not None:
-            error["details"] = e.details
-    except Unreachable as e:
-        code = EXIT_UNREACHABLE
-        error = {"error": f"the tower is not reachable: {e}", "code": code}
-    except HttpError as e:
-        message = e.body.get("error") if isinstance(e.body, dict) else None
-        error = {"error": message or str(e), "code": EXIT_REFUSED, "http_status": e.status, "details": e.body}
-        code = EXIT_REFUSED
-    except BadResponse as e:
-        error, code = {"error": str(e), "code": EXIT_BAD_TOWER}, EXIT_BAD_TOWER
-    err.write(json.dumps(error, sort_keys=True) + "\n")
-    return code
+    except REPORTED as e:
+        return report(e, err, peer="the tower", bad_answer=EXIT_BAD_ANSWER, http_details=True)
 
 
 def main() -> None:
