@@ -17,7 +17,7 @@ class WaitTimeout(TimeoutError, AssertionError):
 
 
 def wait_until(
-    predicate: Callable[[], T], timeout: float = 10.0, message: str = "", *, interval: float = 0.02
+    predicate: Callable[[], T | None], timeout: float = 10.0, message: str = "", *, interval: float = 0.02
 ) -> T:
     """Calls ``predicate`` until it returns a truthy value and returns that value; raises WaitTimeout
     after ``timeout`` seconds, naming ``message`` (what was waited for). Exceptions raised by the

@@ -22,7 +22,7 @@ from teos.storage.store import Store
 from tests.support.users import Client, FakeChainView, random_locator
 
 
-def signed_appointment(client: Client, appointment: Appointment) -> dict[str, object]:
+def signed_appointment(client: Client, appointment: Appointment) -> dict[str, Any]:
     """The JSON body of an add_appointment request."""
     return add_appointment_body(appointment, client.sign(appointment.serialize()))
 
@@ -104,7 +104,7 @@ class Tower:
         field = "public_key" if dialect is Dialect.PYTHON else "user_id"
         status, body = self.post("/register", {field: client.user_id.hex()}, rust=dialect is Dialect.RUST)
         assert status == 200, body
-        return body  # type: ignore[no-any-return]
+        return body
 
     def add(
         self, client: Client, appointment: Appointment, *, rust: bool = False, signature: str | None = None
