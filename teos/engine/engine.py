@@ -41,9 +41,7 @@ from common.tx import decode_transaction
 from common.types import BlockHash, Txid
 from teos.chain.bitcoind import TRANSIENT_ERRORS, RetryPolicy
 from teos.chain.monitor import BlockConnected, BlockDisconnected, ChainEvent, Stop
-from teos.chain.recent import BlockRef, RecentBlocks
-from teos.chain.tip import ChainTip
-from teos.engine.pointer import PointerStore
+from teos.chain.recent import BlockRef
 from teos.engine.startup import BootstrapError
 from teos.interfaces import BlockListener, SlotLedger, SlotRefunds
 from teos.responder.responder import Responder, ResponderOutcome
@@ -112,6 +110,34 @@ class Committer(Protocol):
     def commit(self, batch: Batch, sync: bool = True) -> None: ...
 
 
+class TipWriter(Protocol):
+    """The shared tip as the engine moves it (``teos.chain.tip.ChainTip`` satisfies it)."""
+
+    @property
+    def block(self) -> BlockRef | None: ...
+
+    @property
+    def bitcoind_reachable(self) -> bool: ...
+
+    def processed(self, block: BlockRef) -> None: ...
+
+    def set_reachable(self, value: bool) -> None: ...
+
+
+class PointerWriter(Protocol):
+    """The stored pointer as the engine moves it (``teos.engine.pointer.PointerStore`` satisfies it)."""
+
+    def advance(self, batch: Batch, ref: BlockRef) -> None: ...
+
+    def rewind(self, batch: Batch, disconnected: BlockRef, parent: BlockRef) -> None: ...
+
+
+class ParentLookup(Protocol):
+    """The record of recent blocks (``teos.chain.recent.RecentBlocks`` satisfies it)."""
+
+    def parent_of(self, ref: BlockRef) -> BlockRef: ...
+
+
 def decode_penalty(raw: bytes) -> Txid:
     """The txid of a raw penalty transaction; ValueError (TxDecodeError) when it is not one."""
     return decode_transaction(raw).txid
@@ -160,18 +186,19 @@ class Engine:
     """Runs the chain's events on one thread (see the module docstring).
 
     Besides ``start``/``stop`` it answers the user side's ``LateBreaches`` (``breach_in_cache``,
-    ``appointment_added``) and, for tools and tests holding it, reads of the tip and the status.
+    ``appointment_added``) and, for tools and tests holding it, reads of the tip and the status. Its
+    Watcher and Responder are its own components; everything else comes through the seams above.
     """
 
     def __init__(
         self,
         config: EngineConfig,
         inbox: Inbox,
-        tip: ChainTip,
+        tip: TipWriter,
         watcher: Watcher,
         responder: Responder,
-        pointer: PointerStore,
-        recent: RecentBlocks,
+        pointer: PointerWriter,
+        recent: ParentLookup,
         store: Committer,
         ledger: SlotLedger,
         listeners: Sequence[BlockListener],
@@ -201,7 +228,8 @@ class Engine:
 
     @property
     def tip_height(self) -> int:
-        return self._tip.tip_height
+        block = self._tip.block
+        return block.height if block is not None else 0
 
     def status(self) -> dict[str, Any]:
         """The progress snapshot (``teos.engine.progress``)."""

@@ -35,7 +35,6 @@ from teos.chain.bitcoind import (
     retry_call,
 )
 from teos.chain.recent import BlockRef
-from teos.engine.pointer import PointerStore
 from teos.storage.store import Batch
 from teos.watcher.locator_cache import BlockLocators, block_locators
 
@@ -92,6 +91,16 @@ class CacheRefill(Protocol):
     def __len__(self) -> int: ...
 
 
+class ResumePoint(Protocol):
+    """The stored pointer and record (``teos.engine.pointer.PointerStore`` satisfies it)."""
+
+    def last_block(self) -> tuple[BlockRef, bool] | None: ...
+
+    def recent(self) -> list[BlockRef]: ...
+
+    def advance(self, batch: Batch, ref: BlockRef) -> None: ...
+
+
 class Committer(Protocol):
     def commit(self, batch: Batch, sync: bool = True) -> None: ...
 
@@ -108,7 +117,7 @@ class Startup:
         config: StartupConfig,
         chain: ChainInfoSource,
         blocks: BlockSource,
-        pointer: PointerStore,
+        pointer: ResumePoint,
         store: Committer,
         cache: CacheRefill,
         reachability: Reachability,
