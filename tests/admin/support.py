@@ -26,7 +26,7 @@ def new_user_id() -> UserId:
 
 @dataclass
 class FakeEngineStatus:
-    """Stands in for ``Engine.status``: the test sets the heights and reachability."""
+    """Stands in for ``Progress.status``: the test sets the heights and reachability."""
 
     reachable: bool = True
     tip: int = 120
