@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 from dataclasses import dataclass, field
 
 import pytest
@@ -17,7 +16,7 @@ from teos.responder.responder import Responder, ResponderOutcome
 from teos.storage import keys
 from teos.storage.codec import TrackerRecord
 from teos.storage.store import Batch, Store
-from tests.support.fakes import random_tx, store_appointment
+from tests.support.fakes import random_tx, store_appointment, tracker_v1_bytes
 
 REBROADCAST_AFTER = 6
 IRREVOCABLE = 10
@@ -211,17 +210,6 @@ def test_a_refused_broadcast_is_not_retried_but_the_tracker_stays(
     assert responder.pending_broadcasts == 0 and tracker(store, breach) is not None
 
 
-def _v1_bytes(t: TrackerRecord) -> bytes:
-    """A tracker as version 1 wrote it: no dispute block, no dispute height."""
-    appointment = t.appointment.encode()
-    confirmed = b"\x01" + t.confirmed_in.raw if t.confirmed_in is not None else b"\x00"
-    return b"".join([
-        b"\x01", struct.pack(">I", len(appointment)), appointment, t.dispute_txid.raw, t.penalty_txid.raw,
-        struct.pack(">I", len(t.penalty_rawtx)), t.penalty_rawtx, struct.pack(">I", t.broadcast_height),
-        confirmed, struct.pack(">I", t.confirmed_height),
-    ])  # fmt: skip
-
-
 def test_v1_tracker_migrates_to_v2_when_the_responder_rewrites_it(responder: Responder, store: Store) -> None:
     """Trackers written before v2 (no dispute block) are read, followed, and written back as v2."""
     breach = a_breach(store)
@@ -229,7 +217,7 @@ def test_v1_tracker_migrates_to_v2_when_the_responder_rewrites_it(responder: Res
     current = tracker(store, breach)
     assert current is not None
     old = Batch()
-    old.put(keys.tracker(breach.appointment.uuid), _v1_bytes(current))
+    old.put(keys.tracker(breach.appointment.uuid), tracker_v1_bytes(current))
     store.commit(old)
     migrated = tracker(store, breach)
     assert migrated is not None and (migrated.dispute_block, migrated.dispute_height) == (None, 0)

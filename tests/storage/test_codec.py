@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Callable
 
 import pytest
@@ -19,6 +18,7 @@ from teos.storage.codec import (
     encode_block_pointer,
     encode_recent_block,
 )
+from tests.support.fakes import tracker_v1_bytes
 
 USER = UserId(b"\x02" + os.urandom(32))
 
@@ -55,21 +55,10 @@ def test_every_record_starts_with_its_version() -> None:
     assert a_tracker().encode()[0] == TrackerRecord.VERSION == 2
 
 
-def _v1(t: TrackerRecord) -> bytes:
-    """Version 1 of a tracker: the v2 fields (dispute block and height) did not exist."""
-    inner = t.appointment.encode()
-    confirmed = b"\x01" + t.confirmed_in.raw if t.confirmed_in is not None else b"\x00"
-    return b"".join([
-        b"\x01", struct.pack(">I", len(inner)), inner, t.dispute_txid.raw, t.penalty_txid.raw,
-        struct.pack(">I", len(t.penalty_rawtx)), t.penalty_rawtx, struct.pack(">I", t.broadcast_height),
-        confirmed, struct.pack(">I", t.confirmed_height),
-    ])  # fmt: skip
-
-
 def test_tracker_v1_to_v2_migration() -> None:
     """A v1 tracker decodes with no dispute block and height 0, and is written back as v2."""
     t = a_tracker()
-    old = TrackerRecord.decode(_v1(t))
+    old = TrackerRecord.decode(tracker_v1_bytes(t))
     assert (old.dispute_block, old.dispute_height) == (None, 0)
     assert (old.appointment, old.penalty_txid, old.confirmed_in, old.confirmed_height) == (
         t.appointment, t.penalty_txid, t.confirmed_in, t.confirmed_height)  # fmt: skip
