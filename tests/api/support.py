@@ -11,7 +11,14 @@ from flask import Flask
 
 from common import crypto
 from common.appointment import Appointment
-from common.messages import GET_SUBSCRIPTION_INFO_MESSAGE, add_appointment_body, get_appointment_message
+from common.messages import (
+    GET_SUBSCRIPTION_INFO_MESSAGE,
+    add_appointment_body,
+    get_appointment_body,
+    get_appointment_message,
+    get_subscription_info_body,
+    register_body,
+)
 from common.tx import Transaction, TxIn, TxOut
 from common.types import Dialect, Locator, Txid, UserId
 from teos.api import create_app
@@ -101,8 +108,8 @@ class Tower:
         return resp.status_code, (json.loads(resp.data) if resp.data else None)
 
     def register(self, client: Client, dialect: Dialect = Dialect.PYTHON) -> dict[str, Any]:
-        field = "public_key" if dialect is Dialect.PYTHON else "user_id"
-        status, body = self.post("/register", {field: client.user_id.hex()}, rust=dialect is Dialect.RUST)
+        body = register_body(client.user_id, dialect)
+        status, body = self.post("/register", body, rust=dialect is Dialect.RUST)
         assert status == 200, body
         return body
 
@@ -115,11 +122,11 @@ class Tower:
         return self.post("/add_appointment", body, rust=rust)
 
     def get(self, client: Client, locator: Locator, *, rust: bool = False) -> tuple[int, Any]:
-        body = {"locator": locator.hex(), "signature": client.sign(get_appointment_message(locator))}
+        body = get_appointment_body(locator, client.sign(get_appointment_message(locator)))
         return self.post("/get_appointment", body, rust=rust)
 
     def subscription_info(self, client: Client, *, rust: bool = False) -> tuple[int, Any]:
-        body = {"signature": client.sign(GET_SUBSCRIPTION_INFO_MESSAGE)}
+        body = get_subscription_info_body(client.sign(GET_SUBSCRIPTION_INFO_MESSAGE))
         return self.post("/get_subscription_info", body, rust=rust)
 
     def signed_by_tower(self, message: bytes, signature: str) -> bool:
