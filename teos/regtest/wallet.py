@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import struct
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,14 +24,14 @@ from typing import Any
 
 import coincurve
 
-from common.tx import Transaction, TxIn, TxOut, decode_transaction, hash160, sha256d
+from common.sighash import SIGHASH_ALL, bip143_sighash
+from common.tx import Transaction, TxIn, TxOut, decode_transaction, hash160
 from common.types import Txid
 from teos.regtest.address import encode_segwit, p2wpkh_script, p2wsh_script
 
 RpcCallable = Callable[..., Any]
 
 COIN = 100_000_000
-SIGHASH_ALL = 1
 DEFAULT_FEE_RATE = 2.0  # sat/vB: above Core's 1 sat/vB (pre-v30) and 0.1 sat/vB (v30+) relay minimums
 DUST_LIMIT = 546  # above every segwit and legacy dust threshold at the default dust relay fee
 BURN_ADDRESS = "bcrt1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqdku202"  # P2WPKH of twenty zero bytes: nobody's key
@@ -117,37 +116,6 @@ class _Signer:
         if self.witness_script is None:
             return (signature, self.pubkey)
         return (signature, self.witness_script)
-
-
-def _ser_script(script: bytes) -> bytes:
-    n = len(script)
-    if n < 0xFD:
-        return bytes([n]) + script
-    return b"\xfd" + struct.pack("<H", n) + script
-
-
-def bip143_sighash(
-    tx: Transaction, index: int, script_code: bytes, amount: int, hashtype: int = SIGHASH_ALL
-) -> bytes:
-    """The BIP143 (segwit v0) signature hash of input ``index`` for SIGHASH_ALL."""
-    prevouts = b"".join(i.prev_txid.raw + struct.pack("<I", i.prev_vout) for i in tx.inputs)
-    sequences = b"".join(struct.pack("<I", i.sequence) for i in tx.inputs)
-    outputs = b"".join(o.serialize() for o in tx.outputs)
-    txin = tx.inputs[index]
-    preimage = (
-        struct.pack("<i", tx.version)
-        + sha256d(prevouts)
-        + sha256d(sequences)
-        + txin.prev_txid.raw
-        + struct.pack("<I", txin.prev_vout)
-        + _ser_script(script_code)
-        + struct.pack("<q", amount)
-        + struct.pack("<I", txin.sequence)
-        + sha256d(outputs)
-        + struct.pack("<I", tx.locktime)
-        + struct.pack("<I", hashtype)
-    )
-    return sha256d(preimage)
 
 
 class Wallet:
