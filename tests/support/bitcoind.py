@@ -46,6 +46,8 @@ __all__ = [
     "HTTPStatusError",
     "RPCError",
     "SimulatorHandle",
+    "bitcoin_core_required",
+    "core_build_dir",
     "find_bitcoind",
     "free_port",
     "make_handle",
