@@ -47,20 +47,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from coincurve import PrivateKey
-from granian import Granian
-from granian.constants import HTTPModes, Interfaces
-from granian.log import LogLevels
 
 from common import crypto
 from common.fsutil import write_private_file
 from common.types import UserId
-from teos.admin import AdminServer, AdminServerError, StoreAdminBackend
-from teos.api import DEFAULT_MAX_BODY_BYTES
-from teos.api.ipc import TOKEN_BYTES, CoreServer
-from teos.api.worker import WorkerSettings, load_app
 from teos.chain.bitcoind import BitcoindClient, BitcoindConfig
 from teos.chain.carrier import BroadcastRPC, Carrier
 from teos.chain.monitor import ChainMonitor, ChainSource
@@ -74,13 +67,18 @@ from teos.engine.startup import BootstrapError, ChainInfoSource, Startup, Startu
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.interfaces import BlockListener, SlotLedger
 from teos.logs import GRANIAN_LOGGING, setup_logging
-from teos.metrics import Metrics
 from teos.responder.responder import Responder
 from teos.service import DEFAULT_MAX_BLOB_BYTES, TowerCore
 from teos.storage import keys
 from teos.storage.store import Batch, StorageError, Store
 from teos.watcher.locator_cache import LocatorCache
 from teos.watcher.watcher import Watcher
+
+if TYPE_CHECKING:  # the HTTP side (flask, granian, prometheus_client) is imported by Daemon.start only
+    from teos.admin import AdminServer
+    from teos.api.ipc import CoreServer
+    from teos.api.worker import WorkerSettings
+    from teos.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +247,7 @@ class Daemon:
         self.store: Store | None = None
         self.bitcoind: BitcoindClient | None = None
         self.tip = ChainTip()
-        self.metrics = Metrics()
+        self.metrics: Metrics | None = None
         self.gatekeeper: Gatekeeper | None = None
         self.chain: ChainSide | None = None
         self.core: TowerCore | None = None
@@ -261,8 +259,16 @@ class Daemon:
         self._stopped = threading.Event()
 
     def start(self) -> None:
+        # Imported here so that the chain side (build_chain_side: tests, benchmarks) needs none of the HTTP
+        # stack; teosd needs it all.
+        from teos.api import DEFAULT_MAX_BODY_BYTES
+        from teos.api.ipc import TOKEN_BYTES, CoreServer
+        from teos.api.worker import WorkerSettings
+        from teos.metrics import Metrics
+
         c = self.config
         log.info("starting teosd network=%s datadir=%s", c.btc_network, c.datadir)
+        metrics = self.metrics = Metrics()
         store = self.store = Store(c.db_path)
         try:
             store.open()
@@ -288,7 +294,7 @@ class Daemon:
                 btc_network=c.chain_name, poll_interval=c.poll_interval, zmq_url=c.zmq_hashblock or None,
                 locator_cache_size=c.locator_cache_size, rebroadcast_after=c.rebroadcast_after,
             ),
-            store, bitcoind, self.tip, gatekeeper, [gatekeeper], self.metrics,
+            store, bitcoind, self.tip, gatekeeper, [gatekeeper], metrics,
         )
         gatekeeper.start()
         try:
@@ -297,7 +303,7 @@ class Daemon:
             raise FatalError(f"cannot start on bitcoind {c.btc_rpc_connect}:{c.btc_rpc_port}: {e}") from e
         self.core = TowerCore(gatekeeper, self.tip, chain.engine, store)
         core_server = self.core_server = CoreServer(self.core, os.urandom(TOKEN_BYTES),
-                                                    on_observations=self.metrics.observe_requests)
+                                                    on_observations=metrics.observe_requests)
         core_server.start()
         self._worker_settings = WorkerSettings(
             address=core_server.address, token=core_server.token, tower_secret_key=secret,
@@ -306,15 +312,17 @@ class Daemon:
             log_file=str(c.log_file) if c.log_file else None, parent_pid=os.getpid(),
         )
         self.server = self._make_server()
-        self._start_admin(store, chain.progress, tower_id)
+        self._start_admin(store, chain.progress, tower_id, metrics)
 
-    def _start_admin(self, store: Store, progress: Progress, tower_id: UserId) -> None:
+    def _start_admin(self, store: Store, progress: Progress, tower_id: UserId, metrics: Metrics) -> None:
         """The admin API (teos-cli, /metrics, /ready) on rpcbind:rpcport, behind the datadir's cookie."""
+        from teos.admin import AdminServer, AdminServerError, StoreAdminBackend
+
         c = self.config
         backend = StoreAdminBackend(
             store, progress.status, tower_id, stop_callback=lambda: os.kill(os.getpid(), signal.SIGTERM)
         )
-        admin = AdminServer(backend, c.network_dir, host=c.rpc_bind, port=c.rpc_port, metrics=self.metrics)
+        admin = AdminServer(backend, c.network_dir, host=c.rpc_bind, port=c.rpc_port, metrics=metrics)
         try:
             admin.start()
         except AdminServerError as e:
@@ -325,6 +333,10 @@ class Daemon:
 
     def _make_server(self) -> ApiServer:
         """granian's supervisor for the API workers (see the module docstring); listens in ``serve``."""
+        from granian import Granian
+        from granian.constants import HTTPModes, Interfaces
+        from granian.log import LogLevels
+
         c = self.config
         _check_port_free(c.api_bind, c.api_port)
         # Workers are fresh interpreters: forking this process, whose engine threads hold locks, is unsafe.
@@ -346,6 +358,8 @@ class Daemon:
         """Serves until SIGTERM/SIGINT (granian's handlers, from here on, stop the workers gracefully:
         each finishes the requests in hand, whose writes are synced or not started) and returns.
         Raises SystemExit if the workers keep dying (granian's crash-loop guard)."""
+        from teos.api.worker import load_app
+
         assert self.server is not None and self._worker_settings is not None, "start() first"
         self.server.serve(target_loader=functools.partial(load_app, self._worker_settings))
 
