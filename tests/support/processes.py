@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -145,18 +146,27 @@ class Teosd(Process):
         super().__init__("teosd", args, datadir / "teosd.log", {**clean_env(), **(extra_env or {})})
 
     def wait_ready(self, timeout: float = 30.0) -> None:
+        """Waits until the API answers ``/ping`` and every API worker has started. (granian does not stop
+        a worker that is still starting when teosd gets SIGTERM: it kills it after its 10 s grace, so a
+        test that signals teosd must not do it before its workers are up.)"""
+
         def ready() -> bool:
             self.check_alive()
             with contextlib.suppress(OSError, http.client.HTTPException):
                 conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=2)
                 try:
                     conn.request("GET", "/ping")
-                    return conn.getresponse().status == 200
+                    return conn.getresponse().status == 200 and self._workers_started()
                 finally:
                     conn.close()
             return False
 
         wait_until(ready, timeout, "teosd's API to answer")
+
+    def _workers_started(self) -> bool:
+        log = self.log_path.read_text(errors="replace")
+        announced = re.search(r"API listening .* workers=(\d+)", log)
+        return announced is not None and log.count("Started worker-") >= int(announced.group(1))
 
     def tower_id(self) -> UserId:
         """The tower id teosd logged at start."""
