@@ -1,10 +1,10 @@
-"""A Python port of Bitcoin Core's script interpreter, kept for its error codes and policy flags.
+"""A Python script interpreter with Bitcoin Core's semantics, kept for its error codes and policy flags.
 
 Bitcoin Core's own code (libbitcoinkernel, through ``pbk``) decides whether a spend is valid under the
 consensus flags; it answers yes or no and accepts only those flags. Core's relay policy runs the same
 interpreter with more flags (``STANDARD_SCRIPT_VERIFY_FLAGS``: LOW_S, NULLFAIL, MINIMALIF, CLEANSTACK...),
-and its reject messages carry the interpreter's ``ScriptError``. This module mirrors
-``src/script/interpreter.cpp`` (``VerifyScript``, ``VerifyWitnessProgram``, ``ExecuteWitnessScript``,
+and its reject messages carry the interpreter's ``ScriptError``. This module checks what
+``src/script/interpreter.cpp`` checks (``VerifyScript``, ``VerifyWitnessProgram``, ``ExecuteWitnessScript``,
 ``EvalScript``, the signature checkers and both signature hashes) step by step, in the same order, so the
 first error it meets is the one Core reports, worded by ``error_string`` as Core's ``ScriptErrorString``.
 

@@ -4,11 +4,12 @@ Validity comes from libbitcoinkernel (Bitcoin Core's consensus library, through 
 py-bitcoinkernel): every input of every transaction that enters the mempool or a block is run through
 Core's ``VerifyScript`` with the consensus flags in force. libbitcoinkernel answers only yes or no and
 accepts only consensus flags, while Core's mempool also applies its policy flags and both mempool and
-blocks report the interpreter's ``ScriptError``. Those come from ``teos.regtest.interpreter``, a step by
-step port of Core's interpreter: it runs with the full flag set (policy flags in the mempool), and its first
-error is the ``<reason>`` of Core's messages. When the two disagree on a consensus question, Core's code
-wins: a spend the kernel rejects is rejected even if the port passed it (reason ``unknown error``, and a
-warning is logged), and a spend the kernel accepts is never rejected for a consensus reason by the port.
+blocks report the interpreter's ``ScriptError``. Those come from ``teos.regtest.interpreter``, a Python
+interpreter that checks in Core's order: it runs with the full flag set (policy flags in the mempool),
+and its first error is the ``<reason>`` of Core's messages. When the two disagree on a consensus
+question, Core's code wins: a spend the kernel rejects is rejected even if the interpreter passed it
+(reason ``unknown error``, and a warning is logged), and a spend the kernel accepts is never rejected for
+a consensus reason by the interpreter.
 
 Flags, as Bitcoin Core v31 applies them on regtest (``GetBlockScriptFlags``; BIP34/65/66 and CSV at height
 1, segwit at 0, taproot always): P2SH, WITNESS, TAPROOT and NULLDUMMY at every height, DERSIG,

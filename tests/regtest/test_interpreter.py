@@ -1,4 +1,4 @@
-"""The interpreter port against Bitcoin Core's own (libbitcoinkernel through pbk).
+"""teos.regtest.interpreter against Bitcoin Core's own (libbitcoinkernel through pbk).
 
 The port gives the simulator Core's ScriptError texts and policy flags; Core's code decides validity. Here
 every crafted spend (legacy, P2SH-wrapped and native segwit v0, taproot key and script paths, every sighash
