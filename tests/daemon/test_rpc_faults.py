@@ -28,11 +28,14 @@ from typing import Any
 
 import pytest
 
+from common.client import TowerClient
+from common.http import HttpError
 from common.types import Dialect, Txid
-from teos.demo import Teosd, TowerClient, TowerError, free_port
+from teos.devtools import free_port
 from teos.regtest import faults
 from tests.daemon.conftest import TeosdFactory
 from tests.support.bitcoind import BURN_ADDRESS, BitcoindHandle
+from tests.support.processes import Teosd
 from tests.support.rpcproxy import RpcProxy
 from tests.support.wait import wait_until
 
@@ -266,7 +269,7 @@ def test_watchdog_ends_a_stalled_tower_and_the_restart_answers_the_breach(
         user = TowerClient("127.0.0.1", tower.daemon.api_port, Dialect.RUST)
         try:
             user.register()
-        except TowerError as e:
+        except HttpError as e:
             assert e.status == 503, e.body
         except (OSError, http.client.HTTPException):
             pass  # teosd is going away

@@ -15,6 +15,7 @@ commit made the handler run again and refuse the block forever ("does not extend
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections import Counter, deque
@@ -35,11 +36,13 @@ from teos.chain.bitcoind import (
     RPCError,
     TxInfo,
 )
+from teos.chain.tip import ChainTip
+from teos.daemon import ChainSide, build_chain_side
 from teos.engine import BootstrapError, Engine, EngineConfig
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord
 from teos.storage.store import Batch, Store
-from tests.engine.fakes import FakeChain, RecordingLedger, random_tx, store_appointment
+from tests.support.fakes import FakeChain, RecordingLedger, random_tx, store_appointment
 from tests.support.wait import wait_until
 
 # -- injecting faults ------------------------------------------------------------------------------
@@ -153,14 +156,18 @@ class FaultyMetrics:
 
 def faulty_codecs(monkeypatch: pytest.MonkeyPatch, plan: FaultPlan) -> None:
     """Stored appointments and trackers decode through the plan (seams ``codec.appointment``/``tracker``)."""
-    for cls, seam in ((AppointmentRecord, "codec.appointment"), (TrackerRecord, "codec.tracker")):
-        original = cls.decode.__func__  # type: ignore[attr-defined]
+    patch_decode(monkeypatch, plan, AppointmentRecord, "codec.appointment")
+    patch_decode(monkeypatch, plan, TrackerRecord, "codec.tracker")
 
-        def decode(klass: Any, raw: bytes, _seam: str = seam, _original: Any = original) -> Any:
-            plan.hit(_seam)
-            return _original(klass, raw)
 
-        monkeypatch.setattr(cls, "decode", classmethod(decode))
+def patch_decode(monkeypatch: pytest.MonkeyPatch, plan: FaultPlan, cls: type[Any], seam: str) -> None:
+    original = getattr(cls.decode, "__func__")  # noqa: B009 - the function under the classmethod
+
+    def decode(klass: Any, raw: bytes) -> Any:
+        plan.hit(seam)
+        return original(klass, raw)
+
+    monkeypatch.setattr(cls, "decode", classmethod(decode))
 
 
 # -- the tower under test --------------------------------------------------------------------------
@@ -174,8 +181,13 @@ class Tower:
         self.ledger = RecordingLedger(self.store)
         self.listener = FaultyListener(self.plan)
         self.metrics = FaultyMetrics(self.plan)
-        self.engine: Engine | None = None
+        self.parts: ChainSide | None = None
         faulty_codecs(monkeypatch, self.plan)
+
+    @property
+    def engine(self) -> Engine:
+        assert self.parts is not None, "start() first"
+        return self.parts.engine
 
     def start(self) -> Engine:
         config = EngineConfig(
@@ -184,14 +196,17 @@ class Tower:
             retry_max_delay=0.2,
             startup_retry=RetryPolicy(0.05, 0.2, 2.0),
         )
-        self.engine = Engine(config, self.store, self.chain, self.ledger, [self.listener], self.metrics)
-        self.engine.start()
-        return self.engine
+        parts = build_chain_side(
+            config, self.store, self.chain, ChainTip(), self.ledger, [self.listener], self.metrics
+        )
+        parts.start()
+        self.parts = parts
+        return parts.engine
 
     def stop(self) -> None:
-        if self.engine is not None:
-            self.engine.stop()
-            self.engine = None
+        if self.parts is not None:
+            self.parts.stop()
+            self.parts = None
 
     def breach(self, dialect: Dialect = Dialect.PYTHON) -> tuple[AppointmentRecord, Txid, Txid]:
         dispute, penalty = random_tx(), random_tx()
@@ -200,11 +215,11 @@ class Tower:
 
     def mine(self, *txids: Txid, n: int = 1) -> None:
         self.chain.mine(*txids, n=n, mempool=False)
-        if self.engine is not None:
-            self.engine.wake()
+        if self.parts is not None:
+            self.parts.monitor.wake()
 
     def at_tip(self) -> bool:
-        return self.engine is not None and self.engine.tip_height == self.chain.tip.height
+        return self.parts is not None and self.engine.tip_height == self.chain.tip.height
 
     def responded(self, record: AppointmentRecord, penalty: Txid) -> bool:
         """The breach has its tracker and bitcoind has the penalty (mempool or chain)."""
@@ -225,35 +240,52 @@ def tower(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tower]:
 
 Fault = tuple[str, Callable[[], BaseException], int]
 
-GARBLED = lambda: ValueError("Txid must be 64 hex characters")  # noqa: E731 - what the client raised
-DISK_FULL = lambda: OSError(28, "No space left on device")  # noqa: E731
-BUG = lambda: RuntimeError("injected failure")  # noqa: E731
+
+def garbled() -> BaseException:
+    return ValueError("Txid must be 64 hex characters")  # what the client raised on a garbled txid
+
+
+def disk_full() -> BaseException:
+    return OSError(28, "No space left on device")
+
+
+def bug() -> BaseException:
+    return RuntimeError("injected failure")
+
+
+def unreachable() -> BaseException:
+    return BitcoindUnreachable("connection refused")
+
+
+def missing_inputs() -> BaseException:
+    return RPCError(-25, "bad-txns-inputs-missingorspent")
+
 
 SEAMS: dict[str, list[Fault]] = {
     # bitcoind client, each call the walker and the engine make
-    "getbestblockhash": [("bitcoind.getbestblockhash", GARBLED, 3)],
-    "getblockhash": [("bitcoind.getblockhash", GARBLED, 3)],
-    "getblock": [("bitcoind.getblock", GARBLED, 3)],
-    "getblockheader": [("bitcoind.getblockheader", GARBLED, 3)],
-    "sendrawtransaction": [("bitcoind.sendrawtransaction", GARBLED, 3)],
-    "sendrawtransaction-bug": [("bitcoind.sendrawtransaction", BUG, 3)],
+    "getbestblockhash": [("bitcoind.getbestblockhash", garbled, 3)],
+    "getblockhash": [("bitcoind.getblockhash", garbled, 3)],
+    "getblock": [("bitcoind.getblock", garbled, 3)],
+    "getblockheader": [("bitcoind.getblockheader", garbled, 3)],
+    "sendrawtransaction": [("bitcoind.sendrawtransaction", garbled, 3)],
+    "sendrawtransaction-bug": [("bitcoind.sendrawtransaction", bug, 3)],
     # the retry queue: bitcoind away for the first broadcast, then a garbled answer to the retries
     "sendrawtransaction-in-retry-queue": [
-        ("bitcoind.sendrawtransaction", lambda: BitcoindUnreachable("connection refused"), 1),
-        ("bitcoind.sendrawtransaction", GARBLED, 3),
+        ("bitcoind.sendrawtransaction", unreachable, 1),
+        ("bitcoind.sendrawtransaction", garbled, 3),
     ],
     # -25 makes the carrier ask getrawtransaction, whose answer is garbled
     "getrawtransaction": [
-        ("bitcoind.sendrawtransaction", lambda: RPCError(-25, "bad-txns-inputs-missingorspent"), 1),
-        ("bitcoind.getrawtransaction", GARBLED, 1),
+        ("bitcoind.sendrawtransaction", missing_inputs, 1),
+        ("bitcoind.getrawtransaction", garbled, 1),
     ],
-    "store-commit": [("store.commit", DISK_FULL, 3)],
-    "listener": [("listener.block_connected", BUG, 3)],
-    "metrics-block-processed": [("metrics.block_processed", BUG, 3)],
-    "metrics-breach-seen": [("metrics.breach_seen", BUG, 3)],
-    "metrics-penalty-broadcast": [("metrics.penalty_broadcast", BUG, 3)],
-    "codec-appointment": [("codec.appointment", BUG, 3)],
-    "codec-tracker": [("codec.tracker", BUG, 3)],
+    "store-commit": [("store.commit", disk_full, 3)],
+    "listener": [("listener.block_connected", bug, 3)],
+    "metrics-block-processed": [("metrics.block_processed", bug, 3)],
+    "metrics-breach-seen": [("metrics.breach_seen", bug, 3)],
+    "metrics-penalty-broadcast": [("metrics.penalty_broadcast", bug, 3)],
+    "codec-appointment": [("codec.appointment", bug, 3)],
+    "codec-tracker": [("codec.tracker", bug, 3)],
 }
 
 
@@ -275,11 +307,8 @@ def test_fault_at_a_seam_neither_kills_nor_wedges_the_engine(
         tower.mine(after[1])
         tower.mine(n=2)
         for record, _, penalty in (before, during, after):
-            wait_until(
-                lambda r=record, p=penalty: tower.responded(r, p),
-                20,
-                message=f"breach not answered after {seam}",
-            )
+            answered = functools.partial(tower.responded, record, penalty)
+            wait_until(answered, 20, message=f"breach not answered after {seam}")
         wait_until(tower.at_tip, 20, message=f"the tower did not reach the tip after {seam}")
     assert "does not extend the processed tip" not in caplog.text
     assert tower.listener.seen == tower.chain.tip.height

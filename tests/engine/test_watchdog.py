@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from teos.chain.bitcoind import BitcoindUnreachable
-from teos.watchdog import Watchdog
+from teos.engine.watchdog import Watchdog
 from tests.support.wait import wait_until
 
 
@@ -41,18 +41,22 @@ class Clock:
         return self.now
 
 
+Parts = tuple[FakeTower, FakeNode, Clock, list[str], Watchdog]
+
+
 @pytest.fixture
-def parts() -> tuple[FakeTower, FakeNode, Clock, list[str], Watchdog]:
-    tower, node, clock, trips = FakeTower(), FakeNode(), Clock(), []
+def parts() -> Parts:
+    tower, node, clock = FakeTower(), FakeNode(), Clock()
+    trips: list[str] = []
     dog = Watchdog(tower, node.height, timeout=60, on_trip=trips.append, clock=clock)
     return tower, node, clock, trips, dog
 
 
-def test_a_stopped_thread_trips_at_once(parts, caplog) -> None:
+def test_a_stopped_thread_trips_at_once(parts: Parts, caplog: pytest.LogCaptureFixture) -> None:
     tower, _, _, trips, dog = parts
     assert dog.check() is None
     tower.stopped = ["engine"]
-    with caplog.at_level(logging.ERROR, logger="teos.watchdog"):
+    with caplog.at_level(logging.ERROR, logger="teos.engine.watchdog"):
         assert dog.check() == "thread engine stopped"
     assert trips == ["thread engine stopped"] and dog.reason == "thread engine stopped"
     assert "watchdog: the tower stopped watching the chain: thread engine stopped" in caplog.text
@@ -60,7 +64,7 @@ def test_a_stopped_thread_trips_at_once(parts, caplog) -> None:
     assert dog.check() == "thread engine stopped" and len(trips) == 1  # trips once, stays tripped
 
 
-def test_no_progress_while_the_tip_is_ahead_trips_after_the_timeout(parts) -> None:
+def test_no_progress_while_the_tip_is_ahead_trips_after_the_timeout(parts: Parts) -> None:
     _tower, node, clock, trips, dog = parts
     dog.check()
     node.tip = 103
@@ -73,7 +77,7 @@ def test_no_progress_while_the_tip_is_ahead_trips_after_the_timeout(parts) -> No
     assert trips == [reason]
 
 
-def test_progress_resets_the_timer_so_a_long_catch_up_never_trips(parts) -> None:
+def test_progress_resets_the_timer_so_a_long_catch_up_never_trips(parts: Parts) -> None:
     tower, node, clock, trips, dog = parts
     node.tip = 10_000
     for _ in range(50):
@@ -83,7 +87,7 @@ def test_progress_resets_the_timer_so_a_long_catch_up_never_trips(parts) -> None
     assert trips == []
 
 
-def test_time_while_bitcoind_is_down_or_not_ahead_does_not_count(parts) -> None:
+def test_time_while_bitcoind_is_down_or_not_ahead_does_not_count(parts: Parts) -> None:
     _tower, node, clock, trips, dog = parts
     dog.check()
     node.tip = 101
@@ -106,7 +110,7 @@ def test_time_while_bitcoind_is_down_or_not_ahead_does_not_count(parts) -> None:
     assert dog.check() is not None and len(trips) == 1
 
 
-def test_a_failing_trip_handler_still_leaves_the_reason(parts) -> None:
+def test_a_failing_trip_handler_still_leaves_the_reason(parts: Parts) -> None:
     tower, _, _, _, _ = parts
 
     def boom(reason: str) -> None:
@@ -117,9 +121,9 @@ def test_a_failing_trip_handler_still_leaves_the_reason(parts) -> None:
     assert dog.check() == "thread chain-monitor stopped" and dog.reason is not None
 
 
-def test_the_thread_looks_until_it_trips_and_survives_its_own_errors(caplog) -> None:
+def test_the_thread_looks_until_it_trips_and_survives_errors(caplog: pytest.LogCaptureFixture) -> None:
     trips: list[str] = []
-    tips = []
+    tips: list[int] = []
 
     def tip() -> int:
         tips.append(1)
@@ -138,7 +142,7 @@ def test_the_thread_looks_until_it_trips_and_survives_its_own_errors(caplog) -> 
 
     tower = Flaky()
     dog = Watchdog(tower, tip, timeout=0.5, on_trip=trips.append, interval=0.02)
-    with caplog.at_level(logging.ERROR, logger="teos.watchdog"):
+    with caplog.at_level(logging.ERROR, logger="teos.engine.watchdog"):
         dog.start()
         try:
             wait_until(lambda: tower.looks >= 6, 10)

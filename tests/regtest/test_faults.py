@@ -281,7 +281,8 @@ def test_simulator_knob_refuses_unknown_kinds_and_counts(simulator: BitcoindHand
 
 
 def test_simulator_garble_flag_at_start(bitcoind_factory: Any) -> None:
-    node = bitcoind_factory(extra_args=("--garble", "getbestblockhash:html_500:2", "--garble", "getblock:hang"))
+    flags = ("--garble", "getbestblockhash:html_500:2", "--garble", "getblock:hang")
+    node = bitcoind_factory(extra_args=flags)
     assert node.rpc("sim_status")["garble"]["getbestblockhash"] == [{"kind": "html_500", "remaining": 2}]
     assert direct(node, "getbestblockhash")[0] == 500
     assert direct(node, "getbestblockhash")[0] == 500
