@@ -70,6 +70,7 @@ class Watchdog:
         self._on_trip = on_trip
         self._clock = clock
         self._reason: str | None = None
+        self._trip_lock = threading.Lock()
         self._last_height: int | None = None
         self._stalled_since: float | None = None
         self._stop = threading.Event()
@@ -78,6 +79,16 @@ class Watchdog:
     @property
     def reason(self) -> str | None:
         """Why the watchdog tripped; None while the tower is watching."""
+        return self._reason
+
+    def stopped_watching(self) -> str | None:
+        """The reason the tower is not watching, looking at its threads now (not at the next look): the
+        API asks before each registration and appointment, so no receipt is signed once a watching
+        thread is dead. Trips the watchdog when one is."""
+        if self._reason is None:
+            stopped = list(self._watched.stopped_threads())
+            if stopped:
+                self._trip(f"thread {', '.join(stopped)} stopped")
         return self._reason
 
     def start(self) -> None:
@@ -133,7 +144,10 @@ class Watchdog:
         )
 
     def _trip(self, reason: str) -> str:
-        self._reason = reason
+        with self._trip_lock:  # the watchdog's thread and the API's threads may both see it
+            if self._reason is not None:
+                return self._reason
+            self._reason = reason
         log.error("watchdog: the tower stopped watching the chain: %s; exiting to be restarted", reason)
         try:
             self._on_trip(reason)
