@@ -39,6 +39,7 @@ from teos.chain.bitcoind import (
 from teos.chain.tip import ChainTip
 from teos.daemon import ChainSide, build_chain_side
 from teos.engine import BootstrapError, Engine, EngineConfig
+from teos.engine.watchdog import Watchdog
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord
 from teos.storage.store import Batch, Store
@@ -358,3 +359,32 @@ def test_start_up_gives_up_with_a_bootstrap_error_not_a_traceback(tower: Tower) 
     tower.plan.arm("bitcoind.getbestblockhash", ValueError("Txid must be 64 hex characters"), 10_000)
     with pytest.raises(BootstrapError, match=r"getbestblockhash|Txid"):
         tower.start()
+
+
+# -- what the watchdog sees ------------------------------------------------------------------------
+
+
+class ThreadKiller(BaseException):
+    """Not an Exception: what no loop catches (a stand-in for a bug beyond reach), so the thread ends."""
+
+
+@pytest.mark.parametrize(
+    "seam,thread",
+    [("listener.block_connected", "engine"), ("bitcoind.getbestblockhash", "chain-monitor")],
+)
+def test_a_dead_watching_thread_is_reported_and_trips_the_watchdog(
+    tower: Tower, seam: str, thread: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    died: list[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(str(args.thread.name)))
+    tower.start()
+    parts = tower.parts
+    assert parts is not None and parts.stopped_threads() == []
+    trips: list[str] = []
+    watchdog = Watchdog(parts, lambda: tower.chain.tip.height, timeout=60, on_trip=trips.append)
+    assert watchdog.check() is None
+    tower.plan.arm(seam, ThreadKiller(), 1)
+    tower.mine()
+    wait_until(lambda: parts.stopped_threads() == [thread], 10, message=f"{thread} not reported dead")
+    assert died == [thread]
+    assert watchdog.check() == f"thread {thread} stopped" and trips == [f"thread {thread} stopped"]
