@@ -261,7 +261,7 @@ def junk_signature(n: int = 65536) -> str:
 
 def big_signature(target: Target, deadline: float) -> Stats:
     """F2: a 64 KB z-base-32 ``signature`` to /get_subscription_info (python dialect), 48 connections."""
-    body = json.dumps({"signature": junk_signature()}).encode()
+    body = json.dumps({"signature": junk_signature(60_000)}).encode()
     threads = int(target.params.get("threads", 48))
     return _flood(
         target, deadline, lambda i: ("POST", "/get_subscription_info", body, PYTHON_HEADERS), threads
@@ -301,7 +301,7 @@ def request_maker(
         body = json.dumps({"signature": crypto.sign(b"get subscription info", attacker)}).encode()
         return lambda i: ("POST", "/get_subscription_info", body, headers)
     if kind == "info_64k_signature":
-        body = json.dumps({"signature": junk_signature()}).encode()
+        body = json.dumps({"signature": junk_signature(60_000)}).encode()
         return lambda i: ("POST", "/get_subscription_info", body, headers)
     if kind == "get_appointment_unknown":
 
