@@ -232,6 +232,8 @@ class Daemon:
 
         c = self.config
         log.info("starting teosd network=%s datadir=%s", c.btc_network, c.datadir)
+        for note in c.notes:
+            log.warning("configuration: %s", note)
         self.store = Store(c.db_path)
         try:
             self.store.open()
