@@ -12,7 +12,8 @@ from teos.config import ConfigError, build_parser, load_config
 def test_password_from_a_file(tmp_path: Path) -> None:
     secret = tmp_path / "rpc.secret"
     secret.write_text("s3cret with spaces\nignored\n")
-    c = load_config(["--datadir", str(tmp_path), "--btcrpcuser", "u", "--btcrpcpasswordfile", str(secret)], {})
+    argv = ["--datadir", str(tmp_path), "--btcrpcuser", "u", "--btcrpcpasswordfile", str(secret)]
+    c = load_config(argv, {})
     assert c.btc_rpc_password == "s3cret with spaces"
     assert c.btc_rpc_password_file == secret
     assert c.notes == ()
