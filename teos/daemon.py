@@ -278,6 +278,7 @@ class Daemon:
             min_to_self_delay=c.min_to_self_delay, max_blob_bytes=DEFAULT_MAX_BLOB_BYTES,
             max_body_bytes=DEFAULT_MAX_BODY_BYTES, debug=c.debug,
             log_file=str(c.log_file) if c.log_file else None, parent_pid=os.getpid(),
+            threads=c.api_threads, client_timeout=c.client_timeout, behind_proxy=c.behind_proxy,
         )
         self.server = self._make_server()
         self._start_admin()
@@ -306,17 +307,19 @@ class Daemon:
     def _make_server(self) -> Any:
         """granian's supervisor for the API workers (see the module docstring); listens in ``serve``."""
         from granian import Granian
-        from granian.constants import HTTPModes, Interfaces
         from granian.log import LogLevels
+
+        from teos.api.serving import connections_per_worker, granian_options, raise_open_file_limit
 
         c = self.config
         _check_port_free(c.api_bind, c.api_port)
         # Workers are fresh interpreters: forking this process, whose engine threads hold locks, is unsafe.
         multiprocessing.set_start_method("spawn", force=True)
         server = Granian(
-            "teos.api.worker:load_app", address=c.api_bind, port=c.api_port, interface=Interfaces.WSGI,
-            workers=c.api_workers_count, blocking_threads=c.api_threads, http=HTTPModes.http1,
-            websockets=False, backlog=1024, respawn_failed_workers=True,
+            "teos.api.worker:load_app", address=c.api_bind, port=c.api_port,
+            **granian_options(workers=c.api_workers_count, client_timeout=c.client_timeout,
+                              max_connections=connections_per_worker(c.api_max_connections,
+                                                                     raise_open_file_limit())),
             workers_kill_timeout=int(SHUTDOWN_TIMEOUT),
             log_level=LogLevels.debug if c.debug else LogLevels.info,
             log_dictconfig=_GRANIAN_LOGGING,

@@ -1,4 +1,5 @@
-"""An API worker process: the public Flask app over a ``RemoteCore``, served by granian.
+"""An API worker process: the public Flask app over a ``RemoteCore``, behind ``teos.api.serving``'s guard,
+served by granian.
 
 teosd's main process runs granian's supervisor; granian spawns ``--apiworkers`` worker processes (a fresh
 interpreter each, never a fork of the threaded main process) and calls ``load_app`` in each one. A worker
@@ -28,6 +29,7 @@ from flask import Flask
 
 from teos.api import create_app
 from teos.api.ipc import CoreClient, Observation, RemoteCore
+from teos.api.serving import GuardedApp, GuardSettings
 from teos.service import TowerService
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,9 @@ class WorkerSettings:
     debug: bool
     log_file: str | None
     parent_pid: int
+    threads: int = 8
+    client_timeout: float = 10.0
+    behind_proxy: bool = False
 
     def __repr__(self) -> str:  # never print the key or the token
         return f"WorkerSettings(address={self.address!r}, parent_pid={self.parent_pid})"
@@ -103,6 +108,19 @@ class ForwardingMetrics:
 
 def build_app(settings: WorkerSettings) -> Flask:
     """The public app of a worker: ``create_app`` over a ``TowerService`` whose core is remote."""
+    return _build(settings)[0]
+
+
+def build_guarded_app(settings: WorkerSettings) -> GuardedApp:
+    """What granian serves in a worker: the public app behind the guard of ``teos.api.serving``."""
+    app, metrics = _build(settings)
+    guard = GuardSettings.for_threads(
+        settings.threads, settings.client_timeout, settings.max_body_bytes, settings.behind_proxy
+    )
+    return GuardedApp(app.wsgi_app, guard, observer=metrics)
+
+
+def _build(settings: WorkerSettings) -> tuple[Flask, ForwardingMetrics]:
     from teos.admin.metrics import instrument
 
     client = CoreClient(settings.address, settings.token)
@@ -116,15 +134,15 @@ def build_app(settings: WorkerSettings) -> Flask:
     metrics = ForwardingMetrics(client)
     instrument(app, metrics, name="public")
     metrics.start()
-    return app
+    return app, metrics
 
 
-def load_app(settings: WorkerSettings, target: str = "") -> Flask:
+def load_app(settings: WorkerSettings, target: str = "") -> GuardedApp:
     """granian's loader, run in each new worker (``target`` is granian's label for the app, unused)."""
     die_with_parent(settings.parent_pid)
     from teos.daemon import setup_logging
 
     setup_logging(settings.debug, Path(settings.log_file) if settings.log_file else None)
-    app = build_app(settings)
+    app = build_guarded_app(settings)
     log.debug("API worker ready pid=%d", os.getpid())
     return app
