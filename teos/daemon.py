@@ -294,7 +294,8 @@ class Daemon:
             stop_callback=lambda: os.kill(os.getpid(), signal.SIGTERM),
         )  # fmt: skip
         self.admin = AdminServer(
-            backend, c.network_dir, host=c.rpc_bind, port=c.rpc_port, metrics=self.metrics
+            backend, c.network_dir, host=c.rpc_bind, port=c.rpc_port, metrics=self.metrics,
+            client_timeout=c.client_timeout,
         )
         try:
             self.admin.start()
