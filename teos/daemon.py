@@ -22,11 +22,10 @@ key through the spawn pickle, and are killed by the kernel if this process dies 
 a crashed teosd never leaves workers answering on its port. granian respawns a worker that dies and
 gives up (teosd then exits 1) if they keep dying.
 
-The tower key: ``<datadir>/<network>/teos_sk.der``, the secp256k1 secret key in DER (the format python-teos
-used, so its key file can be brought over), mode 0600, created atomically (written to a temporary file
-opened with O_EXCL and mode 0600, fsynced, renamed). It is also kept in the database (``m|tower_key``):
-when the file is lost, it is restored from there so the tower id does not change. ``--overwritekey``
-replaces both. The tower id (the public key) is logged at start.
+The tower key: ``<datadir>/<network>/teos_sk.der`` and nowhere else (``teos.towerkey``: a lost file
+stops teosd rather than silently changing the tower id). ``--overwritekey`` replaces it. The tower id
+(the public key) is logged at start. teosd runs with umask 077 and keeps its datadir private
+(``teos.hardening``).
 
 Fatal start-up errors (bad configuration, database locked by another teosd, bitcoind unreachable or on
 another network, port in use) raise ``FatalError`` with an actionable message; ``main`` exits 1.
@@ -48,23 +47,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from coincurve import PrivateKey
-
 from common import crypto
 from common.types import Txid, UserId
 from teos.config import Config
-from teos.fsutil import write_private_file
+from teos.fatal import FatalError
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord
 from teos.storage.store import Batch, StorageError, Store
+from teos.towerkey import load_or_create_key
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT = 10.0  # seconds the HTTP threads get to finish the requests in hand
-
-
-class FatalError(RuntimeError):
-    """teosd cannot start or keep running; the message says what to do."""
 
 
 class _StopSignal(SystemExit):
@@ -133,36 +127,6 @@ def _check_port_free(host: str, port: int) -> None:
 # -- the tower key --------------------------------------------------------------------------------
 
 
-def load_or_create_key(path: Path, store: Store, overwrite: bool) -> bytes:
-    """The tower's 32-byte secret key: from ``path``, else from the database, else a new one."""
-    stored = store.get(keys.META_TOWER_KEY)
-    secret: bytes | None = None
-    if overwrite:
-        log.warning("replacing the tower key (--overwritekey); registered users must register again")
-    elif path.exists():
-        try:
-            secret = bytes(PrivateKey.from_der(path.read_bytes()).secret)
-        except Exception as e:
-            raise FatalError(f"cannot read the tower key {path}: {e}; restore it, or start with "
-                             "--overwritekey to make a new one (users must then register again)") from e
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            log.warning("tower key file is readable by others path=%s mode=%o; chmod 600 it", path, mode)
-    elif stored is not None and len(stored) == 32:
-        secret = stored
-        log.warning("tower key file missing, restored from the database path=%s", path)
-        write_private_file(path, PrivateKey(secret).to_der())
-    if secret is None:
-        secret = crypto.generate_secret_key()
-        write_private_file(path, PrivateKey(secret).to_der())
-        log.info("tower key created path=%s", path)
-    if stored != secret:
-        batch = Batch()
-        batch.put(keys.META_TOWER_KEY, secret)
-        store.commit(batch)
-    return secret
-
-
 def check_network(store: Store, chain_name: str) -> None:
     """Refuses a database made for another network; records the network in a new one."""
     recorded = store.get(keys.META_NETWORK)
@@ -228,12 +192,14 @@ class Daemon:
         from teos.chain.bitcoind import BitcoindClient, BitcoindConfig
         from teos.engine import BootstrapError, Engine, EngineConfig
         from teos.gatekeeper import Gatekeeper, GatekeeperConfig
+        from teos.hardening import secure_datadir
         from teos.service import DEFAULT_MAX_BLOB_BYTES, TowerCore
 
         c = self.config
         log.info("starting teosd network=%s datadir=%s", c.btc_network, c.datadir)
         for note in c.notes:
             log.warning("configuration: %s", note)
+        secure_datadir(c)
         self.store = Store(c.db_path)
         try:
             self.store.open()
@@ -387,6 +353,9 @@ class _Signals:
 
 def run(config: Config) -> int:
     """Runs teosd until a signal; returns the exit status (0 after a clean stop, 1 on a fatal error)."""
+    from teos.hardening import restrict_umask
+
+    restrict_umask()  # before the log file, the datadir or anything else is created
     setup_logging(config.debug, config.log_file)
     daemon = Daemon(config)
     signals = _Signals()

@@ -44,7 +44,10 @@ TRACKER = b"t"
 META = b"m"
 
 # Metadata names (values documented beside each).
-META_TOWER_KEY = b"m" + b"tower_key"  # 32-byte secp256k1 secret key (also written to a 0600 file)
+# 32-byte secp256k1 secret key, written by teosd before issue 13; only read to migrate it to the key file
+# (see teos.towerkey), then deleted: the secret lives in the 0600 key file alone.
+META_TOWER_KEY = b"m" + b"tower_key"
+META_TOWER_ID = b"m" + b"tower_id"  # 33-byte compressed public key of the tower (its id), not secret
 META_SCHEMA = b"m" + b"schema"  # 1 byte: the layout version of this database
 # u64 BE: number of ``i|`` entries (appointments held for users, watched or responded); written only by
 # the Gatekeeper, in the same batches as the index changes.
