@@ -93,8 +93,11 @@ def test_malformed_http_and_oversize_bodies(teosd: Teosd) -> None:
         if reply:
             status = int(reply.split(b" ", 2)[1])
             assert status < 500, reply[:300]
-    status, _ = _send(port, "POST", "/add_appointment", b"{" + b" " * (2 << 20) + b"}", "application/json")
-    assert status == 413
+    # A 2 MB body is refused on its declared length, before it is sent (sending it all first would race
+    # the tower's close: the client may see a reset instead of the answer).
+    reply = _raw(port, b"POST /add_appointment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n{" % (2 << 20))
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
 
     # Still serving, and correctly.
     user = TowerClient("127.0.0.1", port, Dialect.PYTHON)
