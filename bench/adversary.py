@@ -279,13 +279,19 @@ class Series:
     latencies: list[float] = field(default_factory=list)
     failures: int = 0
     first_failure: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, started: float, ok: bool, why: str = "") -> None:
-        if ok:
-            self.latencies.append((time.perf_counter() - started) * 1000)
-        else:
-            self.failures += 1
-            self.first_failure = self.first_failure or why
+        with self.lock:
+            if ok:
+                self.latencies.append((time.perf_counter() - started) * 1000)
+            else:
+                self.failures += 1
+                self.first_failure = self.first_failure or why
+
+    @property
+    def sent(self) -> int:
+        return len(self.latencies) + self.failures
 
     def percentile(self, p: float) -> float:
         if not self.latencies:
@@ -294,12 +300,14 @@ class Series:
         return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
     def cell(self) -> str:
-        return f"{self.percentile(50):7.1f} {self.percentile(99):7.1f} {self.failures:4d}"
+        return f"{self.percentile(50):7.1f} {self.percentile(99):7.1f} {self.failures:3d}/{self.sent:<3d}"
 
 
 class Legit:
-    """A returning user on 127.0.0.3: ``/ping``, ``add_appointment`` and the admin ``gettowerinfo``,
-    each every ``interval`` seconds, each on a fresh connection."""
+    """A returning user on 127.0.0.3: ``/ping``, ``add_appointment`` and the admin ``/ready``, each
+    started every ``interval`` seconds whether the previous one has finished or not (a request that
+    hangs until the timeout then counts as one failure, not as a gap in the samples), each on a fresh
+    connection."""
 
     def __init__(self, tower: Tower, secret: bytes, interval: float = 0.1) -> None:
         self.tower = tower
@@ -311,9 +319,10 @@ class Legit:
         self.pings_ok = 0
         self._stop = threading.Event()
         self._threads = [
-            threading.Thread(target=self._loop, args=(f,), daemon=True)
-            for f in (self._ping, self._add, self._admin)
+            threading.Thread(target=self._loop, args=(f, s), daemon=True)
+            for f, s in ((self._ping, self.ping), (self._add, self.add), (self._admin, self.admin))
         ]
+        self._requests: list[threading.Thread] = []
 
     def _request(
         self,
@@ -356,16 +365,23 @@ class Legit:
         status, _ = self._request(self.tower.admin_port, "GET", "/ready")
         return status == 200, f"HTTP {status}"
 
-    def _loop(self, call: Callable[[], tuple[bool, str]]) -> None:
-        series = {self._ping: self.ping, self._add: self.add, self._admin: self.admin}[call]
+    @staticmethod
+    def _one(call: Callable[[], tuple[bool, str]], series: Series) -> None:
+        started = time.perf_counter()
+        try:
+            ok, why = call()
+        except Exception as e:
+            ok, why = False, f"{type(e).__name__}: {e}"
+        series.add(started, ok, why)
+
+    def _loop(self, call: Callable[[], tuple[bool, str]], series: Series) -> None:
+        next_at = time.perf_counter()
         while not self._stop.is_set():
-            started = time.perf_counter()
-            try:
-                ok, why = call()
-            except Exception as e:
-                ok, why = False, f"{type(e).__name__}: {e}"
-            series.add(started, ok, why)
-            self._stop.wait(max(0.0, self.interval - (time.perf_counter() - started)))
+            thread = threading.Thread(target=self._one, args=(call, series), daemon=True)
+            thread.start()
+            self._requests.append(thread)
+            next_at += self.interval
+            self._stop.wait(max(0.0, next_at - time.perf_counter()))
 
     def __enter__(self) -> Legit:
         for t in self._threads:
@@ -374,7 +390,7 @@ class Legit:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        for t in self._threads:
+        for t in [*self._threads, *self._requests]:
             t.join(timeout=TIMEOUT + 5)
 
 
@@ -492,7 +508,7 @@ def run_attack(
         deadline = time.time() + seconds
         proc = None
         if name != "baseline":
-            attack_name = name.split(":")[0]
+            attack_name = name.split(":")[0].split(" ")[0]
             proc = ctx.Process(target=attacks.run, args=(attack_name, target, deadline, queue), daemon=True)
             proc.start()
         while time.time() < deadline:
@@ -579,15 +595,19 @@ def static_checks(tower: Tower) -> list[str]:
 
 
 def print_table(rows: list[Row]) -> None:
+    """The table as Markdown: per legitimate request p50 / p99 in ms and failed/sent."""
+
+    def cell(series: Series) -> str:
+        return f"{series.percentile(50):.1f} / {series.percentile(99):.1f} ({series.failures}/{series.sent})"
+
     print()
-    print(
-        f"{'attack':<22} {'ping p50/p99 ms, fail':>21}  {'add_appointment':>21}  {'admin gettowerinfo':>21}"
-        f"  {'main RSS MB':>15}  {'thr':>4}"
-    )
+    print("| attack | ping p50 / p99 ms (failed/sent) | add_appointment | admin /ready | main RSS MB "
+          "| threads |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"{r.name:<22} {r.ping.cell():>21}  {r.add.cell():>21}  {r.admin.cell():>21}"
-            f"  {r.rss_start_mb:6.0f}->{r.rss_peak_mb:<6.0f}  {r.threads_peak:>4}"
+            f"| {r.name} | {cell(r.ping)} | {cell(r.add)} | {cell(r.admin)} "
+            f"| {r.rss_start_mb:.0f} -> {r.rss_peak_mb:.0f} | {r.threads_peak} |"
         )
     print()
     for r in rows:
