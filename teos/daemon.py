@@ -237,7 +237,8 @@ class Daemon:
             raise FatalError(f"cannot start on bitcoind {c.btc_rpc_connect}:{c.btc_rpc_port}: {e}") from e
         self.core = TowerCore(self.gatekeeper, self.engine, self.store)
         self.core_server = CoreServer(self.core, os.urandom(TOKEN_BYTES),
-                                      on_observations=self.metrics.observe_requests)
+                                      on_observations=self.metrics.observe_requests,
+                                      on_dropped=self.metrics.observations_dropped)
         self.core_server.start()
         self._worker_settings = WorkerSettings(
             address=self.core_server.address, token=self.core_server.token, tower_secret_key=secret,

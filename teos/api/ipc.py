@@ -117,9 +117,11 @@ class _Reader:
 class CoreServer:
     """Answers the workers' requests with ``core`` (see the module docstring).
 
-    ``on_observations`` receives the request metrics the workers forward. ``start`` binds and starts the
-    accept thread; ``stop`` closes the listener and every connection and joins the threads (a request in
-    progress finishes its use case first: its synced write is never cut in half).
+    ``on_observations`` receives the request metrics the workers forward, ``on_dropped`` how many they
+    answered but had to drop.
+    ``start`` binds and starts the accept thread; ``stop`` closes the listener and every connection and
+    joins the threads (a request in progress finishes its use case first: its synced write is never cut
+    in half).
     """
 
     def __init__(
@@ -128,11 +130,13 @@ class CoreServer:
         token: bytes,
         address: str | None = None,
         on_observations: Callable[[Sequence[Observation]], None] | None = None,
+        on_dropped: Callable[[int], None] | None = None,
     ) -> None:
         self.core = core
         self.token = token
         self.address = address or new_address()
         self.on_observations = on_observations
+        self.on_dropped = on_dropped
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -251,9 +255,11 @@ class CoreServer:
         info = self.core.get_subscription_info(UserId(user_id))
         return info.user.encode(), [locator.raw for locator in info.locators]
 
-    def _observe(self, observations: list[Observation]) -> None:
-        if self.on_observations is not None:
+    def _observe(self, observations: list[Observation], dropped: int = 0) -> None:
+        if self.on_observations is not None and observations:
             self.on_observations(observations)
+        if self.on_dropped is not None and isinstance(dropped, int) and dropped > 0:
+            self.on_dropped(dropped)
 
 
 # -- the workers' side --------------------------------------------------------------------------------

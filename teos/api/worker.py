@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import marshal
 import os
 import signal
 import threading
@@ -27,8 +28,9 @@ from pathlib import Path
 
 from flask import Flask
 
+from teos.admin.metrics import MAX_ENDPOINT_LABEL, app_label, method_label
 from teos.api import create_app
-from teos.api.ipc import CoreClient, Observation, RemoteCore
+from teos.api.ipc import MAX_REQUEST_BYTES, CoreClient, Observation, RemoteCore
 from teos.api.serving import GuardedApp, GuardSettings
 from teos.service import TowerService
 
@@ -36,7 +38,9 @@ log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 FLUSH_INTERVAL = 1.0  # seconds between forwards of request metrics
-MAX_PENDING_OBSERVATIONS = 100_000  # dropped beyond this if the main process stops taking them
+MAX_PENDING_OBSERVATIONS = 100_000  # counted as dropped beyond this if the main process stops taking them
+MAX_BATCH = 2_000  # observations per report: ~100 bytes each once labels are bounded
+MAX_BATCH_BYTES = MAX_REQUEST_BYTES // 4  # a report's encoding stays well inside one frame
 
 
 @dataclass(frozen=True)
@@ -72,13 +76,21 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 class ForwardingMetrics:
-    """Counts this worker's requests (``teos.admin.instrument`` calls ``observe_request``) and forwards
-    them to the main process's metrics every ``FLUSH_INTERVAL`` seconds."""
+    """Counts this worker's requests (``teos.admin.instrument`` and the guard call ``observe_request``) and
+    forwards them to the main process's metrics every ``FLUSH_INTERVAL`` seconds.
+
+    A report never outgrows a frame of the worker channel: labels are mapped into fixed sets before
+    they are queued (``teos.admin.metrics``), and a flush sends at most ``MAX_BATCH`` observations per
+    frame (splitting further should a batch still encode over ``MAX_BATCH_BYTES``). Nothing is lost
+    silently: observations beyond ``MAX_PENDING_OBSERVATIONS``, or in a report the main process did not
+    take, are counted and that count travels with the next report (``teos_http_observations_dropped``).
+    """
 
     def __init__(self, client: CoreClient) -> None:
         self.client = client
         self._lock = threading.Lock()
         self._pending: list[Observation] = []
+        self._dropped = 0
         self._thread = threading.Thread(target=self._run, name="metrics-forwarder", daemon=True)
 
     def start(self) -> None:
@@ -87,18 +99,38 @@ class ForwardingMetrics:
     def observe_request(
         self, endpoint: str, status: int, seconds: float, *, method: str = "", app: str = "public"
     ) -> None:
+        observation = (app_label(app), endpoint[:MAX_ENDPOINT_LABEL], method_label(method), status, seconds)
         with self._lock:
             if len(self._pending) < MAX_PENDING_OBSERVATIONS:
-                self._pending.append((app, endpoint, method, status, seconds))
+                self._pending.append(observation)
+            else:
+                self._dropped += 1
 
     def flush(self) -> None:
         with self._lock:
-            batch, self._pending = self._pending, []
-        if batch:
-            try:
-                self.client.call("observe", batch)
-            except Exception as e:  # the main process is stopping or gone: these counts are lost
-                log.debug("request metrics not forwarded: %s", e)
+            pending, self._pending = self._pending, []
+            dropped, self._dropped = self._dropped, 0
+        batches = [pending[i : i + MAX_BATCH] for i in range(0, len(pending), MAX_BATCH)] or [[]]
+        for batch in batches:
+            if batch or dropped:
+                dropped = self._send(batch, dropped)
+        if dropped:
+            with self._lock:
+                self._dropped += dropped
+
+    def _send(self, batch: list[Observation], dropped: int) -> int:
+        """Sends one report; returns the dropped count still to report (0 once it got through)."""
+        if len(batch) > 1 and len(marshal.dumps(batch)) > MAX_BATCH_BYTES:
+            half = len(batch) // 2
+            return self._send(batch[half:], self._send(batch[:half], dropped))
+        try:
+            self.client.call("observe", batch, dropped)
+            return 0
+        except Exception as e:  # the main process is stopping or gone: count them for the next report
+            log.debug("request metrics not forwarded: %s", e)
+            with self._lock:
+                self._dropped += len(batch)
+            return dropped
 
     def _run(self) -> None:
         while True:  # a daemon thread: it ends with the worker
