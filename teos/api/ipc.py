@@ -7,8 +7,12 @@ engine stay in the main process, the single writer. A worker's ``RemoteCore`` as
 
 - Address: a Linux abstract socket (``\\0teosd-<pid>-<random>``): no file to clean up after a crash, and
   no path-length limit from deep data directories. Any local process may connect to an abstract socket,
-  so each connection must first send the 32-byte token the main process handed to its workers (in the
-  spawn pickle, never in argv or the environment); a wrong token closes the connection unanswered.
+  so a connection is refused at once unless its peer runs as teosd's own user (``SO_PEERCRED``), and it
+  must then send, within ``HANDSHAKE_TIMEOUT`` seconds in all, the 32-byte token the main process handed
+  to its workers (in the spawn pickle, never in argv or the environment); a wrong token closes the
+  connection unanswered. At most ``MAX_HANDSHAKES`` connections may be presenting their token at once,
+  and refusals are logged once a minute with a count (another user's 1,100 connections used to hold the
+  channel full and write 4,400 lines a minute).
 - Frames: a 4-byte big-endian length, then a ``marshal`` payload. Requests are ``(op, *args)``; answers are
   ``("ok", result)`` or ``("err", kind_name, message, is_request_error)``. Only bytes, str, int, None,
   tuples and lists cross (records travel as their storage encodings); ``marshal`` cannot build other
@@ -38,14 +42,18 @@ from typing import Any
 from common.appointment import Appointment
 from common.errors import ErrorKind, RequestError, TeosError
 from common.types import Dialect, Locator, UserId
+from teos.logutil import RateLimitedLog
 from teos.service import AppointmentState, Core, SubscriptionInfo
 from teos.storage.codec import AppointmentRecord, TrackerRecord, UserRecord
 
 log = logging.getLogger(__name__)
 
 TOKEN_BYTES = 32
-HANDSHAKE_TIMEOUT = 5.0  # seconds a new connection has to present the token
+HANDSHAKE_TIMEOUT = 5.0  # seconds, in all, a new connection has to present the token
 MAX_CONNECTIONS = 1024  # workers x threads is far below; bounds threads if something local floods the socket
+MAX_HANDSHAKES = 64  # connections of teosd's user still presenting their token
+REFUSAL_LOG_INTERVAL = 60.0  # seconds between log lines about refused connections (the rest are counted)
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 MAX_REQUEST_BYTES = 1 << 20  # an add_appointment with the largest blob is ~17 KB
 MAX_ANSWER_BYTES = 1 << 28  # a subscription's locator list (16 B each) for millions of appointments
 _HEADER = struct.Struct(">I")
@@ -56,6 +64,18 @@ Observation = tuple[str, str, str, int, float]
 
 class ChannelError(OSError):
     """The connection to the main process broke or carried something unreadable."""
+
+
+def _peer_uid(conn: socket.socket) -> int | None:
+    """The uid of the process at the other end of a Unix socket (None where SO_PEERCRED is missing)."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    try:
+        _, uid, _ = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, option, _PEERCRED.size))
+    except OSError:
+        return None
+    return int(uid)
 
 
 def new_address() -> str:
@@ -76,17 +96,23 @@ class _Reader:
         self.limit = limit
         self.buffer = bytearray()
 
-    def _fill(self, n: int) -> bool:
+    def _fill(self, n: int, deadline: float | None = None) -> bool:
         while len(self.buffer) < n:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.sock.settimeout(left)
             chunk = self.sock.recv(max(65536, n - len(self.buffer)))
             if not chunk:
                 return False
             self.buffer += chunk
         return True
 
-    def read_exact(self, n: int) -> bytes | None:
-        """``n`` bytes, or None if the peer closed the connection first."""
-        if not self._fill(n):
+    def read_exact(self, n: int, deadline: float | None = None) -> bytes | None:
+        """``n`` bytes, or None if the peer closed the connection first (or, with ``deadline``, a
+        ``time.monotonic()`` value, did not send them all by then)."""
+        if not self._fill(n, deadline):
             return None
         data = bytes(self.buffer[:n])
         del self.buffer[:n]
@@ -141,7 +167,11 @@ class CoreServer:
         self._accept_thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._connections: dict[socket.socket, threading.Thread] = {}
+        self._handshaking = 0
         self._stopping = threading.Event()
+        self.uid = os.geteuid()
+        self.refused = 0  # connections refused (other user, no token, too many): for tests and logs
+        self._refusals = RateLimitedLog(log, REFUSAL_LOG_INTERVAL)
         self._ops: dict[str, Callable[..., Any]] = {
             "user": self._user,
             "register": self._register,
@@ -184,22 +214,46 @@ class CoreServer:
                 if self._stopping.is_set():
                     return
                 continue
+            uid = _peer_uid(conn)
+            if uid is not None and uid != self.uid:
+                self.refused += 1
+                self._refusals.warning("uid", "refused a connection to the worker channel from uid %d", uid)
+                conn.close()
+                continue
             with self._lock:
-                if len(self._connections) >= MAX_CONNECTIONS:
-                    log.warning("refused a connection to the worker channel: %d open", MAX_CONNECTIONS)
+                if len(self._connections) >= MAX_CONNECTIONS or self._handshaking >= MAX_HANDSHAKES:
+                    self.refused += 1
+                    self._refusals.warning(
+                        "full", "refused a connection to the worker channel: %d open, %d presenting their "
+                        "token", len(self._connections), self._handshaking)
                     conn.close()
                     continue
                 thread = threading.Thread(target=self._serve, args=(conn,), name="core-conn", daemon=True)
                 self._connections[conn] = thread
+                self._handshaking += 1
             thread.start()
+
+    def _handshake(self, conn: socket.socket, reader: _Reader) -> bool:
+        """Whether ``conn`` presents the token within ``HANDSHAKE_TIMEOUT`` in all (not per read: a byte
+        every few seconds used to hold a connection for as long as the sender liked)."""
+        try:
+            token = reader.read_exact(TOKEN_BYTES, deadline=time.monotonic() + HANDSHAKE_TIMEOUT)
+        except OSError:
+            token = None
+        finally:
+            with self._lock:
+                self._handshaking -= 1
+        if token is None or not hmac.compare_digest(token, self.token):
+            self.refused += 1
+            self._refusals.warning("token", "refused a connection to the worker channel: no valid token "
+                                   "within %.0f s", HANDSHAKE_TIMEOUT)
+            return False
+        return True
 
     def _serve(self, conn: socket.socket) -> None:
         reader = _Reader(conn, MAX_REQUEST_BYTES)
         try:
-            conn.settimeout(HANDSHAKE_TIMEOUT)
-            token = reader.read_exact(TOKEN_BYTES)
-            if token is None or not hmac.compare_digest(token, self.token):
-                log.warning("refused a connection to the worker channel: wrong token")
+            if not self._handshake(conn, reader):
                 return
             conn.settimeout(None)  # a worker thread may stay idle for hours between requests
             while True:
