@@ -188,6 +188,7 @@ class Daemon:
         from teos.admin import Metrics
         from teos.api import DEFAULT_MAX_BODY_BYTES
         from teos.api.ipc import TOKEN_BYTES, CoreServer
+        from teos.api.limits import registration_limiter
         from teos.api.worker import WorkerSettings
         from teos.chain.bitcoind import BitcoindClient, BitcoindConfig
         from teos.engine import BootstrapError, Engine, EngineConfig
@@ -220,7 +221,8 @@ class Daemon:
         self.gatekeeper = Gatekeeper(self.store, GatekeeperConfig(
             subscription_slots=c.subscription_slots, subscription_duration=c.subscription_duration,
             expiry_delta=c.expiry_delta, max_appointments=c.max_appointments,
-            min_to_self_delay=c.min_to_self_delay,
+            min_to_self_delay=c.min_to_self_delay, max_appointments_per_user=c.max_appointments_per_user,
+            max_users=c.max_users, new_user_reserve=c.new_user_reserve, new_user_blocks=c.new_user_blocks,
         ), chain)
         self.engine = Engine(
             EngineConfig(
@@ -238,7 +240,8 @@ class Daemon:
         self.core = TowerCore(self.gatekeeper, self.engine, self.store)
         self.core_server = CoreServer(self.core, os.urandom(TOKEN_BYTES),
                                       on_observations=self.metrics.observe_requests,
-                                      on_dropped=self.metrics.observations_dropped)
+                                      on_dropped=self.metrics.observations_dropped,
+                                      admission=registration_limiter(c))
         self.core_server.start()
         self._worker_settings = WorkerSettings(
             address=self.core_server.address, token=self.core_server.token, tower_secret_key=secret,
@@ -246,6 +249,7 @@ class Daemon:
             max_body_bytes=DEFAULT_MAX_BODY_BYTES, debug=c.debug,
             log_file=str(c.log_file) if c.log_file else None, parent_pid=os.getpid(),
             threads=c.api_threads, client_timeout=c.client_timeout, behind_proxy=c.behind_proxy,
+            limit_registrations=self.core_server.admission is not None,
         )
         self.server = self._make_server()
         self._start_admin()

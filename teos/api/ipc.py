@@ -42,6 +42,7 @@ from typing import Any
 from common.appointment import Appointment
 from common.errors import ErrorKind, RequestError, TeosError
 from common.types import Dialect, Locator, UserId
+from teos.api.limits import Admission
 from teos.logutil import RateLimitedLog
 from teos.service import AppointmentState, Core, SubscriptionInfo
 from teos.storage.codec import AppointmentRecord, TrackerRecord, UserRecord
@@ -157,12 +158,14 @@ class CoreServer:
         address: str | None = None,
         on_observations: Callable[[Sequence[Observation]], None] | None = None,
         on_dropped: Callable[[int], None] | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.core = core
         self.token = token
         self.address = address or new_address()
         self.on_observations = on_observations
         self.on_dropped = on_dropped
+        self.admission = admission
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -179,6 +182,7 @@ class CoreServer:
             "get": self._get,
             "info": self._info,
             "observe": self._observe,
+            "admit": self._admit,
         }
 
     def start(self) -> None:
@@ -309,6 +313,10 @@ class CoreServer:
         info = self.core.get_subscription_info(UserId(user_id))
         return info.user.encode(), [locator.raw for locator in info.locators]
 
+    def _admit(self, address: str) -> None:
+        if self.admission is not None:
+            self.admission.admit_registration(str(address))
+
     def _observe(self, observations: list[Observation], dropped: int = 0) -> None:
         if self.on_observations is not None and observations:
             self.on_observations(observations)
@@ -371,6 +379,16 @@ class CoreClient:
 
     def close(self) -> None:
         self._drop()
+
+
+class RemoteAdmission:
+    """``teos.api.limits.Admission`` over a ``CoreClient``: the limits are kept in the main process."""
+
+    def __init__(self, client: CoreClient) -> None:
+        self.client = client
+
+    def admit_registration(self, address: str) -> None:
+        self.client.call("admit", address)
 
 
 class RemoteCore:

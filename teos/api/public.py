@@ -34,6 +34,7 @@ from teos.service import (
 bp = Blueprint("public", __name__)
 
 SERVICE_KEY = "teos.service"
+ADMISSION_KEY = "teos.admission"  # a teos.api.limits.Admission, or None
 PYTHON_ADD_PREFIX = "appointment rejected. "
 
 # rust-teos's whole-body limits, in bytes.
@@ -145,6 +146,9 @@ def register() -> tuple[Response, int]:
         _rust_require(body, field)
         _rust_check_hex_field(value, field, UserId.SIZE)
     user_id = parse_user_id(value)
+    admission = current_app.extensions.get(ADMISSION_KEY)
+    if admission is not None:
+        admission.admit_registration(request.remote_addr or "")
     registration = _service().register(user_id, dialect)
     user = registration.user
     response: JsonObject = {

@@ -30,7 +30,7 @@ from flask import Flask
 
 from teos.admin.metrics import MAX_ENDPOINT_LABEL, app_label, method_label
 from teos.api import create_app
-from teos.api.ipc import MAX_REQUEST_BYTES, CoreClient, Observation, RemoteCore
+from teos.api.ipc import MAX_REQUEST_BYTES, CoreClient, Observation, RemoteAdmission, RemoteCore
 from teos.api.serving import GuardedApp, GuardSettings
 from teos.service import TowerService
 
@@ -59,6 +59,7 @@ class WorkerSettings:
     threads: int = 8
     client_timeout: float = 10.0
     behind_proxy: bool = False
+    limit_registrations: bool = False  # the main process limits registrations per address
 
     def __repr__(self) -> str:  # never print the key or the token
         return f"WorkerSettings(address={self.address!r}, parent_pid={self.parent_pid})"
@@ -162,7 +163,8 @@ def _build(settings: WorkerSettings) -> tuple[Flask, ForwardingMetrics]:
         min_to_self_delay=settings.min_to_self_delay,
         max_blob_bytes=settings.max_blob_bytes,
     )
-    app = create_app(service, max_body_bytes=settings.max_body_bytes)
+    admission = RemoteAdmission(client) if settings.limit_registrations else None
+    app = create_app(service, max_body_bytes=settings.max_body_bytes, admission=admission)
     metrics = ForwardingMetrics(client)
     instrument(app, metrics, name="public")
     metrics.start()

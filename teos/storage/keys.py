@@ -16,6 +16,9 @@ that they sort numerically.
     x | height(4) | user_id(33)      -> b""                 users whose data is deleted at this height
                                                             (subscription_expiry + expiry_delta)
     t | uuid(20)                     -> TrackerRecord       penalties the Responder is following
+    c | user_id(33)                  -> u32 BE              how many ``i|user_id|*`` entries the user has
+                                                            (written with them; absent in databases that
+                                                            predate it: the index is then counted once)
     m | name (ascii)                 -> bytes               metadata (see META_* below)
 
 Every write of an ``a|`` entry goes through ``teos.storage.watched.put_watched``, which also writes the
@@ -41,6 +44,7 @@ USER = b"u"
 USER_APPOINTMENT = b"i"
 EXPIRY = b"x"
 TRACKER = b"t"
+USER_COUNT = b"c"
 META = b"m"
 
 # Metadata names (values documented beside each).
@@ -53,6 +57,8 @@ META_SCHEMA = b"m" + b"schema"  # 1 byte: the layout version of this database
 # the Gatekeeper, in the same batches as the index changes.
 META_N_APPOINTMENTS = b"m" + b"n_appointments"
 META_NETWORK = b"m" + b"network"  # ascii chain name the database was created for ("regtest", ...)
+# u64 BE: number of ``u|`` entries (registered users); written only by the Gatekeeper, with them.
+META_N_USERS = b"m" + b"n_users"
 
 SCHEMA_VERSION = 1
 
@@ -97,6 +103,10 @@ def locator_marker(locator: Locator | bytes) -> bytes:
 
 def user(user_id: UserId) -> bytes:
     return USER + user_id.raw
+
+
+def user_count(user_id: UserId) -> bytes:
+    return USER_COUNT + user_id.raw
 
 
 def user_appointment(user_id: UserId, uuid: Uuid) -> bytes:
