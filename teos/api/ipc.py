@@ -41,7 +41,7 @@ from typing import Any
 
 from common.appointment import Appointment
 from common.errors import ErrorKind, RequestError, TeosError
-from common.types import Dialect, Locator, UserId
+from common.types import Dialect, Locator, UserId, Uuid
 from teos.api.limits import Admission
 from teos.logutil import RateLimitedLog
 from teos.service import AppointmentState, Core, SubscriptionInfo
@@ -57,6 +57,7 @@ REFUSAL_LOG_INTERVAL = 60.0  # seconds between log lines about refused connectio
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 MAX_REQUEST_BYTES = 1 << 20  # an add_appointment with the largest blob is ~17 KB
 MAX_ANSWER_BYTES = 1 << 28  # a subscription's locator list (16 B each) for millions of appointments
+MAX_PAGE = 16_384  # locators per page of a subscription's list (256 KiB)
 _HEADER = struct.Struct(">I")
 
 # One request observed by a worker's metrics: (app, endpoint, method, status, seconds).
@@ -181,6 +182,7 @@ class CoreServer:
             "add": self._add,
             "get": self._get,
             "info": self._info,
+            "page": self._page,
             "observe": self._observe,
             "admit": self._admit,
         }
@@ -309,9 +311,15 @@ class CoreServer:
             None if state.tracker is None else state.tracker.encode(),
         )
 
-    def _info(self, user_id: bytes) -> tuple[bytes, list[bytes]]:
-        info = self.core.get_subscription_info(UserId(user_id))
-        return info.user.encode(), [locator.raw for locator in info.locators]
+    def _info(self, user_id: bytes, limit: int | None = None) -> tuple[bytes, bytes, bytes | None]:
+        info = self.core.get_subscription_info(UserId(user_id), _page_limit(limit))
+        locators = b"".join(locator.raw for locator in info.locators)
+        return info.user.encode(), locators, None if info.next_page is None else info.next_page.raw
+
+    def _page(self, user_id: bytes, after: bytes, limit: int) -> tuple[bytes, bytes | None]:
+        page_limit = _page_limit(limit) or 1
+        locators, next_page = self.core.subscription_page(UserId(user_id), Uuid(after), page_limit)
+        return b"".join(locator.raw for locator in locators), None if next_page is None else next_page.raw
 
     def _admit(self, address: str) -> None:
         if self.admission is not None:
@@ -448,6 +456,29 @@ class RemoteCore:
             tracker=None if tracker is None else TrackerRecord.decode(tracker),
         )
 
-    def get_subscription_info(self, user_id: UserId) -> SubscriptionInfo:
-        user, locators = self.client.call("info", user_id.raw)
-        return SubscriptionInfo(UserRecord.decode(user), [Locator(raw) for raw in locators])
+    def get_subscription_info(self, user_id: UserId, limit: int | None = None) -> SubscriptionInfo:
+        user, locators, next_page = self.client.call("info", user_id.raw, limit)
+        return SubscriptionInfo(
+            UserRecord.decode(user), _locators(locators), None if next_page is None else Uuid(next_page)
+        )
+
+    def subscription_page(
+        self, user_id: UserId, after: Uuid, limit: int
+    ) -> tuple[list[Locator], Uuid | None]:
+        locators, next_page = self.client.call("page", user_id.raw, after.raw, limit)
+        return _locators(locators), None if next_page is None else Uuid(next_page)
+
+
+def _locators(raw: bytes) -> list[Locator]:
+    size = Locator.SIZE
+    return [Locator(raw[i : i + size]) for i in range(0, len(raw), size)]
+
+
+def _page_limit(limit: object) -> int | None:
+    """A page size asked over the channel: None (everything, for callers that want the whole list) or
+    at most ``MAX_PAGE``, so one answer stays small whatever a worker asks."""
+    if limit is None:
+        return None
+    if not isinstance(limit, int) or isinstance(limit, bool):
+        raise TypeError("page limit must be an int")
+    return max(1, min(limit, MAX_PAGE))

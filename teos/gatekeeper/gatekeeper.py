@@ -272,6 +272,22 @@ class Gatekeeper:
             for k, v in self.store.iterate(keys.user_appointments(user_id))
         ]
 
+    def user_appointments_page(
+        self, user_id: UserId, after: Uuid | None, limit: int
+    ) -> tuple[list[Locator], Uuid | None]:
+        """Up to ``limit`` of the user's locators, in uuid order, from just after ``after`` (None: from the
+        start); and the uuid to continue from, or None when there are no more."""
+        prefix = keys.user_appointments(user_id)
+        start = prefix if after is None else keys.user_appointment(user_id, after) + b"\x00"
+        locators: list[Locator] = []
+        last: Uuid | None = None
+        for key, value in self.store.iterate_range(start, prefix + b"\xff" * (Uuid.SIZE + 1)):
+            if len(locators) == limit:
+                return locators, last
+            locators.append(Locator(value))
+            last = keys.uuid_of_user_appointment_key(key)
+        return locators, None
+
     # -- registration ----------------------------------------------------------------------------
 
     def register(self, user_id: UserId, dialect: Dialect) -> UserRecord:
