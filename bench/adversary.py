@@ -212,11 +212,14 @@ class Tower:
         return base64.b64encode((self.network_dir / ".cookie").read_text().strip().encode()).decode()
 
     def ipc_address(self) -> str:
-        """The abstract socket teosd's workers connect to (``@teosd-<pid>-...`` in /proc/net/unix)."""
+        """The socket teosd's workers connect to: ``<network>/worker.sock``, or (teosd before issue 13)
+        the abstract ``@teosd-<pid>-...`` listed in /proc/net/unix."""
+        if (self.network_dir / "worker.sock").exists():
+            return str(self.network_dir / "worker.sock")
         for line in Path("/proc/net/unix").read_text().splitlines():
             name = line.split()[-1] if len(line.split()) >= 8 else ""
             if name.startswith(f"@teosd-{self.pid}-"):
-                return name[1:]
+                return "\0" + name[1:]
         return ""
 
     def stop(self) -> None:
@@ -674,7 +677,7 @@ def main() -> None:
             tower.start_teosd()
             legit_key = crypto.generate_secret_key()
             register(tower, legit_key, Dialect.RUST)
-            tower.mine(12)  # the legitimate user is no longer a newcomer
+            tower.mine(150)  # the legitimate user is no longer a newcomer (--newuserblocks, 144)
             time.sleep(2)
 
             profile = cpu_profile(tower, [*REQUEST_KINDS, *(["info_big_user"] if big_key else [])], big_key)
@@ -700,7 +703,7 @@ def main() -> None:
                 if name == "fill":
                     continue
                 params: dict[str, Any] = {"connections": args.connections}
-                if name == "slow_bodies_64":
+                if name in ("slow_bodies_64", "big_answers_slow"):
                     params = {"connections": 64}
                 elif name == "flood":
                     params = {"kind": flood_kind}
@@ -746,7 +749,7 @@ def main() -> None:
                 small.start_teosd()
                 legit_key = crypto.generate_secret_key()
                 register(small, legit_key, Dialect.RUST)
-                small.mine(12)
+                small.mine(150)
                 time.sleep(2)
                 target = Target(
                     host="127.0.0.1", api_port=small.api_port, admin_port=small.admin_port, source=ATTACKER

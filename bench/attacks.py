@@ -39,7 +39,7 @@ class Target:
     api_port: int
     admin_port: int
     source: str  # the attacker's loopback address
-    ipc_address: str = ""  # teosd's worker channel (abstract Unix socket, without the leading NUL)
+    ipc_address: str = ""  # teosd's worker channel: a socket file, or "\\0" + an abstract name
     big_user_key: bytes = b""  # secret key of a user holding many appointments (F7)
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -498,7 +498,7 @@ def ipc_flood(target: Target, deadline: float) -> Stats:
         os.setgroups([])
         os.setgid(65534)
         os.setuid(65534)
-    address = "\0" + target.ipc_address
+    address = target.ipc_address
     sel = selectors.DefaultSelector()
     socks: dict[socket.socket, float] = {}
     opened = refused = closed = 0
@@ -510,7 +510,7 @@ def ipc_flood(target: Target, deadline: float) -> Stats:
                 s.connect(address)
             except BlockingIOError:
                 pass
-            except OSError:
+            except OSError:  # the kernel refused (a socket file in a private directory)
                 refused += 1
                 s.close()
                 break

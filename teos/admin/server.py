@@ -11,8 +11,8 @@ event loop in one thread, where a connection costs a few hundred bytes until its
 
 - a request (header and body) must arrive within ``client_timeout`` seconds, and fit ``MAX_HEADER_BYTES``
   and ``MAX_BODY_BYTES``; one request per connection (``Connection: close``);
-- at most ``max_connections`` are open; at the limit, the oldest connection still waiting for its
-  request is closed to make room, so whoever sends a request promptly is served;
+- at most ``max_connections`` (16,384) are open; at the limit, the oldest connection still waiting for
+  its request is closed to make room, so whoever sends a request promptly is served;
 - the Flask app runs in a pool of ``THREADS`` threads with at most ``MAX_QUEUED`` requests waiting
   (then 503): an admin-port flood can occupy two threads of the main process, never more;
 - the answer must be read within ``client_timeout`` too, or the connection is dropped.
@@ -43,6 +43,7 @@ from teos.admin.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 4096  # the admin app's own limit too
 THREADS = 2
@@ -165,7 +166,7 @@ class AdminServer:
         metrics: Metrics | None = None,
         *,
         client_timeout: float = 10.0,
-        max_connections: int = 4096,
+        max_connections: int = 16384,
     ) -> None:
         self._backend = backend
         self.cookie_dir = Path(cookie_dir)
@@ -204,7 +205,8 @@ class AdminServer:
         self._app = create_admin_app(self._backend, secret, self._metrics)
         try:
             family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-            self._socket = socket.create_server((self.host, self._port), family=family, backlog=1024)
+            address = (self.host, self._port)
+            self._socket = socket.create_server(address, family=family, backlog=LISTEN_BACKLOG)
         except OSError as e:
             remove_cookie(self.cookie_dir)
             raise AdminServerError(f"cannot listen on {self.host}:{self._port} for the admin API: {e} "
@@ -242,7 +244,9 @@ class AdminServer:
         loop = asyncio.new_event_loop()
         self._loop = loop
         assert self._socket is not None
-        server = loop.run_until_complete(loop.create_server(lambda: _Connection(self), sock=self._socket))
+        server = loop.run_until_complete(  # asyncio listens again with its backlog, so it is given ours
+            loop.create_server(lambda: _Connection(self), sock=self._socket, backlog=LISTEN_BACKLOG)
+        )
         self._server = server
         sweeper = loop.create_task(self._sweep())
         self._ready.set()

@@ -7,12 +7,15 @@ long as the client cares to trickle it (40 such connections froze both workers),
 slow reader of a streamed answer. So the public API is an RSGI app, ``GuardedApp``, that runs on each
 worker's event loop and uses a thread only for work that is ready:
 
-1. admission, before anything is read: at most ``per_address`` requests in progress per client address
-   (IPv4 address, IPv6 /64) in this worker, and at most ``threads + max_waiting`` requests admitted in
-   all; beyond that the answer is an immediate 503 (``Retry-After: 1``). Behind Tor or a reverse proxy
-   every client has the proxy's address, so ``per_address`` is then off (``--behindproxy``);
-2. the body, awaited on the event loop: refused at once (413) if its declared length is over the limit,
-   and closed (408) unless it is complete within ``client_timeout`` seconds;
+1. the body, awaited on the event loop: refused at once (413) if its declared length is over the limit,
+   and answered 408 unless it is complete within ``client_timeout`` seconds. Waiting for a body costs
+   an asyncio task and the bytes received so far (at most ``max_body_bytes``), no thread;
+2. admission: at most ``per_address`` requests in progress (waiting for, or holding, a thread) per client
+   address (IPv4 address, IPv6 /64) in this worker, as many as it has threads, so one address can
+   never have more than a worker's share queued ahead of others; and at most ``threads + max_waiting``
+   in all. Beyond that the answer is an immediate 503 (``Retry-After: 1``), which costs next to
+   nothing. Behind Tor or a reverse proxy every client has the proxy's address, so ``per_address`` is
+   then off (``--behindproxy``);
 3. the Flask app, in a thread of a pool of ``threads``;
 4. the answer: small ones are handed to granian whole; an answer over ``STREAM_THRESHOLD`` bytes (a
    subscription with many appointments) is streamed, each chunk produced in the pool and written on the
@@ -80,12 +83,12 @@ class GuardSettings:
     def for_threads(
         cls, threads: int, client_timeout: float, max_body_bytes: int, behind_proxy: bool
     ) -> GuardSettings:
-        """Half of a worker's threads per client address (none of that behind a proxy)."""
+        """As many requests per client address as a worker has threads (none of that behind a proxy)."""
         return cls(
             threads=threads,
             client_timeout=client_timeout,
             max_body_bytes=max_body_bytes,
-            per_address=None if behind_proxy else max(1, threads // 2),
+            per_address=None if behind_proxy else threads,
             max_waiting=threads * WAITING_PER_THREAD,
         )
 
@@ -96,9 +99,13 @@ def client_host(client: str) -> str:
 
 
 def address_key(client: str) -> str:
-    """Whom a request counts against: the client's IPv4 address, or the /64 of its IPv6 address
+    """Whom a request from RSGI's ``client`` counts against (see ``host_key``)."""
+    return host_key(client_host(client))
+
+
+def host_key(host: str) -> str:
+    """Whom a request from ``host`` counts against: its IPv4 address, or the /64 of its IPv6 address
     (anything unparsable counts as itself)."""
-    host = client_host(client)
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -171,6 +178,11 @@ class GuardedApp:
         if scope.proto != "http":
             return
         started = time.perf_counter()
+        try:
+            body = await self._read_body(scope, protocol)
+        except _Refusal as r:
+            self._refuse(scope, protocol, started, r.status, r.kind, r.message)
+            return
         key = address_key(scope.client)
         limit = self.settings.per_address
         if limit is not None and self._in_progress.get(key, 0) >= limit:
@@ -179,7 +191,7 @@ class GuardedApp:
             return
         self._in_progress[key] = self._in_progress.get(key, 0) + 1
         try:
-            await self._serve(scope, protocol, started)
+            await self._serve(scope, protocol, started, body)
         finally:
             left = self._in_progress[key] - 1
             if left:
@@ -187,12 +199,7 @@ class GuardedApp:
             else:
                 del self._in_progress[key]
 
-    async def _serve(self, scope: Any, protocol: Any, started: float) -> None:
-        try:
-            body = await self._read_body(scope, protocol)
-        except _Refusal as r:
-            self._refuse(scope, protocol, started, r.status, r.kind, r.message)
-            return
+    async def _serve(self, scope: Any, protocol: Any, started: float, body: bytes) -> None:
         if self._admitted >= self.settings.threads + self.settings.max_waiting:
             self._refuse(scope, protocol, started, 503, ErrorKind.SERVICE_UNAVAILABLE,
                          "Service currently unavailable")
