@@ -187,7 +187,7 @@ class Daemon:
     def start(self) -> None:
         from teos.admin import Metrics
         from teos.api import DEFAULT_MAX_BODY_BYTES
-        from teos.api.ipc import TOKEN_BYTES, CoreServer
+        from teos.api.ipc import TOKEN_BYTES, CoreServer, socket_address
         from teos.api.limits import registration_limiter
         from teos.api.worker import WorkerSettings
         from teos.chain.bitcoind import BitcoindClient, BitcoindConfig
@@ -238,7 +238,7 @@ class Daemon:
         except BootstrapError as e:
             raise FatalError(f"cannot start on bitcoind {c.btc_rpc_connect}:{c.btc_rpc_port}: {e}") from e
         self.core = TowerCore(self.gatekeeper, self.engine, self.store)
-        self.core_server = CoreServer(self.core, os.urandom(TOKEN_BYTES),
+        self.core_server = CoreServer(self.core, os.urandom(TOKEN_BYTES), socket_address(c.network_dir),
                                       on_observations=self.metrics.observe_requests,
                                       on_dropped=self.metrics.observations_dropped,
                                       admission=registration_limiter(c))

@@ -5,9 +5,11 @@ teosd serves the public API from worker processes (``teos.api.worker``) so that 
 engine stay in the main process, the single writer. A worker's ``RemoteCore`` asks the main process's
 ``CoreServer`` for each state change, over a Unix socket:
 
-- Address: a Linux abstract socket (``\\0teosd-<pid>-<random>``): no file to clean up after a crash, and
-  no path-length limit from deep data directories. Any local process may connect to an abstract socket,
-  so a connection is refused at once unless its peer runs as teosd's own user (``SO_PEERCRED``), and it
+- Address: ``<datadir>/<network>/worker.sock`` (``socket_address``), in a directory only teosd's user
+  may enter, so the kernel turns other users away before teosd sees them (a stale file left by a killed
+  teosd is replaced at start). Where that path is too long for a Unix socket, a Linux abstract socket
+  (``\\0teosd-<pid>-<random>``), which any local process may connect to. Either way a connection is
+  refused at once unless its peer runs as teosd's own user (``SO_PEERCRED``), and it
   must then send, within ``HANDSHAKE_TIMEOUT`` seconds in all, the 32-byte token the main process handed
   to its workers (in the spawn pickle, never in argv or the environment); a wrong token closes the
   connection unanswered. At most ``MAX_HANDSHAKES`` connections may be presenting their token at once,
@@ -37,6 +39,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from common.appointment import Appointment
@@ -50,6 +53,8 @@ from teos.storage.codec import AppointmentRecord, TrackerRecord, UserRecord
 log = logging.getLogger(__name__)
 
 TOKEN_BYTES = 32
+SOCKET_NAME = "worker.sock"
+MAX_SOCKET_PATH = 100
 HANDSHAKE_TIMEOUT = 5.0  # seconds, in all, a new connection has to present the token
 MAX_CONNECTIONS = 1024  # workers x threads is far below; bounds threads if something local floods the socket
 MAX_HANDSHAKES = 64  # connections of teosd's user still presenting their token
@@ -83,6 +88,17 @@ def _peer_uid(conn: socket.socket) -> int | None:
 def new_address() -> str:
     """A fresh abstract Unix socket address for this process's ``CoreServer``."""
     return f"\0teosd-{os.getpid()}-{os.urandom(8).hex()}"
+
+
+def socket_address(directory: Path) -> str:
+    """The channel's address for a tower whose private (0700) directory is ``directory``: a socket file
+    there, so that the kernel refuses other users before teosd even sees them; an abstract address if
+    the path is too long for a Unix socket (108 bytes, with room to spare)."""
+    path = directory / SOCKET_NAME
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        log.info("worker channel on an abstract socket: the path %s is too long for a socket file", path)
+        return new_address()
+    return str(path)
 
 
 def _send(sock: socket.socket, payload: Any) -> None:
@@ -187,9 +203,19 @@ class CoreServer:
             "admit": self._admit,
         }
 
+    @property
+    def socket_file(self) -> Path | None:
+        """The socket file, when the channel is not on an abstract address."""
+        return None if self.address.startswith("\0") else Path(self.address)
+
     def start(self) -> None:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if self.socket_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_file.unlink()  # left by a teosd that was killed
         listener.bind(self.address)
+        if self.socket_file is not None:
+            os.chmod(self.socket_file, 0o600)
         listener.listen(256)
         self._listener = listener
         self._accept_thread = threading.Thread(target=self._accept_loop, name="core-server", daemon=True)
@@ -210,6 +236,9 @@ class CoreServer:
                 conn.shutdown(socket.SHUT_RD)  # the thread finishes its request, then sees the end
         for _, thread in connections:
             thread.join(timeout=30)
+        if self.socket_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_file.unlink()
 
     def _accept_loop(self) -> None:
         assert self._listener is not None

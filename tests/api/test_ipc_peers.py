@@ -1,6 +1,7 @@
 """Issue 13, F5: who may connect to the worker channel, for how long, and how much of the log it gets.
 
-Before: any local user could connect to the abstract socket; 1,100 connections without a token filled
+Before: any local user could connect to the abstract socket (now a socket file in the private network
+directory, and the peer's uid is checked); 1,100 connections without a token filled
 it (fresh registrations then got 503), the 5 s handshake timeout applied to each read (a byte every 4 s
 held a connection for 33 s and more), and every refusal wrote a WARNING (4,400 lines a minute).
 """
@@ -11,8 +12,10 @@ import logging
 import marshal
 import os
 import socket
+import stat
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +161,55 @@ def test_rate_limited_log_counts_what_it_suppresses(caplog) -> None:
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["refused from uid 7", "another event",
                         "refused from uid 7 (99 more like it in the last 60 s)"]
+
+
+def _connect_as_nobody(address: str) -> int:
+    """In a forked child running as user nobody: 0 if connecting is refused by the kernel (EACCES),
+    1 if it connects."""
+    pid = os.fork()
+    if pid == 0:
+        code = 2
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(10)
+            try:
+                s.connect(address)
+                code = 1
+            except PermissionError:
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_in_a_private_directory_the_channel_is_a_socket_file_others_cannot_reach(
+    tmp_path: Path, gatekeeper: Gatekeeper, chain: FakeChain, store: Store
+) -> None:
+    directory = tmp_path / "regtest"
+    directory.mkdir(mode=0o700)
+    directory.chmod(0o700)
+    (directory / ipc.SOCKET_NAME).write_text("stale")  # left by a teosd that was killed
+    core = TowerCore(gatekeeper, chain, store)
+    srv = CoreServer(core, os.urandom(TOKEN_BYTES), ipc.socket_address(directory))
+    srv.start()
+    try:
+        assert srv.address == str(directory / ipc.SOCKET_NAME)
+        assert stat.S_ISSOCK((directory / ipc.SOCKET_NAME).stat().st_mode)
+        assert stat.S_IMODE((directory / ipc.SOCKET_NAME).stat().st_mode) == 0o600
+        assert registers(srv)
+        if os.geteuid() == 0:
+            assert _connect_as_nobody(srv.address) == 0
+            assert srv.refused == 0  # turned away by the kernel: teosd never saw it
+    finally:
+        srv.stop()
+    assert not (directory / ipc.SOCKET_NAME).exists()
+
+
+def test_a_path_too_long_for_a_socket_falls_back_to_an_abstract_address(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 120)
+    assert ipc.socket_address(deep).startswith("\0teosd-")
+    assert ipc.socket_address(tmp_path) == str(tmp_path / ipc.SOCKET_NAME)
