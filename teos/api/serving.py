@@ -7,13 +7,13 @@ long as the client cares to trickle it (40 such connections froze both workers),
 slow reader of a streamed answer. So the public API is an RSGI app, ``GuardedApp``, that runs on each
 worker's event loop and uses a thread only for work that is ready:
 
-1. the body, awaited on the event loop: refused at once (413) if its declared length is over the limit,
-   and answered 408 unless it is complete within ``client_timeout`` seconds. Waiting for a body costs
+1. the body, awaited on the event loop: refused at once (413) if its declared length is over the limit
+   (``max_body_bytes`` for add_appointment, ``SMALL_BODY_BYTES`` for everything else), and answered
+   408 unless it is complete within ``client_timeout`` seconds. Waiting for a body costs
    an asyncio task and the bytes received so far (at most ``max_body_bytes``), no thread;
 2. admission: at most ``per_address`` requests in progress (waiting for, or holding, a thread) per client
-   address (IPv4 address, IPv6 /64) in this worker, as many as it has threads, so one address can
-   never have more than a worker's share queued ahead of others; and at most ``threads + max_waiting``
-   in all. Beyond that the answer is an immediate 503 (``Retry-After: 1``), which costs next to
+   address (IPv4 address, IPv6 /64) in this worker, half its threads, so one address can never keep
+   them all busy nor queue work ahead of others; and at most ``threads + max_waiting`` in all. Beyond that the answer is an immediate 503 (``Retry-After: 1``), which costs next to
    nothing. Behind Tor or a reverse proxy every client has the proxy's address, so ``per_address`` is
    then off (``--behindproxy``);
 3. the Flask app, in a thread of a pool of ``threads``;
@@ -59,6 +59,11 @@ RESPONSE_TIMEOUT = 120.0  # seconds a client has to read a streamed answer
 WAITING_PER_THREAD = 16  # admitted requests waiting for a thread, per thread, before 503
 FD_RESERVE = 256  # open files a worker keeps for itself (logs, the worker channel, libraries)
 GUARD_ENDPOINT = "<guard>"  # the metrics label of requests the guard answers itself
+# Only add_appointment carries a blob; every other request of either client family is a few hundred
+# bytes (a 104-character signature, a 66-character key, a 32-character locator), so a bigger body there
+# is refused before it is read or parsed.
+LARGE_BODY_PATHS = frozenset({"/add_appointment"})
+SMALL_BODY_BYTES = 4096
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -83,12 +88,12 @@ class GuardSettings:
     def for_threads(
         cls, threads: int, client_timeout: float, max_body_bytes: int, behind_proxy: bool
     ) -> GuardSettings:
-        """As many requests per client address as a worker has threads (none of that behind a proxy)."""
+        """Half of a worker's threads per client address (none of that behind a proxy)."""
         return cls(
             threads=threads,
             client_timeout=client_timeout,
             max_body_bytes=max_body_bytes,
-            per_address=None if behind_proxy else threads,
+            per_address=None if behind_proxy else max(1, threads // 2),
             max_waiting=threads * WAITING_PER_THREAD,
         )
 
@@ -220,7 +225,7 @@ class GuardedApp:
             self._admitted -= 1
 
     async def _read_body(self, scope: Any, protocol: Any) -> bytes:
-        limit = self.settings.max_body_bytes
+        limit = self.settings.max_body_bytes if scope.path in LARGE_BODY_PATHS else SMALL_BODY_BYTES
         declared = scope.headers.get("content-length")
         if declared is not None:
             try:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from teos.api.serving import STREAM_THRESHOLD, GuardedApp, GuardSettings, address_key
+from teos.api.serving import SMALL_BODY_BYTES, STREAM_THRESHOLD, GuardedApp, GuardSettings, address_key
 
 
 class FakeHeaders:
@@ -198,14 +198,26 @@ def test_beyond_the_threads_and_the_waiting_room_requests_are_refused() -> None:
 def test_a_body_declared_too_big_is_refused_unread() -> None:
     guard = GuardedApp(wsgi(lambda env: [b"{}"]), settings())
     protocol = FakeProtocol(forbid_reading=True)
-    serve(guard, (FakeScope(headers=FakeHeaders({"content-length": "1001"})), protocol))
+    scope = FakeScope(path="/add_appointment", headers=FakeHeaders({"content-length": "1001"}))
+    serve(guard, (scope, protocol))
     assert protocol.status == 413 and ("connection", "close") in protocol.headers
+
+
+def test_only_add_appointment_may_carry_a_large_body() -> None:
+    """Every other request is a few hundred bytes: a 60 KB signature is refused before it is read."""
+    guard = GuardedApp(wsgi(lambda env: [b"{}"]), settings(max_body_bytes=64 * 1024))
+    for path, status in (("/get_subscription_info", 413), ("/register", 413), ("/add_appointment", 200)):
+        protocol = FakeProtocol([b"x" * 5000], forbid_reading=status == 413)
+        serve(guard, (FakeScope(path=path, headers=FakeHeaders({"content-length": "5000"})), protocol))
+        assert protocol.status == status, path
+    assert SMALL_BODY_BYTES < 5000
 
 
 def test_a_chunked_body_growing_too_big_is_refused() -> None:
     guard = GuardedApp(wsgi(lambda env: [b"{}"]), settings())
     protocol = FakeProtocol([b"x" * 600, b"x" * 600])
-    serve(guard, (FakeScope(headers=FakeHeaders({"transfer-encoding": "chunked"})), protocol))
+    scope = FakeScope(path="/add_appointment", headers=FakeHeaders({"transfer-encoding": "chunked"}))
+    serve(guard, (scope, protocol))
     assert protocol.status == 413
 
 

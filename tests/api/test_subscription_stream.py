@@ -36,7 +36,8 @@ def expected_bytes(dialect: Dialect, locators: list[str], slots: int, expiry: in
 @pytest.mark.parametrize("dialect", [Dialect.PYTHON, Dialect.RUST])
 @pytest.mark.parametrize("n", [0, 1, 7, 9])
 def test_every_page_in_one_json_object_exactly_as_before(tower: Tower, dialect: Dialect, n: int) -> None:
-    tower.service.subscription_page_size = 3  # 0, 1, 3 (7) and 3 full pages plus an empty one (9)
+    tower.service.subscription_page_size = 3  # after a first page of 2: 0, 1, 2+3+2 (7), 2+3+3+1 (9)
+    tower.service.subscription_first_page_size = 2
     client = Client.new()
     tower.register(client, dialect)
     locators = fill(tower, client, n)
@@ -66,6 +67,7 @@ def test_refusals_come_before_any_streaming(tower: Tower) -> None:
 
 def test_big_answers_at_once_are_bounded_and_their_slots_come_back(tower: Tower) -> None:
     tower.service.subscription_page_size = 2
+    tower.service.subscription_first_page_size = 2
     client = Client.new()
     tower.register(client)
     fill(tower, client, 5)
