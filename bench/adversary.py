@@ -32,7 +32,10 @@ Nothing leaves loopback; each attack is bounded in time and connections (``--sec
 hard limit. The whole run takes a few minutes. Load on the machine is printed: compare runs made close
 together.
 
-    .venv/bin/python bench/adversary.py [--seconds 12] [--connections 10000] [--only idle,flood]
+    .venv/bin/python bench/adversary.py [--seconds 12] [--connections 10000] [--only idle,flood] [--tor]
+
+With ``--tor`` the attacker and the legitimate client both connect from 127.0.0.1, as every client of a
+Tor hidden service does, and teosd is started with ``--behindproxy``: only capacity and timeouts protect it.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import attacks
-from bench.attacks import Target, raise_nofile, request_maker
+from bench.attacks import Target, raise_nofile, request_maker, source_address
 from common import crypto
 from common.appointment import Appointment, compute_uuid
 from common.types import Dialect, Locator
@@ -335,7 +338,9 @@ class Legit:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT, source_address=(LEGIT, 0))
+        conn = http.client.HTTPConnection(
+            "127.0.0.1", port, timeout=TIMEOUT, source_address=source_address(LEGIT)
+        )
         try:
             conn.request(method, path, body=body, headers=headers or {})
             response = conn.getresponse()
@@ -402,7 +407,9 @@ def register(tower: Tower, secret: bytes, dialect: Dialect, source: str = LEGIT)
     headers = {"Content-Type": "application/json"}
     if dialect is Dialect.PYTHON:
         headers["User-Agent"] = "python-requests/2.31.0"
-    conn = http.client.HTTPConnection("127.0.0.1", tower.api_port, timeout=30, source_address=(source, 0))
+    conn = http.client.HTTPConnection(
+        "127.0.0.1", tower.api_port, timeout=30, source_address=source_address(source)
+    )
     conn.request("POST", "/register", json.dumps({field_name: crypto.public_key(secret).hex()}), headers)
     response = conn.getresponse()
     body = response.read()
@@ -421,7 +428,9 @@ def cpu_profile(tower: Tower, kinds: Sequence[str], big_user_key: bytes, n: int 
         make = request_maker(kind, big_user_key)
         count = 5 if kind == "info_big_user" else n
         requests = [make(i) for i in range(count)]
-        conn = http.client.HTTPConnection("127.0.0.1", tower.api_port, timeout=60, source_address=(LEGIT, 0))
+        conn = http.client.HTTPConnection(
+            "127.0.0.1", tower.api_port, timeout=60, source_address=source_address(LEGIT)
+        )
         time.sleep(0.3)
         before = cpu_seconds(tower.pid)
         for method, path, body, headers in requests:
@@ -432,12 +441,12 @@ def cpu_profile(tower: Tower, kinds: Sequence[str], big_user_key: bytes, n: int 
                 if response.getheader("Connection", "").lower() == "close":
                     conn.close()
                     conn = http.client.HTTPConnection(
-                        "127.0.0.1", tower.api_port, timeout=60, source_address=(LEGIT, 0)
+                        "127.0.0.1", tower.api_port, timeout=60, source_address=source_address(LEGIT)
                     )
             except (OSError, http.client.HTTPException):
                 conn.close()
                 conn = http.client.HTTPConnection(
-                    "127.0.0.1", tower.api_port, timeout=60, source_address=(LEGIT, 0)
+                    "127.0.0.1", tower.api_port, timeout=60, source_address=source_address(LEGIT)
                 )
         time.sleep(0.3)  # let the forwarded metrics of these requests be counted too
         result[kind] = (cpu_seconds(tower.pid) - before) * 1000 / count
@@ -557,7 +566,7 @@ def recover(tower: Tower) -> str:
         tower.teosd.check_alive()
         with contextlib.suppress(OSError, http.client.HTTPException):
             conn = http.client.HTTPConnection(
-                "127.0.0.1", tower.api_port, timeout=2, source_address=(LEGIT, 0)
+                "127.0.0.1", tower.api_port, timeout=2, source_address=source_address(LEGIT)
             )
             try:
                 conn.request("GET", "/ping")
@@ -604,8 +613,10 @@ def print_table(rows: list[Row]) -> None:
         return f"{series.percentile(50):.1f} / {series.percentile(99):.1f} ({series.failures}/{series.sent})"
 
     print()
-    print("| attack | ping p50 / p99 ms (failed/sent) | add_appointment | admin /ready | main RSS MB "
-          "| threads |")
+    print(
+        "| attack | ping p50 / p99 ms (failed/sent) | add_appointment | admin /ready | main RSS MB "
+        "| threads |"
+    )
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(
@@ -651,18 +662,30 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=10000, help="connections the holding attacks keep")
     parser.add_argument("--big-user", type=int, default=100_000, help="appointments of the F7 user")
     parser.add_argument("--only", default="", help="comma-separated attacks to run (baseline always runs)")
+    parser.add_argument(
+        "--tor",
+        action="store_true",
+        help="as behind Tor: attacker and legitimate client both on 127.0.0.1, and teosd "
+        "told so (--behindproxy: no per-address limits)",
+    )
     args = parser.parse_args()
+    global LEGIT, ATTACKER
+    proxy_flags: list[str] = []
+    if args.tor:
+        LEGIT = ATTACKER = "127.0.0.1"
+        proxy_flags = ["--behindproxy"] if _has_option("behindproxy") else []
     nofile = raise_nofile()
     selected = [a for a in ALL_ATTACKS if not args.only or a == "baseline" or a in args.only.split(",")]
     print(
         f"adversary: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}, open-file limit "
-        f"{nofile}, {args.seconds:.0f} s per attack, {args.connections} connections per holding attack",
+        f"{nofile}, {args.seconds:.0f} s per attack, {args.connections} connections per holding attack"
+        + (", everyone on 127.0.0.1 (--tor)" if args.tor else ""),
         flush=True,
     )
 
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="teos-adversary-") as tmp:
-        tower = Tower(Path(tmp) / "main")
+        tower = Tower(Path(tmp) / "main", proxy_flags)
         try:
             tower.start_bitcoind()
             big_key = b""
@@ -676,7 +699,7 @@ def main() -> None:
                 )
             tower.start_teosd()
             legit_key = crypto.generate_secret_key()
-            register(tower, legit_key, Dialect.RUST)
+            register(tower, legit_key, Dialect.RUST, LEGIT)
             tower.mine(150)  # the legitimate user is no longer a newcomer (--newuserblocks, 144)
             time.sleep(2)
 
@@ -743,12 +766,12 @@ def main() -> None:
             tower.stop()
 
         if "fill" in selected:
-            small = Tower(Path(tmp) / "fill", ["--maxappointments", "3000"])
+            small = Tower(Path(tmp) / "fill", ["--maxappointments", "3000", *proxy_flags])
             try:
                 small.start_bitcoind()
                 small.start_teosd()
                 legit_key = crypto.generate_secret_key()
-                register(small, legit_key, Dialect.RUST)
+                register(small, legit_key, Dialect.RUST, LEGIT)
                 small.mine(150)
                 time.sleep(2)
                 target = Target(

@@ -167,7 +167,10 @@ def test_teosd_keeps_its_datadir_private_and_the_secret_in_the_key_file_alone(
     assert {mode(p) for p in (network / "db").iterdir() if p.is_file()} == {0o600}
     assert mode(network / "teos_sk.der") == 0o600 and mode(datadir / "teosd-own.log") == 0o600
     secret = bytes(PrivateKey.from_der((network / "teos_sk.der").read_bytes()).secret)
+    assert stat.S_ISSOCK((network / "worker.sock").stat().st_mode)  # the worker channel (F5), in here too
+    assert mode(network / "worker.sock") == 0o600
     teosd.stop()
+    assert not (network / "worker.sock").exists()
     assert files_holding(network / "db", secret) == []
     for log in (datadir / "teosd-own.log", teosd.log_path):
         text = log.read_bytes()
