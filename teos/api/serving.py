@@ -9,13 +9,14 @@ worker's event loop and uses a thread only for work that is ready:
 
 1. the body, awaited on the event loop: refused at once (413) if its declared length is over the limit
    (``max_body_bytes`` for add_appointment, ``SMALL_BODY_BYTES`` for everything else), and answered
-   408 unless it is complete within ``client_timeout`` seconds. Waiting for a body costs
-   an asyncio task and the bytes received so far (at most ``max_body_bytes``), no thread;
+   408 unless it is complete within ``client_timeout`` seconds. Waiting for a body costs an asyncio
+   task and the bytes received so far (at most ``max_body_bytes``), no thread;
 2. admission: at most ``per_address`` requests in progress (waiting for, or holding, a thread) per client
    address (IPv4 address, IPv6 /64) in this worker, half its threads, so one address can never keep
-   them all busy nor queue work ahead of others; and at most ``threads + max_waiting`` in all. Beyond that the answer is an immediate 503 (``Retry-After: 1``), which costs next to
-   nothing. Behind Tor or a reverse proxy every client has the proxy's address, so ``per_address`` is
-   then off (``--behindproxy``);
+   them all busy nor queue work ahead of others; and at most ``threads + max_waiting`` in all. Beyond
+   that the answer is an immediate 503 (``Retry-After: 1``), which costs next to nothing. Behind Tor or
+   a reverse proxy every client has the proxy's address, so ``per_address`` is then off
+   (``--behindproxy``);
 3. the Flask app, in a thread of a pool of ``threads``;
 4. the answer: small ones are handed to granian whole; an answer over ``STREAM_THRESHOLD`` bytes (a
    subscription with many appointments) is streamed, each chunk produced in the pool and written on the
