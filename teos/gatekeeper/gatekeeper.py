@@ -17,7 +17,7 @@ refunded the difference; a user never goes below zero. The slots of an appointme
 appointment is watched or its penalty tracked, and come back through ``release`` when the tracker completes.
 
 Fair share when registration is free (issue 13): anyone can register as many keys as they like, so
-slots alone bound nobody. ``max_appointments_per_user`` caps what one key holds (``c|`` keeps each user's
+slots alone bound nobody. ``max_appointments_per_user`` caps what one key holds (``n|`` keeps each user's
 count), ``max_users`` caps the registered users (top-ups are always accepted), and the last
 ``new_user_reserve`` percent of ``max_appointments`` is kept for established users: once the tower is that
 full, a user registered less than ``new_user_blocks`` blocks ago may not add appointments, and new users
@@ -245,7 +245,7 @@ class Gatekeeper:
         raw = self.store.get(keys.user_count(user_id))
         if raw is not None and len(raw) == 4:
             return int.from_bytes(raw, "big")
-        return self.store.count(keys.user_appointments(user_id))  # a database from before ``c|``
+        return self.store.count(keys.user_appointments(user_id))  # a database from before ``n|``
 
     def is_new(self, user: UserRecord) -> bool:
         """Registered less than ``new_user_blocks`` blocks ago (first registration: top-ups keep it)."""

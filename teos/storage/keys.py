@@ -16,7 +16,7 @@ that they sort numerically.
     x | height(4) | user_id(33)      -> b""                 users whose data is deleted at this height
                                                             (subscription_expiry + expiry_delta)
     t | uuid(20)                     -> TrackerRecord       penalties the Responder is following
-    c | user_id(33)                  -> u32 BE              how many ``i|user_id|*`` entries the user has
+    n | user_id(33)                  -> u32 BE              how many ``i|user_id|*`` entries the user has
                                                             (written with them; absent in databases that
                                                             predate it: the index is then counted once)
     m | name (ascii)                 -> bytes               metadata (see META_* below)
@@ -44,7 +44,7 @@ USER = b"u"
 USER_APPOINTMENT = b"i"
 EXPIRY = b"x"
 TRACKER = b"t"
-USER_COUNT = b"c"
+USER_COUNT = b"n"
 META = b"m"
 
 # Metadata names (values documented beside each).
