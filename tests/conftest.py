@@ -2,7 +2,8 @@
 
 - ``bitcoind``: a started :class:`tests.support.BitcoindHandle`, parametrized over ``"simulator"`` (the
   teos-regtest simulator in a subprocess) and ``"bitcoin-core"`` (real ``bitcoind -regtest``, found via
-  $BITCOIND or PATH; skipped with a clear reason when absent). Fresh datadir per test; stopped at teardown.
+  $BITCOIND, PATH or scripts/build-bitcoind's cache; skipped with the reason when absent, a failure when
+  TEOS_REQUIRE_BITCOIN_CORE is set, as in CI). Fresh datadir per test; stopped at teardown.
 - ``simulator``: the simulator only, for tests that need its ``sim_*`` fault knobs.
 - ``bitcoind_factory``: ``factory(kind="simulator", extra_args=())`` for tests that need extra node
   options or more than one node; every node it starts is stopped at teardown.
@@ -16,13 +17,15 @@ from pathlib import Path
 import pytest
 
 from teos.storage.store import Store
-from tests.support.bitcoind import BitcoindHandle, make_handle
+from tests.support.bitcoind import BitcoindHandle, bitcoin_core_required, make_handle
 
 
 def _start(kind: str, datadir: Path, extra_args: tuple[str, ...] = ()) -> BitcoindHandle:
     try:
         handle = make_handle(kind, datadir, extra_args)
     except LookupError as e:
+        if bitcoin_core_required():
+            pytest.fail(f"TEOS_REQUIRE_BITCOIN_CORE is set: {e}")
         pytest.skip(str(e))
     handle.start()
     return handle

@@ -1,6 +1,6 @@
 """The Carrier: hands penalty transactions to bitcoind and says what became of them.
 
-Bitcoin Core's answers to ``sendrawtransaction`` (as observed on Bitcoin Core v31) mapped to a ``BroadcastStatus``:
+Bitcoin Core's answers to ``sendrawtransaction`` (as observed on v31) mapped to a ``BroadcastStatus``:
 
 - the txid back (also when the transaction is already in the mempool): ``ACCEPTED``;
 - -27 ``Transaction outputs already in utxo set``: the penalty is confirmed: ``IN_CHAIN``;

@@ -20,6 +20,19 @@ that they sort numerically.
                                                             (written with them; absent in databases that
                                                             predate it: the index is then counted once)
     m | name (ascii)                 -> bytes               metadata (see META_* below)
+    c | key                          -> bytes               the atomic store's namespace (paid towers):
+                                                            teos.storage.atomic.LevelDBAtomicStore puts
+                                                            every key it is given under ``c``. The payment
+                                                            channels use, inside it:
+        c | s | channel_id(36)       -> ChannelState        teos.payments.state (channel_id: funding txid
+                                                            in internal order | vout u32 BE)
+        c | k | channel_id(36)       -> ClaimRecord         the tower's claim of that channel, once decided
+    g | channel_id(36) | nonce(4 BE) -> b""                 grant applied: the registration paid by that
+                                                            payment was added to its user. Written by the
+                                                            Gatekeeper in the same batch as the user record
+                                                            it changes, so a grant is applied at most once
+                                                            (see teos.payments.handler). Deleted with the
+                                                            channel's record once it is forgotten.
 
 Every write of an ``a|`` entry goes through ``teos.storage.watched.put_watched``, which also writes the
 ``l|`` marker. Markers are deleted only by the Watcher, when the locator's dispute appears in a block (an
@@ -46,6 +59,8 @@ EXPIRY = b"x"
 TRACKER = b"t"
 USER_COUNT = b"n"
 META = b"m"
+ATOMIC = b"c"
+GRANT = b"g"
 
 # Metadata names (values documented beside each).
 # 32-byte secp256k1 secret key, written by teosd before issue 13; only read to migrate it to the key file
@@ -142,6 +157,18 @@ def tracker(uuid: Uuid) -> bytes:
 
 def uuid_of_tracker_key(key: bytes) -> Uuid:
     return Uuid(key[1:])
+
+
+def grant(channel_id_raw: bytes, nonce: int) -> bytes:
+    """Key of the marker saying that the payment ``nonce`` of a channel (36 raw id bytes) was granted."""
+    if len(channel_id_raw) != 36:
+        raise ValueError("a channel id is 36 bytes")
+    return GRANT + channel_id_raw + _HEIGHT.pack(nonce)
+
+
+def grants_of_channel(channel_id_raw: bytes) -> bytes:
+    """Prefix of every grant marker of one channel."""
+    return GRANT + channel_id_raw
 
 
 def locator_uuid_of_appointment_key(key: bytes) -> tuple[Locator, Uuid]:

@@ -2,7 +2,8 @@
 
 Every test runs on the ``bitcoind`` fixture (both kinds; the bitcoin-core one is skipped without a
 binary), uses only Core's own RPCs, and checks the codes, messages and shapes the tower depends on
-(observed on a real Bitcoin Core v31 regtest node). If one of these fails against real Core, the simulator is what is wrong.
+(observed on a real Bitcoin Core v31 regtest node). If one of these fails against real Core, the
+simulator is what is wrong.
 """
 
 from __future__ import annotations

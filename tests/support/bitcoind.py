@@ -240,12 +240,34 @@ class SimulatorHandle(BitcoindHandle):
         ]
 
 
+def core_build_dir() -> Path:
+    """Where ``scripts/build-bitcoind`` leaves the pinned Bitcoin Core (pin: ``scripts/bitcoin-core.env``)."""
+    pin = dict(
+        line.split("=", 1)
+        for line in (REPO_ROOT / "scripts" / "bitcoin-core.env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    cache = Path(os.environ.get("TEOS_CACHE") or xdg / "teos")
+    return cache / f"bitcoin-core-pbk-{pin['PBK_VERSION']}" / "bin"
+
+
 def find_bitcoind() -> str | None:
-    """The Bitcoin Core binary named by $BITCOIND, else ``bitcoind`` on PATH, else None."""
+    """The Bitcoin Core binary named by $BITCOIND, else ``bitcoind`` on PATH, else the pinned build in the
+    cache (``scripts/build-bitcoind``), else None."""
     named = os.environ.get("BITCOIND")
     if named:
         return named if os.path.exists(named) else shutil.which(named)
-    return shutil.which("bitcoind")
+    on_path = shutil.which("bitcoind")
+    if on_path:
+        return on_path
+    cached = core_build_dir() / "bitcoind"
+    return str(cached) if os.access(cached, os.X_OK) else None
+
+
+def bitcoin_core_required() -> bool:
+    """True where a missing Bitcoin Core must fail the run instead of skipping (CI sets it: .ci/run)."""
+    return os.environ.get("TEOS_REQUIRE_BITCOIN_CORE", "") not in ("", "0")
 
 
 class BitcoinCoreHandle(BitcoindHandle):
@@ -292,6 +314,9 @@ def make_handle(kind: str, datadir: Path, extra_args: tuple[str, ...] = ()) -> B
     if kind == "bitcoin-core":
         binary = find_bitcoind()
         if binary is None:
-            raise LookupError("no bitcoind on PATH; set BITCOIND=... to run against Bitcoin Core")
+            raise LookupError(
+                "no Bitcoin Core found ($BITCOIND, PATH, or the cache of scripts/build-bitcoind): run "
+                "./scripts/build-bitcoind (about 20 minutes) or set BITCOIND=/path/to/bitcoind"
+            )
         return BitcoinCoreHandle(datadir, binary, extra_args=extra_args)
     raise ValueError(f"unknown bitcoind kind {kind!r}")
