@@ -189,6 +189,9 @@ class GuardedApp:
         except _Refusal as r:
             self._refuse(scope, protocol, started, r.status, r.kind, r.message)
             return
+        except (OSError, RuntimeError) as e:  # the client went away (RSGIProtocolClosed) mid-body
+            log.debug("request body abandoned: %s", type(e).__name__)
+            return
         key = address_key(scope.client)
         limit = self.settings.per_address
         if limit is not None and self._in_progress.get(key, 0) >= limit:

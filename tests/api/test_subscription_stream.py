@@ -16,6 +16,7 @@ from teos.api import ipc, public
 from teos.api.ipc import CoreClient, RemoteCore
 from teos.service import SUBSCRIPTION_PAGE
 from teos.storage import keys
+from teos.storage.store import Store
 from tests.api.support import Client, Tower, appointment
 
 
@@ -90,9 +91,9 @@ def test_big_answers_at_once_are_bounded_and_their_slots_come_back(tower: Tower)
         r.close()
 
 
-def test_a_worker_cannot_ask_the_main_process_for_a_huge_page(tower: Tower) -> None:
-    if tower.core_server is None:
-        pytest.skip("the worker channel only")
+def test_a_worker_cannot_ask_the_main_process_for_a_huge_page(store: Store) -> None:
+    tower = Tower.build(store, remote=True)
+    assert tower.core_server is not None
     client = Client.new()
     tower.register(client)
     fill(tower, client, 3)
@@ -103,3 +104,4 @@ def test_a_worker_cannot_ask_the_main_process_for_a_huge_page(tower: Tower) -> N
     with pytest.raises(TypeError):
         ipc._page_limit("many")
     assert SUBSCRIPTION_PAGE <= ipc.MAX_PAGE
+    tower.close()
