@@ -9,7 +9,7 @@ engine stops and joins its threads (a block's effects are one atomic batch), the
 SIGTERM and SIGINT trigger that and teosd exits 0; a second signal during shutdown changes nothing.
 
 Serving: the public API runs in ``--apiworkers`` processes (one per core by default) under granian, a
-production WSGI server (HTTP in Rust, the Flask app in Python threads). Each worker parses and validates
+production server (HTTP in Rust, Flask in threads behind teos.api.serving). Each worker parses and validates
 requests, recovers the signer, signs the receipts, and asks this process for every state change over an
 authenticated Unix socket (``teos.api.ipc``); this process keeps the database, the Gatekeeper and the
 engine: one writer. Why: one Python process tops out near 700 add_appointment/s here (the GIL; ~1.4 ms of
