@@ -80,6 +80,7 @@ class Config:
     new_user_blocks: int = 144
     max_users: int = 1_000_000
     registrations_per_hour: int = 30
+    api_requests_per_second: int = 50
     btc_rpc_password_file: Path | None = None
     notes: tuple[str, ...] = ()  # warnings about the configuration, logged at start
 
@@ -206,6 +207,9 @@ HARDENING_OPTIONS: tuple[_Option, ...] = (
             "blocks after its first registration during which a user counts as new"),
     _Option("maxusers", "max_users", _int_in(1), "1000000",
             "registered users at most (top-ups of existing users are always accepted)"),
+    _Option("apirequestspersecond", "api_requests_per_second", _int_in(0, 1 << 20), "50",
+            "requests per second one client address may make to each API worker, a burst of twice that "
+            "(0: no limit; off with behindproxy)"),
     _Option("registrationsperhour", "registrations_per_hour", _int_in(0, 1 << 20), "30",
             "registrations and top-ups accepted per client address per hour (0: no limit; off with "
             "behindproxy)"),

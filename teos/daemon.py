@@ -249,6 +249,7 @@ class Daemon:
             max_body_bytes=DEFAULT_MAX_BODY_BYTES, debug=c.debug,
             log_file=str(c.log_file) if c.log_file else None, parent_pid=os.getpid(),
             threads=c.api_threads, client_timeout=c.client_timeout, behind_proxy=c.behind_proxy,
+            requests_per_second=c.api_requests_per_second,
             limit_registrations=self.core_server.admission is not None,
         )
         self.server = self._make_server()

@@ -11,7 +11,9 @@ worker's event loop and uses a thread only for work that is ready:
    (``max_body_bytes`` for add_appointment, ``SMALL_BODY_BYTES`` for everything else), and answered
    408 unless it is complete within ``client_timeout`` seconds. Waiting for a body costs an asyncio
    task and the bytes received so far (at most ``max_body_bytes``), no thread;
-2. admission: at most ``per_address`` requests in progress (waiting for, or holding, a thread) per client
+2. admission: at most ``rate_per_address`` requests a second per client address (a burst of twice that),
+   counted before the body is read, so a flood's CPU stays bounded whatever its concurrency; at most
+   ``per_address`` requests in progress (waiting for, or holding, a thread) per client
    address (IPv4 address, IPv6 /64) in this worker, half its threads, so one address can never keep
    them all busy nor queue work ahead of others; and at most ``threads + max_waiting`` in all. Beyond
    that the answer is an immediate 503 (``Retry-After: 1``), which costs next to nothing. Behind Tor or
@@ -41,6 +43,7 @@ import logging
 import resource
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -59,6 +62,7 @@ STREAM_THRESHOLD = 64 * 1024  # answers larger than this are streamed
 RESPONSE_TIMEOUT = 120.0  # seconds a client has to read a streamed answer
 WAITING_PER_THREAD = 16  # admitted requests waiting for a thread, per thread, before 503
 FD_RESERVE = 256  # open files a worker keeps for itself (logs, the worker channel, libraries)
+MAX_TRACKED_ADDRESSES = 100_000  # request-rate buckets kept per worker
 GUARD_ENDPOINT = "<guard>"  # the metrics label of requests the guard answers itself
 # Only add_appointment carries a blob; every other request of either client family is a few hundred
 # bytes (a 104-character signature, a 66-character key, a 32-character locator), so a bigger body there
@@ -84,18 +88,26 @@ class GuardSettings:
     max_body_bytes: int
     per_address: int | None
     max_waiting: int
+    rate_per_address: float | None = None  # requests per second (a burst of twice that)
 
     @classmethod
     def for_threads(
-        cls, threads: int, client_timeout: float, max_body_bytes: int, behind_proxy: bool
+        cls,
+        threads: int,
+        client_timeout: float,
+        max_body_bytes: int,
+        behind_proxy: bool,
+        rate_per_address: float = 0.0,
     ) -> GuardSettings:
-        """Half of a worker's threads per client address (none of that behind a proxy)."""
+        """Half of a worker's threads per client address, and ``rate_per_address`` requests a second
+        (0: no rate); none of that behind a proxy."""
         return cls(
             threads=threads,
             client_timeout=client_timeout,
             max_body_bytes=max_body_bytes,
             per_address=None if behind_proxy else max(1, threads // 2),
             max_waiting=threads * WAITING_PER_THREAD,
+            rate_per_address=None if behind_proxy or rate_per_address <= 0 else rate_per_address,
         )
 
 
@@ -152,11 +164,17 @@ class GuardedApp:
     """An RSGI app serving ``wsgi_app`` within ``settings`` (see the module docstring)."""
 
     def __init__(
-        self, wsgi_app: WsgiApp, settings: GuardSettings, observer: RequestObserver | None = None
+        self,
+        wsgi_app: WsgiApp,
+        settings: GuardSettings,
+        observer: RequestObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = wsgi_app
         self.settings = settings
         self.observer = observer
+        self.clock = clock
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
         self._pool: ThreadPoolExecutor | None = None
         self._in_progress: dict[str, int] = {}  # address key -> requests (touched on the loop only)
         self._admitted = 0
@@ -184,6 +202,11 @@ class GuardedApp:
         if scope.proto != "http":
             return
         started = time.perf_counter()
+        key = address_key(scope.client)
+        if not self._within_rate(key):
+            self._refuse(scope, protocol, started, 503, ErrorKind.SERVICE_UNAVAILABLE,
+                         "Too many requests from this address, retry later")
+            return
         try:
             body = await self._read_body(scope, protocol)
         except _Refusal as r:
@@ -192,7 +215,6 @@ class GuardedApp:
         except (OSError, RuntimeError) as e:  # the client went away (RSGIProtocolClosed) mid-body
             log.debug("request body abandoned: %s", type(e).__name__)
             return
-        key = address_key(scope.client)
         limit = self.settings.per_address
         if limit is not None and self._in_progress.get(key, 0) >= limit:
             self._refuse(scope, protocol, started, 503, ErrorKind.SERVICE_UNAVAILABLE,
@@ -207,6 +229,22 @@ class GuardedApp:
                 self._in_progress[key] = left
             else:
                 del self._in_progress[key]
+
+    def _within_rate(self, key: str) -> bool:
+        """Takes a token from ``key``'s bucket (``rate_per_address`` a second, twice that at once);
+        False when it is empty. At most ``MAX_TRACKED_ADDRESSES`` buckets, the least recent dropped."""
+        rate = self.settings.rate_per_address
+        if rate is None:
+            return True
+        now = self.clock()
+        burst = 2 * rate
+        tokens, at = self._buckets.pop(key, (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate)
+        admitted = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if admitted else tokens, now)
+        while len(self._buckets) > MAX_TRACKED_ADDRESSES:
+            self._buckets.popitem(last=False)
+        return admitted
 
     async def _serve(self, scope: Any, protocol: Any, started: float, body: bytes) -> None:
         if self._admitted >= self.settings.threads + self.settings.max_waiting:

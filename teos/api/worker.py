@@ -63,6 +63,7 @@ class WorkerSettings:
     threads: int = 8
     client_timeout: float = 10.0
     behind_proxy: bool = False
+    requests_per_second: float = 0.0  # per client address (0: no limit)
     limit_registrations: bool = False  # the main process limits registrations per address
 
     def __repr__(self) -> str:  # never print the key or the token
@@ -152,7 +153,8 @@ def build_guarded_app(settings: WorkerSettings) -> GuardedApp:
     """What granian serves in a worker: the public app behind the guard of ``teos.api.serving``."""
     app, metrics = _build(settings)
     guard = GuardSettings.for_threads(
-        settings.threads, settings.client_timeout, settings.max_body_bytes, settings.behind_proxy
+        settings.threads, settings.client_timeout, settings.max_body_bytes, settings.behind_proxy,
+        settings.requests_per_second,
     )
     return GuardedApp(app.wsgi_app, guard, observer=metrics)
 

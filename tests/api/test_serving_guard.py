@@ -67,9 +67,11 @@ class FakeProtocol:
         self.headers: list[tuple[str, str]] = []
         self.sent: list[bytes] = []
         self.streamed = False
+        self.was_read = False
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         assert not self.forbid_reading, "the guard read a body it should have refused unread"
+        self.was_read = True
         return self._chunks()
 
     async def _chunks(self) -> AsyncIterator[bytes]:
@@ -193,6 +195,32 @@ def test_beyond_the_threads_and_the_waiting_room_requests_are_refused() -> None:
 
     asyncio.run(main())
     assert sorted(p.status or 0 for p in protocols) == [200, 200, 200, 503, 503]
+
+
+def test_one_address_gets_a_rate_of_requests_others_keep_theirs() -> None:
+    """5 a second, a burst of 10: the 11th request at once is refused unread, before any thread; two
+    seconds later 10 more are admitted; another address was never affected."""
+    now = [100.0]
+    guard = GuardedApp(wsgi(lambda env: [b"{}"]), settings(per_address=None, rate_per_address=5.0),
+                       clock=lambda: now[0])
+
+    def status(client: str) -> tuple[int | None, bool]:
+        protocol = FakeProtocol([b"{}"])
+        serve(guard, (FakeScope(client=client, headers=FakeHeaders({"content-length": "2"})), protocol))
+        return protocol.status, protocol.was_read
+
+    assert [status("198.51.100.1:1") for _ in range(10)] == [(200, True)] * 10
+    assert status("198.51.100.1:2") == (503, False)
+    assert status("198.51.100.2:1") == (200, True)
+    now[0] += 2.0
+    assert [status("198.51.100.1:3") for _ in range(10)] == [(200, True)] * 10
+    assert status("198.51.100.1:4") == (503, False)
+
+
+def test_behind_a_proxy_there_is_no_rate() -> None:
+    assert GuardSettings.for_threads(8, 10.0, 1000, True, 50).rate_per_address is None
+    assert GuardSettings.for_threads(8, 10.0, 1000, False, 0).rate_per_address is None
+    assert GuardSettings.for_threads(8, 10.0, 1000, False, 50).rate_per_address == 50
 
 
 def test_a_body_declared_too_big_is_refused_unread() -> None:

@@ -49,8 +49,8 @@ def _send(port: int, method: str, path: str, body: bytes, content_type: str | No
 
 
 def _raw(port: int, data: bytes) -> bytes:
-    """The raw reply to ``data``; empty if the tower closed the connection without one (it resets a
-    connection whose header outgrows its 16 KiB buffer while the client is still sending)."""
+    """The raw reply to ``data`` (what arrived of it); empty if the tower closed the connection without
+    one (it resets a connection whose header outgrows its 16 KiB buffer while the client still sends)."""
     chunks = []
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         try:
@@ -58,7 +58,7 @@ def _raw(port: int, data: bytes) -> bytes:
             s.shutdown(socket.SHUT_WR)
             while chunk := s.recv(65536):
                 chunks.append(chunk)
-        except ConnectionResetError:
+        except OSError:  # reset, or already shut down (ENOTCONN) by the tower
             pass
     return b"".join(chunks)
 
