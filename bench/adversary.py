@@ -27,7 +27,8 @@ spends on it (main process and API workers, from /proc). After them, static chec
 (F3), whether the tower secret appears in the database files (F3), whether the bitcoind RPC password is
 on teosd's command line (F10).
 
-Nothing leaves loopback; each attack is bounded in time and connections (``--seconds``,
+Each attack process runs at nice 19: on the internet the attacker's CPU is not the tower's, and here both
+share two cores. Nothing leaves loopback; each attack is bounded in time and connections (``--seconds``,
 ``--connections``); the open-file limit of this process and of the attack processes is raised to the
 hard limit. The whole run takes a few minutes. Load on the machine is printed: compare runs made close
 together.

@@ -584,7 +584,12 @@ ATTACKS: dict[str, Callable[[Target, float], Stats]] = {
 
 
 def run(name: str, target: Target, deadline: float, queue: Any) -> None:
-    """Entry point of an attack process: runs ``ATTACKS[name]`` and puts its stats on ``queue``."""
+    """Entry point of an attack process: runs ``ATTACKS[name]`` and puts its stats on ``queue``.
+
+    The attacker runs at the lowest CPU priority: on the internet its CPU is not the tower's, and here
+    both share two cores, so without it the figures would show the machine running the attacker's own
+    Python loops rather than what the tower spends on its requests."""
+    os.nice(19)
     raise_nofile()
     try:
         stats = ATTACKS[name](target, deadline)

@@ -378,8 +378,10 @@ class GuardedApp:
     ) -> None:
         self.refused += 1
         body = json.dumps(error_body(kind, message, guess_dialect(scope.headers.get("user-agent")))).encode()
-        headers = [("content-type", "application/json"), ("connection", "close")]
-        if status == 503:
+        headers = [("content-type", "application/json")]
+        if status in (408, 413):  # the body is unfinished or unread: the connection cannot go on
+            headers.append(("connection", "close"))
+        if status == 503:  # a keep-alive client may retry on the same connection (no reconnect churn)
             headers.append(("retry-after", "1"))
         protocol.response_bytes(status, headers, body)
         if self.observer is not None:

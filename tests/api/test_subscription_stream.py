@@ -66,7 +66,10 @@ def test_refusals_come_before_any_streaming(tower: Tower) -> None:
     assert status == 400 and "expired" in body["error"]
 
 
-def test_big_answers_at_once_are_bounded_and_their_slots_come_back(tower: Tower) -> None:
+def test_big_answers_at_once_are_bounded_and_their_slots_come_back(
+    tower: Tower, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(public, "BIG_ANSWER_INTERVAL", 0.0)
     tower.service.subscription_page_size = 2
     tower.service.subscription_first_page_size = 2
     client = Client.new()
@@ -89,6 +92,23 @@ def test_big_answers_at_once_are_bounded_and_their_slots_come_back(tower: Tower)
     read.close()
     for r in held[1:]:
         r.close()
+
+
+def test_one_user_gets_a_big_answer_every_interval(tower: Tower, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(public, "big_answer_clock", lambda: now[0])
+    tower.service.subscription_page_size = 2
+    tower.service.subscription_first_page_size = 2
+    big, small = Client.new(), Client.new()
+    for client, n in ((big, 5), (small, 1)):
+        tower.register(client)
+        fill(tower, client, n)
+    assert tower.subscription_info(big)[0] == 200
+    now[0] += public.BIG_ANSWER_INTERVAL - 1
+    assert tower.subscription_info(big)[0] == 503
+    assert tower.subscription_info(small)[0] == 200  # one page: never limited
+    now[0] += 1
+    assert tower.subscription_info(big)[0] == 200
 
 
 def test_a_worker_cannot_ask_the_main_process_for_a_huge_page(store: Store) -> None:
