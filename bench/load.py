@@ -130,7 +130,8 @@ def main() -> None:
                 regtest.rpc_password,
                 regtest.zmq_url,
                 ["--apithreads", str(args.apithreads), "--apiworkers", str(args.apiworkers),
-                 "--maxappointments", "10000000"],
+                 "--maxappointments", "10000000", "--maxappointmentsperuser", "10000000",
+                 "--behindproxy"],  # every load connection comes from 127.0.0.1: no per-address share
             ),
             port,
         )

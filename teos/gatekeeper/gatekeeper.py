@@ -16,6 +16,14 @@ Slot rules: an appointment costs ``slots_for(len(blob))``; an update of the same
 refunded the difference; a user never goes below zero. The slots of an appointment stay spent while the
 appointment is watched or its penalty tracked, and come back through ``release`` when the tracker completes.
 
+Fair share when registration is free (issue 13): anyone can register as many keys as they like, so
+slots alone bound nobody. ``max_appointments_per_user`` caps what one key holds (``n|`` keeps each user's
+count), ``max_users`` caps the registered users (top-ups are always accepted), and the last
+``new_user_reserve`` percent of ``max_appointments`` is kept for established users: once the tower is that
+full, a user registered less than ``new_user_blocks`` blocks ago may not add appointments, and new users
+may not register. A flood of freshly registered keys then stops short of the users the tower already
+protects. (It cannot stop a patient attacker who registers keys long in advance: see the README.)
+
 Expiry: a user is expired once ``tip > subscription_expiry`` (requests are then refused) and the user's data
 (user record, index, watched appointments) is deleted at height ``subscription_expiry + expiry_delta``.
 Live trackers (``t|``) are never deleted here: the Responder finishes them, and their completion then
@@ -64,6 +72,11 @@ class GatekeeperConfig:
     expiry_delta: int = 6
     max_appointments: int = 1_000_000
     min_to_self_delay: int = 20
+    # Fair share (see the module docstring); these defaults keep none, teosd passes its configuration.
+    max_appointments_per_user: int | None = None
+    max_users: int | None = None
+    new_user_reserve: int = 0  # percent of max_appointments
+    new_user_blocks: int = 0
 
     def __post_init__(self) -> None:
         for name in ("subscription_slots", "subscription_duration", "max_appointments"):
@@ -71,6 +84,16 @@ class GatekeeperConfig:
                 raise ValueError(f"{name} must be positive")
         if self.expiry_delta < 0 or self.min_to_self_delay < 0:
             raise ValueError("expiry_delta and min_to_self_delay must not be negative")
+        if not 0 <= self.new_user_reserve < 100 or self.new_user_blocks < 0:
+            raise ValueError("new_user_reserve must be a percentage below 100, new_user_blocks >= 0")
+        for name in ("max_appointments_per_user", "max_users"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+    @property
+    def reserved_from(self) -> int:
+        """Appointments tower-wide from which new users are refused (the reserve starts there)."""
+        return self.max_appointments - self.max_appointments * self.new_user_reserve // 100
 
 
 def subscription_expired(user: UserRecord) -> TeosError:
@@ -91,6 +114,7 @@ class Gatekeeper:
         self._stripes = [threading.Lock() for _ in range(N_STRIPES)]
         self._counter_lock = threading.Lock()
         self._n_appointments = 0
+        self._n_users = 0
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -105,6 +129,15 @@ class Gatekeeper:
         else:
             self._n_appointments = sum(1 for _ in self.store.iterate(keys.USER_APPOINTMENT))
             log.info("appointment counter rebuilt n=%d", self._n_appointments)
+        raw = self.store.get(keys.META_N_USERS)
+        if raw is not None and len(raw) == 8:
+            self._n_users = int.from_bytes(raw, "big")
+        else:
+            self._n_users = self.store.count(keys.USER)
+            batch = Batch()
+            batch.put(keys.META_N_USERS, self._n_users.to_bytes(8, "big"))
+            self.store.commit(batch)
+            log.info("user counter rebuilt n=%d", self._n_users)
         self._started = True
 
     def stop(self) -> None:
@@ -114,6 +147,11 @@ class Gatekeeper:
     def n_appointments(self) -> int:
         """Appointments held for users (watched or responded), tower-wide."""
         return self._n_appointments
+
+    @property
+    def n_users(self) -> int:
+        """Registered users (perhaps expired, until their data is deleted)."""
+        return self._n_users
 
     # -- locking ---------------------------------------------------------------------------------
 
@@ -131,31 +169,51 @@ class Gatekeeper:
             for s in reversed(stripes):
                 self._stripes[s].release()
 
-    def _commit(self, batch: Batch, counter_delta: int, *, cap: int | None = None) -> None:
-        """Commits ``batch`` (synced); with a counter change, the counter is written in the same batch.
+    def _commit(
+        self,
+        batch: Batch,
+        counter_delta: int,
+        *,
+        cap: int | None = None,
+        users_delta: int = 0,
+        users_cap: int | None = None,
+    ) -> None:
+        """Commits ``batch`` (synced); a change of the appointment or user counter is written in the
+        same batch.
 
         The counter lock is held only around ``submit`` so counter values reach the disk in order; the
-        wait for the fsync happens outside it. With ``cap``, the batch is refused (RESOURCE_EXHAUSTED) if
-        the counter would exceed it. If the write fails, the in-memory change is undone.
+        wait for the fsync happens outside it. With ``cap`` (``users_cap``), the batch is refused
+        (RESOURCE_EXHAUSTED) if the appointment (user) counter would exceed it. If the write fails, the
+        in-memory change is undone.
         """
-        if counter_delta == 0:
+        if counter_delta == 0 and users_delta == 0:
             ticket = self.store.submit(batch)
         else:
             with self._counter_lock:
-                if cap is not None and self._n_appointments + counter_delta > cap:
+                if cap is not None and counter_delta > 0 and self._n_appointments + counter_delta > cap:
                     raise TeosError(
                         ErrorKind.RESOURCE_EXHAUSTED,
                         "The tower is not accepting new appointments (storage limit reached)",
                     )
+                if users_cap is not None and users_delta > 0 and self._n_users + users_delta > users_cap:
+                    raise TeosError(
+                        ErrorKind.RESOURCE_EXHAUSTED,
+                        "The tower is not accepting new users (user limit reached)",
+                    )
                 self._n_appointments += counter_delta
-                batch.put(keys.META_N_APPOINTMENTS, self._n_appointments.to_bytes(8, "big"))
+                self._n_users += users_delta
+                if counter_delta:
+                    batch.put(keys.META_N_APPOINTMENTS, self._n_appointments.to_bytes(8, "big"))
+                if users_delta:
+                    batch.put(keys.META_N_USERS, self._n_users.to_bytes(8, "big"))
                 ticket = self.store.submit(batch)
         try:
             ticket.wait()
         except BaseException:
-            if counter_delta:
+            if counter_delta or users_delta:
                 with self._counter_lock:
                     self._n_appointments -= counter_delta
+                    self._n_users -= users_delta
             raise
 
     # -- reads -----------------------------------------------------------------------------------
@@ -182,12 +240,53 @@ class Gatekeeper:
         if self.is_expired(user):
             raise subscription_expired(user)
 
+    def user_count(self, user_id: UserId) -> int:
+        """How many appointments (watched or responded) the user holds (its ``i|`` entries)."""
+        raw = self.store.get(keys.user_count(user_id))
+        if raw is not None and len(raw) == 4:
+            return int.from_bytes(raw, "big")
+        return self.store.count(keys.user_appointments(user_id))  # a database from before ``n|``
+
+    def is_new(self, user: UserRecord) -> bool:
+        """Registered less than ``new_user_blocks`` blocks ago (first registration: top-ups keep it)."""
+        return self.chain.tip_height - user.subscription_start < self.config.new_user_blocks
+
+    def _nearly_full(self) -> bool:
+        return self.config.new_user_reserve > 0 and self._n_appointments >= self.config.reserved_from
+
+    def _admit_new_appointment(self, user: UserRecord, held: int) -> None:
+        """Raises RESOURCE_EXHAUSTED if ``user``, holding ``held`` appointments, may not add another."""
+        cap = self.config.max_appointments_per_user
+        if cap is not None and held >= cap:
+            raise TeosError(ErrorKind.RESOURCE_EXHAUSTED,
+                            f"This user holds the most appointments the tower allows one user ({cap})")
+        if self._nearly_full() and self.is_new(user):
+            raise TeosError(ErrorKind.RESOURCE_EXHAUSTED,
+                            "The tower is nearly full; its remaining room is kept for users registered more "
+                            f"than {self.config.new_user_blocks} blocks ago")
+
     def user_appointments(self, user_id: UserId) -> list[tuple[Uuid, Locator]]:
         """The user's appointments (watched or responded) as (uuid, locator), in uuid order."""
         return [
             (keys.uuid_of_user_appointment_key(k), Locator(v))
             for k, v in self.store.iterate(keys.user_appointments(user_id))
         ]
+
+    def user_appointments_page(
+        self, user_id: UserId, after: Uuid | None, limit: int
+    ) -> tuple[list[Locator], Uuid | None]:
+        """Up to ``limit`` of the user's locators, in uuid order, from just after ``after`` (None: from the
+        start); and the uuid to continue from, or None when there are no more."""
+        prefix = keys.user_appointments(user_id)
+        start = prefix if after is None else keys.user_appointment(user_id, after) + b"\x00"
+        locators: list[Locator] = []
+        last: Uuid | None = None
+        for key, value in self.store.iterate_range(start, prefix + b"\xff" * (Uuid.SIZE + 1)):
+            if len(locators) == limit:
+                return locators, last
+            locators.append(Locator(value))
+            last = keys.uuid_of_user_appointment_key(key)
+        return locators, None
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -209,6 +308,9 @@ class Gatekeeper:
             old = self.get_user(user_id)
             batch = Batch()
             if old is None:
+                if self._nearly_full():
+                    raise TeosError(ErrorKind.RESOURCE_EXHAUSTED,
+                                    "The tower is nearly full and not accepting new users")
                 user = UserRecord(
                     user_id=user_id,
                     dialect=dialect,
@@ -233,8 +335,8 @@ class Gatekeeper:
                 raise TeosError(ErrorKind.RESOURCE_EXHAUSTED, "Subscription maximum slots count reached")
             batch.put(keys.user(user_id), user.encode())
             batch.put(keys.expiry(user.subscription_expiry + cfg.expiry_delta, user_id), b"")
-            self._commit(batch, 0)
-        log.info(
+            self._commit(batch, 0, users_delta=1 if old is None else 0, users_cap=cfg.max_users)
+        log.debug(  # debug: registration is free, and one line each let anyone fill the log
             "user registered user_id=%s slots=%d expiry=%d new=%s",
             user_id,
             user.available_slots,
@@ -279,12 +381,16 @@ class Gatekeeper:
             delta = slots_for(len(record.encrypted_blob)) - old_slots
             if delta > user.available_slots:
                 raise TeosError(ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION, NOT_ENOUGH_SLOTS)
+            held = self.user_count(user_id) if is_new else 0
+            if is_new:
+                self._admit_new_appointment(user, held)
             user = replace(user, available_slots=min(U32_MAX, user.available_slots - delta))
             batch = Batch()
             put_watched(batch, record)
             batch.put(keys.user(user_id), user.encode())
             if is_new:
                 batch.put(index_key, record.locator.raw)
+                batch.put(keys.user_count(user_id), (held + 1).to_bytes(4, "big"))
             self._commit(batch, 1 if is_new else 0, cap=self.config.max_appointments)
         return user
 
@@ -322,6 +428,8 @@ class Gatekeeper:
                 if seen:
                     user = replace(user, available_slots=min(U32_MAX, user.available_slots + refund))
                     batch.put(keys.user(user_id), user.encode())
+                    held = max(0, self.user_count(user_id) - len(seen))
+                    batch.put(keys.user_count(user_id), held.to_bytes(4, "big"))
             self._commit(batch, -removed)
 
     # -- BlockListener ---------------------------------------------------------------------------
@@ -346,11 +454,14 @@ class Gatekeeper:
             batch.delete(keys.expiry(deletion_height, user_id))
             user = self.get_user(user_id)
             removed = 0
+            deleted = False
             if user is not None and user.subscription_expiry + self.config.expiry_delta == deletion_height:
                 for key, value in self.store.iterate(keys.user_appointments(user_id)):
                     batch.delete(key)
                     batch.delete(keys.appointment(Locator(value), keys.uuid_of_user_appointment_key(key)))
                     removed += 1
                 batch.delete(keys.user(user_id))
+                batch.delete(keys.user_count(user_id))
+                deleted = True
                 log.info("user expired and deleted user_id=%s appointments=%d", user_id, removed)
-            self._commit(batch, -removed)
+            self._commit(batch, -removed, users_delta=-1 if deleted else 0)

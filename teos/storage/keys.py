@@ -16,10 +16,16 @@ that they sort numerically.
     x | height(4) | user_id(33)      -> b""                 users whose data is deleted at this height
                                                             (subscription_expiry + expiry_delta)
     t | uuid(20)                     -> TrackerRecord       penalties the Responder is following
+    n | user_id(33)                  -> u32 BE              how many ``i|user_id|*`` entries the user has
+                                                            (written with them; absent in databases that
+                                                            predate it: the index is then counted once)
     m | name (ascii)                 -> bytes               metadata:
-      m | tower_key                  -> 32 bytes            the tower's secret key (also in a 0600 file)
+      m | tower_id                   -> 33 bytes            the tower's public key (its id; not secret)
+      m | tower_key                  -> 32 bytes            legacy: the secret key, written before the key
+                                                            file became its only home; migrated, then deleted
       m | network                    -> ascii               the chain the database was made for ("regtest")
       m | n_appointments             -> u64 BE              number of ``i|`` entries (the Gatekeeper's)
+      m | n_users                    -> u64 BE              number of ``u|`` entries (the Gatekeeper's)
       m | last_block:watcher         -> hash(32)|height(4)  the last block the engine processed
       m | last_block:responder       -> hash(32)|height(4)  legacy: written by earlier versions, always
                                                             equal to the above; read only in its absence
@@ -61,16 +67,22 @@ USER = b"u"
 USER_APPOINTMENT = b"i"
 EXPIRY = b"x"
 TRACKER = b"t"
+USER_COUNT = b"n"
 META = b"m"
 ATOMIC = b"c"
 GRANT = b"g"
 
 # Metadata names (values documented beside each).
-META_TOWER_KEY = b"m" + b"tower_key"  # 32-byte secp256k1 secret key (also written to a 0600 file)
+# 32-byte secp256k1 secret key, written by teosd before issue 13; only read to migrate it to the key file
+# (see teos.towerkey), then deleted: the secret lives in the 0600 key file alone.
+META_TOWER_KEY = b"m" + b"tower_key"
+META_TOWER_ID = b"m" + b"tower_id"  # 33-byte compressed public key of the tower (its id), not secret
 # u64 BE: number of ``i|`` entries (appointments held for users, watched or responded); written only by
 # the Gatekeeper, in the same batches as the index changes.
 META_N_APPOINTMENTS = b"m" + b"n_appointments"
 META_NETWORK = b"m" + b"network"  # ascii chain name the database was created for ("regtest", ...)
+# u64 BE: number of ``u|`` entries (registered users); written only by the Gatekeeper, with them.
+META_N_USERS = b"m" + b"n_users"
 
 _HEIGHT = struct.Struct(">I")
 
@@ -109,6 +121,10 @@ def locator_marker(locator: Locator | bytes) -> bytes:
 
 def user(user_id: UserId) -> bytes:
     return USER + user_id.raw
+
+
+def user_count(user_id: UserId) -> bytes:
+    return USER_COUNT + user_id.raw
 
 
 def user_appointment(user_id: UserId, uuid: Uuid) -> bytes:
