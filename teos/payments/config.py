@@ -23,6 +23,9 @@ class PaymentConfig:
     Claims (teos.payments.claims): rebroadcast every ``rebroadcast_blocks`` blocks while unconfirmed, and
     every block once ``expiry - tip <= bump_margin``, where each block also raises the fee through a child
     paying from the tower's output (CPFP), up to ``max_bump_fee_rate``; done at ``claim_confirmations``.
+
+    ``max_unpaid_channels`` bounds the OPEN channels without a payment yet: each is looked at every block
+    until it expires, so an opener with many small outputs must not grow that work without bound.
     """
 
     price: int = 0  # satoshis per registration
@@ -35,6 +38,7 @@ class PaymentConfig:
     bump_margin: int = 36
     max_bump_fee_rate: int = 100_000
     claim_confirmations: int = 100
+    max_unpaid_channels: int = 10_000
 
     def __post_init__(self) -> None:
         checks = {
@@ -48,6 +52,7 @@ class PaymentConfig:
             "bump_margin": 0 <= self.bump_margin <= self.claim_margin,
             "max_bump_fee_rate": self.fee_rate <= self.max_bump_fee_rate <= MAX_FEE_RATE,
             "claim_confirmations": 1 <= self.claim_confirmations <= 10_000,
+            "max_unpaid_channels": 1 <= self.max_unpaid_channels <= 1_000_000,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

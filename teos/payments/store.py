@@ -8,6 +8,7 @@ changes once created.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from common.channel import ChannelId
@@ -20,6 +21,9 @@ from teos.payments.state import (
     claim_key,
 )
 from teos.storage.atomic import AtomicStore
+from teos.storage.codec import CodecError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,15 @@ class ChannelStore:
         return self.atomic.compare_and_swap(channel_key(new.channel_id), old.raw, new.encode())
 
     def all(self) -> list[Snapshot]:
-        return [Snapshot(ChannelState.decode(v), v) for _, v in self.atomic.get_by_prefix(CHANNEL_PREFIX)]
+        """Every channel. A record that cannot be decoded is logged and left out (one corrupt record must
+        not keep the tower from claiming every other channel)."""
+        out = []
+        for key, value in self.atomic.get_by_prefix(CHANNEL_PREFIX):
+            try:
+                out.append(Snapshot(ChannelState.decode(value), value))
+            except CodecError as e:
+                log.error("corrupt channel state left out key=%s error=%s", key.hex(), e)
+        return out
 
     # -- claims ----------------------------------------------------------------------------------------
 
@@ -73,5 +85,17 @@ class ChannelStore:
             raise ValueError("a swap cannot change the channel id")
         return self.atomic.compare_and_swap(claim_key(new.channel_id), old.raw, new.encode())
 
+    def forget(self, channel_id: ChannelId) -> None:
+        """Deletes a closed channel's claim, then its state (the grant markers are the Gatekeeper's)."""
+        self.atomic.delete(claim_key(channel_id))
+        self.atomic.delete(channel_key(channel_id))
+
     def claims(self) -> list[ClaimSnapshot]:
-        return [ClaimSnapshot(ClaimRecord.decode(v), v) for _, v in self.atomic.get_by_prefix(CLAIM_PREFIX)]
+        """Every claim record (a corrupt one is logged and left out, as in ``all``)."""
+        out = []
+        for key, value in self.atomic.get_by_prefix(CLAIM_PREFIX):
+            try:
+                out.append(ClaimSnapshot(ClaimRecord.decode(value), value))
+            except CodecError as e:
+                log.error("corrupt claim record left out key=%s error=%s", key.hex(), e)
+        return out
