@@ -43,6 +43,7 @@ class ChannelStore:
 
     def __init__(self, atomic: AtomicStore) -> None:
         self.atomic = atomic
+        self._decoded: dict[bytes, ChannelState] = {}
 
     # -- channels --------------------------------------------------------------------------------------
 
@@ -62,13 +63,25 @@ class ChannelStore:
 
     def all(self) -> list[Snapshot]:
         """Every channel. A record that cannot be decoded is logged and left out (one corrupt record must
-        not keep the tower from claiming every other channel)."""
+        not keep the tower from claiming every other channel).
+
+        The engine reads every channel at every block; decoding is most of that work, and most states do
+        not change between two blocks, so the states decoded by the previous call are reused when their
+        bytes are the same (a state is a pure function of its bytes)."""
+        previous = self._decoded
+        decoded: dict[bytes, ChannelState] = {}
         out = []
         for key, value in self.atomic.get_by_prefix(CHANNEL_PREFIX):
-            try:
-                out.append(Snapshot(ChannelState.decode(value), value))
-            except CodecError as e:
-                log.error("corrupt channel state left out key=%s error=%s", key.hex(), e)
+            state = previous.get(value)
+            if state is None:
+                try:
+                    state = ChannelState.decode(value)
+                except CodecError as e:
+                    log.error("corrupt channel state left out key=%s error=%s", key.hex(), e)
+                    continue
+            decoded[value] = state
+            out.append(Snapshot(state, value))
+        self._decoded = decoded
         return out
 
     # -- claims ----------------------------------------------------------------------------------------
