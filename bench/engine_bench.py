@@ -6,8 +6,9 @@ For each size, in one process:
 1. fills a fresh LevelDB store with N appointments as the service writes them (``a|`` and ``i|`` entries,
    200-300 byte blobs, a few thousand users), with big unsynced batches, then compacts it,
    and runs the engine once so that the next start is a restart; in a second, fresh process:
-2. times a restart to "ready": open the store + ``Engine.start()`` (network check, pointer, locator cache
-   rebuilt from 6 blocks of the chain) against an in-process chain of 4000-tx blocks, and its memory (RSS);
+2. times a restart to "ready": open the store + the chain side's start (start-up checks: network,
+   pointer, locator cache rebuilt from 6 blocks of the chain) against an in-process chain of 4000-tx
+   blocks, and its memory (RSS);
 3. times ``Watcher.block_connected`` on blocks of random txids (median of several): with no match, and with
    10 real breaches (real encrypted penalties that decrypt and decode), and the RSS after;
 4. reports on-disk bytes per appointment (after a compaction).
@@ -38,7 +39,9 @@ from common.dialects import locator_from_txid
 from common.tx import Transaction, TxIn, TxOut, decode_transaction
 from common.types import BlockHash, Dialect, Txid, UserId, Uuid
 from teos.chain.bitcoind import Block, BlockHeader, ChainInfo, RetryPolicy, RPCError, TxInfo
-from teos.engine import Engine, EngineConfig, decode_penalty
+from teos.chain.tip import ChainTip
+from teos.daemon import build_chain_side
+from teos.engine import EngineConfig, decode_penalty
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, UserRecord
 from teos.storage.store import Batch, Store
@@ -133,7 +136,7 @@ def fill(store: Store, n: int, rng: random.Random) -> list[UserId]:
             store.commit(batch, sync=False)
             batch = Batch()
     store.commit(batch, sync=False)
-    store.db.compact_range()
+    store.compact()
     return users
 
 
@@ -174,9 +177,9 @@ def prepare(path: Path, n: int, block_txs: int) -> dict[str, float]:
     fill(store, n, rng)
     fill_s = time.perf_counter() - t0
     chain = BenchChain(20, block_txs, random.Random(0))
-    engine = Engine(config(), store, chain, NullLedger(store), [])  # type: ignore[arg-type]
-    engine.start()
-    engine.stop()
+    parts = build_chain_side(config(), store, chain, ChainTip(), NullLedger(store))
+    parts.start()
+    parts.stop()
     store.close()
     return {"fill_s": fill_s}
 
@@ -188,11 +191,11 @@ def measure(path: Path, n: int, block_txs: int, runs: int) -> dict[str, float]:
     t0 = time.perf_counter()
     store = Store(path)
     store.open()
-    engine = Engine(config(), store, chain, NullLedger(store), [])  # type: ignore[arg-type]
-    engine.start()
+    parts = build_chain_side(config(), store, chain, ChainTip(), NullLedger(store))
+    parts.start()
     restart_s = time.perf_counter() - t0
     rss_ready = rss_mb()
-    engine.stop()
+    parts.stop()
     users = [UserId(k[1:]) for k, _ in itertools.islice(store.iterate(keys.USER), 10)]
     watcher = Watcher(store, LocatorCache(6), decode_penalty)
     time_block(watcher, [random_txid(rng) for _ in range(block_txs)], 0)  # warm-up
@@ -207,7 +210,7 @@ def measure(path: Path, n: int, block_txs: int, runs: int) -> dict[str, float]:
         some.append(elapsed)
     rss = rss_mb()
     rss_anon = rss_mb("RssAnon")
-    store.db.compact_range()
+    store.compact()
     store.close()
     disk = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     return {

@@ -30,8 +30,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.loadgen import LoadResult, run_load
+from common.client import TowerClient
 from common.types import Dialect
-from teos.demo import Process, Regtest, Teosd, TowerClient, free_port, teosd_args, wait_until
+from teos.devtools import free_port, wait_until
+from tests.support.bitcoind import BitcoindHandle, SimulatorHandle
+from tests.support.processes import Process, Teosd, clean_env, teosd_args
 
 
 def _load(url: str, args: argparse.Namespace, dialect: Dialect) -> LoadResult:
@@ -46,7 +49,7 @@ def _load(url: str, args: argparse.Namespace, dialect: Dialect) -> LoadResult:
     )
 
 
-def _start_python_teos(source: Path, workdir: Path, regtest: Regtest) -> tuple[Process, str]:
+def _start_python_teos(source: Path, workdir: Path, regtest: BitcoindHandle) -> tuple[Process, str]:
     port = free_port()
     python = os.environ.get("PYTHON_TEOS_PYTHON", sys.executable)
     args = [
@@ -70,16 +73,15 @@ def _start_python_teos(source: Path, workdir: Path, regtest: Regtest) -> tuple[P
         "--btcrpcport",
         str(regtest.rpc_port),
         "--btcrpcuser",
-        regtest.user,
+        regtest.rpc_user,
         "--btcrpcpassword",
-        regtest.password,
+        regtest.rpc_password,
         "--btcfeedconnect",
         "127.0.0.1",
         "--btcfeedport",
         str(regtest.zmq_port),
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TEOS_")}
-    env["PYTHONPATH"] = str(source)
+    env = {**clean_env(), "PYTHONPATH": str(source)}
     process = Process("python-teos", args, workdir / "python-teos.log", env)
     process.start()
 
@@ -115,7 +117,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="teos-load-") as tmp:
         workdir = Path(tmp)
-        regtest = Regtest(workdir / "bitcoind")
+        regtest = SimulatorHandle(workdir / "bitcoind")
         port = free_port()
         teosd = Teosd(
             workdir / "teos",
@@ -124,8 +126,8 @@ def main() -> None:
                 port,
                 "127.0.0.1",
                 regtest.rpc_port,
-                regtest.user,
-                regtest.password,
+                regtest.rpc_user,
+                regtest.rpc_password,
                 regtest.zmq_url,
                 ["--apithreads", str(args.apithreads), "--apiworkers", str(args.apiworkers),
                  "--maxappointments", "10000000"],
@@ -135,8 +137,7 @@ def main() -> None:
         others: list[Process] = []
         try:
             regtest.start()
-            regtest.wait_ready()
-            regtest.rpc("generatetoaddress", 1, "bcrt1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqdku202")
+            regtest.mine(1)
             teosd.start()
             teosd.wait_ready()
             ours = _load(f"http://127.0.0.1:{port}", args, Dialect.RUST)
@@ -157,12 +158,13 @@ def main() -> None:
                 print(f"ratio teos / python-teos: {ours.rate / theirs.rate:.1f}x")
         except (RuntimeError, TimeoutError, subprocess.SubprocessError) as e:
             print(f"load benchmark failed: {e}", file=sys.stderr)
-            for p in (teosd, regtest, *others):
+            for p in (teosd, *others):
                 print(f"--- {p.name}:\n{p.tail()}", file=sys.stderr)
             sys.exit(1)
         finally:
-            for p in (*others, teosd, regtest):
+            for p in (*others, teosd):
                 p.stop()
+            regtest.stop()
 
 
 if __name__ == "__main__":

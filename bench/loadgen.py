@@ -22,7 +22,9 @@ from multiprocessing.synchronize import Barrier
 from urllib.parse import urlsplit
 
 from common.appointment import Appointment
-from common.crypto import generate_secret_key, public_key, sign
+from common.client import TowerClient
+from common.crypto import generate_secret_key, sign
+from common.messages import add_appointment_body
 from common.types import Dialect, Locator
 
 
@@ -62,14 +64,12 @@ def _post(conn: http.client.HTTPConnection, path: str, body: bytes) -> tuple[int
 
 
 def register(url: str, secret_key: bytes, dialect: Dialect) -> None:
-    """Registers the user of ``secret_key`` in ``dialect`` (raises RuntimeError unless HTTP 200)."""
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
-    field = "public_key" if dialect is Dialect.PYTHON else "user_id"
-    status, body = _post(conn, "/register", json.dumps({field: public_key(secret_key).hex()}).encode())
-    conn.close()
-    if status != 200:
-        raise RuntimeError(f"register answered {status}: {body[:200]!r}")
+    """Registers the user of ``secret_key`` in ``dialect`` (``common.http.HttpError`` unless HTTP 200)."""
+    client = TowerClient.at(url, dialect, secret_key)
+    try:
+        client.register()
+    finally:
+        client.close()
 
 
 def build_appointments(secret_key: bytes, count: int, blob_size: int, seed: int) -> list[bytes]:
@@ -79,18 +79,7 @@ def build_appointments(secret_key: bytes, count: int, blob_size: int, seed: int)
         locator = Locator(seed.to_bytes(8, "big") + i.to_bytes(8, "big"))
         appointment = Appointment(locator, os.urandom(blob_size), 20)
         signature = sign(appointment.serialize(), secret_key)
-        bodies.append(
-            json.dumps(
-                {
-                    "appointment": {
-                        "locator": locator.hex(),
-                        "encrypted_blob": appointment.encrypted_blob.hex(),
-                        "to_self_delay": appointment.to_self_delay,
-                    },
-                    "signature": signature,
-                }
-            ).encode()
-        )
+        bodies.append(json.dumps(add_appointment_body(appointment, signature)).encode())
     return bodies
 
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
+from common.client import TowerClient
 from common.types import Dialect, UserId
-from teos.demo import TowerClient
 from tests.packaging.container import (
     BuiltImage,
     Container,

@@ -164,7 +164,7 @@ def test_amount_rules_around_dust() -> None:
         with pytest.raises(ChannelError):
             params.change_for(bad)
     with pytest.raises(ChannelError):
-        params.change_for(True)  # type: ignore[arg-type]
+        params.change_for(True)
     assert params.change_for(294) == 100_000 - 294 - 342
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from common import channel, crypto, psbt
 from common.channel_wire import (
@@ -32,7 +33,7 @@ def test_the_document_shows_the_computed_examples() -> None:
 
 
 def test_the_examples_check_out() -> None:
-    ex = {k: (json.loads(v) if v.startswith("{") else v) for k, v in examples().items()}
+    ex: dict[str, Any] = {k: (json.loads(v) if v.startswith("{") else v) for k, v in examples().items()}
     tower_id = UserId.from_hex(ex["terms-response"]["tower_id"])
     terms = PaymentTerms.from_json(ex["terms-response"]["terms"])
     assert terms.message().hex() == ex["terms-message"]

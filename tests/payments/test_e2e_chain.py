@@ -27,6 +27,7 @@ from teos.payments.income import FixedPrice
 from teos.payments.state import ChannelStatus, ClaimStatus
 from teos.payments.store import ChannelStore
 from teos.payments.tower_key import TowerPaymentKey
+from teos.regtest.wallet import SignedTx
 from teos.storage.atomic import MemoryAtomicStore
 from tests.payments.support import FakeLedger, pubkey, secret, user_id
 from tests.support.bitcoind import BitcoindHandle, RPCError
@@ -72,7 +73,7 @@ def height(node: BitcoindHandle) -> int:
     return int(node.rpc("getblockcount"))
 
 
-def send(node: BitcoindHandle, tx: Transaction) -> str:
+def send(node: BitcoindHandle, tx: Transaction | SignedTx) -> str:
     return str(node.rpc("sendrawtransaction", tx.raw.hex()))
 
 
