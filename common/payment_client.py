@@ -276,7 +276,9 @@ class PaymentClient:
         paid = replace(record.with_view(view, signature), payment_signature=request.payment_signature)
         return PaidRegistration(receipt, bought, paid)
 
-    def pay_retrying(self, record: ChannelRecord, registrations: int = 1, attempts: int = 3) -> PaidRegistration:
+    def pay_retrying(
+        self, record: ChannelRecord, registrations: int = 1, attempts: int = 3
+    ) -> PaidRegistration:
         """``pay``; when another payment on the channel won the race (``stale_nonce``), reads the channel
         (``get_channel``) and pays again at the next nonce, up to ``attempts`` times."""
         for attempt in range(1, attempts + 1):
