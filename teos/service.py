@@ -125,14 +125,19 @@ class TowerCore:
     """The state side of the use cases (see the module docstring); implements ``Core``.
 
     ``tip`` says where the chain is and whether bitcoind answers; ``late`` finds a breach already in the
-    chain and hands such an appointment to the engine.
+    chain and hands such an appointment to the engine. A ``paid`` tower registers users only through
+    payments (``teos.payments``): ``register`` is refused with PAYMENT_REQUIRED (the API workers answer
+    402 before asking; this guards any other way in).
     """
 
-    def __init__(self, gatekeeper: Gatekeeper, tip: TipView, late: LateBreaches, store: Store) -> None:
+    def __init__(
+        self, gatekeeper: Gatekeeper, tip: TipView, late: LateBreaches, store: Store, *, paid: bool = False
+    ) -> None:
         self.gatekeeper = gatekeeper
         self.tip = tip
         self.late = late
         self.store = store
+        self.paid = paid
 
     def _require_bitcoind(self) -> None:
         if not self.tip.bitcoind_reachable:
@@ -151,6 +156,10 @@ class TowerCore:
 
     def register(self, user_id: UserId, dialect: Dialect) -> UserRecord:
         """Registers (or tops up) ``user_id``; returns the stored subscription."""
+        if self.paid:
+            raise TeosError(
+                ErrorKind.PAYMENT_REQUIRED, "Payment required: this tower charges for registrations"
+            )
         self._require_bitcoind()
         return self.gatekeeper.register(user_id, dialect)
 

@@ -10,9 +10,10 @@ engine stay in the main process, the single writer. A worker's ``RemoteCore`` as
   so each connection must first send the 32-byte token the main process handed to its workers (in the
   spawn pickle, never in argv or the environment); a wrong token closes the connection unanswered.
 - Frames: a 4-byte big-endian length, then a ``marshal`` payload. Requests are ``(op, *args)``; answers are
-  ``("ok", result)`` or ``("err", kind_name, message, is_request_error)``. Only bytes, str, int, None,
-  tuples and lists cross (records travel as their storage encodings); ``marshal`` cannot build other
-  objects, and the peer is authenticated anyway.
+  ``("ok", result)`` or ``("err", kind_name, message, is_request_error)`` (a payment refusal adds the
+  name of its ``Refusal``). Only bytes, str, int, None, tuples and lists cross (records travel as their
+  storage encodings); ``marshal`` cannot build other objects, and the peer is authenticated anyway. A paid
+  tower adds the payment ops (``teos.payments.service.PaymentOps``) to the server's.
 - Connections: one per worker thread (kept for the thread's life); one server thread per connection,
   which blocks in the use case (a synced group commit) exactly as an in-process HTTP thread would, so
   concurrent requests still share one fsync.
@@ -32,10 +33,11 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from common.appointment import Appointment
+from common.channel_wire import PaymentError, Refusal
 from common.errors import ErrorKind, RequestError, TeosError
 from common.types import Dialect, Locator, UserId
 from teos.service import AppointmentState, Core, SubscriptionInfo
@@ -128,6 +130,7 @@ class CoreServer:
         token: bytes,
         address: str | None = None,
         on_observations: Callable[[Sequence[Observation]], None] | None = None,
+        extra_ops: Mapping[str, Callable[..., Any]] | None = None,
     ) -> None:
         self.core = core
         self.token = token
@@ -146,6 +149,10 @@ class CoreServer:
             "info": self._info,
             "observe": self._observe,
         }
+        for name, op in (extra_ops or {}).items():  # a paid tower's payment ops (teos.payments.service)
+            if name in self._ops:
+                raise ValueError(f"worker channel op {name!r} is defined twice")
+            self._ops[name] = op
 
     def start(self) -> None:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -217,6 +224,8 @@ class CoreServer:
             return ("err", ErrorKind.UNEXPECTED.name, "Unexpected error", False)
         try:
             return ("ok", self._ops[request[0]](*request[1:]))
+        except PaymentError as e:  # the check that refused it travels too (the answer's "reason")
+            return ("err", e.kind.name, e.message, False, e.reason.name)
         except TeosError as e:
             return ("err", e.kind.name, e.message, isinstance(e, RequestError))
         except Exception:
@@ -305,6 +314,8 @@ class CoreClient:
             raise TeosError(ErrorKind.SERVICE_UNAVAILABLE, "Service currently unavailable")
         if answer[0] == "ok":
             return answer[1]
+        if len(answer) == 5:
+            raise PaymentError(Refusal[answer[4]], answer[2])
         _, kind_name, message, is_request_error = answer
         kind = ErrorKind[kind_name]
         raise RequestError(kind, message) if is_request_error else TeosError(kind, message)

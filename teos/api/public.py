@@ -25,6 +25,8 @@ from common.errors import ErrorKind, RequestError, TeosError
 from common.messages import GET_SUBSCRIPTION_INFO_MESSAGE, get_appointment_message
 from common.types import Dialect, Locator, UserId
 from common.validation import parse_appointment, parse_locator, parse_signature, parse_user_id
+from teos.api.payments import count_refusal
+from teos.api.payments import gateway as payment_gateway
 from teos.service import AppointmentState, TowerService
 
 bp = Blueprint("public", __name__)
@@ -141,6 +143,10 @@ def register() -> tuple[Response, int]:
         _rust_require(body, field)
         _rust_check_hex_field(value, field, UserId.SIZE)
     user_id = parse_user_id(value)
+    paid = payment_gateway()
+    if paid is not None:  # a paid tower registers through /pay (docs/PAYMENTS.md §10)
+        count_refusal("payment_required")
+        return jsonify(paid.payment_required_body(dialect)), 402
     registration = _service().register(user_id, dialect)
     user = registration.user
     response: JsonObject = {

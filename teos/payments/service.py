@@ -36,7 +36,6 @@ from common.channel_wire import (
     payment_required_body,
     terms_response,
 )
-from common.errors import ErrorKind, TeosError
 from common.types import Dialect, Txid, UserId
 from teos.payments.handler import GrantOutcome, PaymentHandler, PaymentRules, channel_view
 from teos.payments.state import ChannelState, ChannelStatus
@@ -288,9 +287,3 @@ class PaymentGateway:
     def _channel_body(self, state: ChannelState, claim_txid: Txid | None) -> JsonObject:
         view = channel_view(state, claim_txid)
         return channel_response(view, crypto.sign(view.ack_message(), self._secret))
-
-
-def require_payment() -> TeosError:
-    """What the main process answers a ``register`` that reached it on a paid tower (the workers answer
-    402 themselves; this guards every other way in)."""
-    return TeosError(ErrorKind.PAYMENT_REQUIRED, "Payment required: this tower charges for registrations")
