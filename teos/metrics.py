@@ -27,6 +27,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from common.channel_wire import Refusal
+
 log = logging.getLogger(__name__)
 
 StatusSource = Callable[[], Mapping[str, Any]]
@@ -80,24 +82,109 @@ class _StatusCollector(Collector):
             yield gauge
 
 
+REFUSAL_REASONS = frozenset([*(r.text for r in Refusal), "payment_required"])
+
+
+class PaymentsStatus(Protocol):
+    """What the payment gauges show (``teos.payments.report.PaymentsReport`` satisfies it)."""
+
+    @property
+    def sats(self) -> Mapping[str, int]:
+        """``earned``, ``claimed``, ``at_risk``, ``lost``."""
+        ...
+
+    @property
+    def channels_by_status(self) -> Mapping[str, int]: ...
+
+    @property
+    def claims_by_status(self) -> Mapping[str, int]: ...
+
+
+class _PaymentsCollector(Collector):
+    """The payment gauges of one report, read at each scrape (nothing is kept in sync by hand)."""
+
+    def __init__(self, source: Callable[[], PaymentsStatus]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            report = self._source()
+        except Exception:
+            log.exception("metrics: payments report unavailable")
+            return
+        for kind, help_text in (
+            ("earned", "Satoshis of every accepted payment (the channels' amounts)"),
+            ("claimed", "Satoshis irrevocably claimed"),
+            ("at_risk", "Satoshis of unconfirmed claims near their deadline, or spent by someone else"),
+            ("lost", "Satoshis the users refunded before the claim confirmed"),
+        ):
+            gauge = GaugeMetricFamily(f"teos_payments_sats_{kind}", help_text)
+            gauge.add_metric([], float(report.sats.get(kind, 0)))
+            yield gauge
+        channels = GaugeMetricFamily(
+            "teos_payments_channels", "Payment channels, by status", labels=["status"]
+        )
+        for status, n in sorted(report.channels_by_status.items()):
+            channels.add_metric([status], float(n))
+        yield channels
+        claims = GaugeMetricFamily("teos_payments_claims", "Claims, by status", labels=["status"])
+        for status, n in sorted(report.claims_by_status.items()):
+            claims.add_metric([status], float(n))
+        yield claims
+
+
 class Metrics:
     """The tower's metrics (see the module docstring). Thread-safe: prometheus_client locks its values."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
-        self._breaches = Counter("teos_breaches_seen", "Breaches found (a watched locator in a block)",
-                                 registry=r)
-        self._broadcast = Counter("teos_penalties_broadcast", "Penalty transactions broadcast (rebroadcasts "
-                                  "included)", registry=r)
-        self._confirmed = Counter("teos_penalties_confirmed", "Penalty transactions seen confirmed",
-                                  registry=r)
+        self._breaches = Counter(
+            "teos_breaches_seen", "Breaches found (a watched locator in a block)", registry=r
+        )
+        self._broadcast = Counter(
+            "teos_penalties_broadcast", "Penalty transactions broadcast (rebroadcasts included)", registry=r
+        )
+        self._confirmed = Counter(
+            "teos_penalties_confirmed", "Penalty transactions seen confirmed", registry=r
+        )
         self._blocks = Counter("teos_blocks_processed", "Blocks connected and processed", registry=r)
-        self._requests = Counter("teos_http_requests", "HTTP requests answered",
-                                 ["app", "endpoint", "method", "status"], registry=r)
-        self._latency = Histogram("teos_http_request_duration_seconds", "Time to answer an HTTP request",
-                                  ["app", "endpoint"], registry=r)
+        self._requests = Counter(
+            "teos_http_requests",
+            "HTTP requests answered",
+            ["app", "endpoint", "method", "status"],
+            registry=r,
+        )
+        self._latency = Histogram(
+            "teos_http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            ["app", "endpoint"],
+            registry=r,
+        )
         self._status_bound = False
+        self._payments_bound = False
+        self._refusals = Counter(
+            "teos_payments_refusals",
+            "Payment requests refused, by the check that "
+            "refused them (payment_required: an unpaid /register)",
+            ["reason"],
+            registry=r,
+        )
+        self._claim_broadcasts = Counter(
+            "teos_payments_claim_broadcasts",
+            "Claim transactions sent to bitcoind (rebroadcasts included)",
+            ["delivered"],
+            registry=r,
+        )
+        self._claim_bumps = Counter(
+            "teos_payments_claim_bumps", "Fee bumps (CPFP children) sent for claims", registry=r
+        )
+        self._claim_failures = Counter(
+            "teos_payments_claim_failures",
+            "Steps of a claim that failed and will be tried again",
+            ["step"],
+            registry=r,
+        )
 
     # -- events --------------------------------------------------------------------------------------
 
@@ -124,6 +211,35 @@ class Metrics:
         """Records requests answered elsewhere (an API worker): (app, endpoint, method, status, seconds)."""
         for app, endpoint, method, status, seconds in observations:
             self.observe_request(endpoint, status, seconds, method=method, app=app)
+
+    # -- paid subscriptions --------------------------------------------------------------------------
+
+    def payment_refused(self, reason: str, n: int = 1) -> None:
+        """Counts ``n`` refusals; an unknown reason is counted as ``other`` (labels stay bounded)."""
+        self._refusals.labels(reason if reason in REFUSAL_REASONS else "other").inc(n)
+
+    def observe_refusals(self, counts: Iterable[tuple[str, int]]) -> None:
+        """Refusals counted elsewhere (an API worker): (reason, count) pairs."""
+        for reason, n in counts:
+            if isinstance(n, int) and n > 0:
+                self.payment_refused(str(reason), n)
+
+    def claim_broadcast(self, delivered: bool) -> None:
+        self._claim_broadcasts.labels("true" if delivered else "false").inc()
+
+    def claim_bumped(self) -> None:
+        self._claim_bumps.inc()
+
+    def claim_failure(self, step: str) -> None:
+        self._claim_failures.labels(step).inc()
+
+    def bind_payments(self, source: Callable[[], PaymentsStatus]) -> None:
+        """Pulls the payment gauges (sats earned, claimed, at risk and lost; channels and claims by status)
+        from ``source()`` at every scrape. Once only."""
+        if self._payments_bound:
+            raise RuntimeError("a payments source is already bound to these metrics")
+        self.registry.register(_PaymentsCollector(source))
+        self._payments_bound = True
 
     # -- state ---------------------------------------------------------------------------------------
 
@@ -174,6 +290,7 @@ def instrument(app: Flask, metrics: RequestObserver, name: str = "public") -> No
         if started is not None:
             rule = request.url_rule
             endpoint = rule.rule if rule is not None else UNMATCHED_ENDPOINT
-            metrics.observe_request(endpoint, response.status_code, time.perf_counter() - started,
-                                    method=request.method, app=name)
+            metrics.observe_request(
+                endpoint, response.status_code, time.perf_counter() - started, method=request.method, app=name
+            )
         return response

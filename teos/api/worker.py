@@ -9,8 +9,10 @@ the tower key, which arrives in ``WorkerSettings`` through the spawn pickle (nev
 A worker must not outlive teosd: if the main process is killed (even with SIGKILL), the kernel kills its
 workers too (``PR_SET_PDEATHSIG``), so nothing keeps answering on the API port without a tower behind it.
 
-Request metrics are counted in the worker and forwarded to the main process every second, where
-``/metrics`` shows them with everything else.
+Request metrics (and a paid tower's refusals by reason) are counted in the worker and forwarded to the
+main process every second, where ``/metrics`` shows them with everything else. A paid tower's workers
+also serve the payment endpoints (``PaymentSettings``: the terms; the payment key is derived from the
+tower key they already hold).
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ from teos.api import create_app
 from teos.api.ipc import CoreClient, Observation, RemoteCore
 from teos.logs import setup_logging
 from teos.metrics import instrument
+from teos.payments.config import PaymentConfig
+from teos.payments.handler import PaymentRules
+from teos.payments.income import FixedPrice
+from teos.payments.limits import AddressLimiter
+from teos.payments.service import PaymentBackend, PaymentGateway, RemotePayments
+from teos.payments.tower_key import TowerPaymentKey
 from teos.service import TowerService
 
 log = logging.getLogger(__name__)
@@ -52,9 +60,34 @@ class WorkerSettings:
     debug: bool
     log_file: str | None
     parent_pid: int
+    payments: PaymentSettings | None = None  # a paid tower's terms (None: free)
 
     def __repr__(self) -> str:  # never print the key or the token
         return f"WorkerSettings(address={self.address!r}, parent_pid={self.parent_pid})"
+
+
+@dataclass(frozen=True)
+class PaymentSettings:
+    """What a worker of a paid tower needs to check payments and publish the terms."""
+
+    config: PaymentConfig
+    subscription_slots: int
+    subscription_duration: int
+    network: str  # "mainnet", "regtest"... as the terms name it
+
+    def gateway(self, tower_secret_key: bytes, backend: PaymentBackend) -> PaymentGateway:
+        tower_key = TowerPaymentKey.from_tower_secret(tower_secret_key).public_key
+        rules = PaymentRules(
+            self.config,
+            FixedPrice(self.config.price),
+            tower_key,
+            self.subscription_slots,
+            self.subscription_duration,
+        )
+        terms = self.config.terms(
+            tower_key, self.subscription_slots, self.subscription_duration, self.network
+        )
+        return PaymentGateway(rules, backend, terms, tower_secret_key)
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -76,6 +109,7 @@ class ForwardingMetrics:
         self.client = client
         self._lock = threading.Lock()
         self._pending: list[Observation] = []
+        self._refusals: dict[str, int] = {}
         self._thread = threading.Thread(target=self._run, name="metrics-forwarder", daemon=True)
 
     def start(self) -> None:
@@ -88,14 +122,23 @@ class ForwardingMetrics:
             if len(self._pending) < MAX_PENDING_OBSERVATIONS:
                 self._pending.append((app, endpoint, method, status, seconds))
 
+    def payment_refused(self, reason: str) -> None:
+        """Counts a refused payment request (``reason``: one of ``common.channel_wire.Refusal``'s names, or
+        ``payment_required``: a bounded set of labels)."""
+        with self._lock:
+            self._refusals[reason] = self._refusals.get(reason, 0) + 1
+
     def flush(self) -> None:
         with self._lock:
             batch, self._pending = self._pending, []
-        if batch:
-            try:
+            refusals, self._refusals = self._refusals, {}
+        try:
+            if batch:
                 self.client.call("observe", batch)
-            except Exception as e:  # the main process is stopping or gone: these counts are lost
-                log.debug("request metrics not forwarded: %s", e)
+            if refusals:
+                self.client.call("observe_refusals", list(refusals.items()))
+        except Exception as e:  # the main process is stopping or gone: these counts are lost
+            log.debug("request metrics not forwarded: %s", e)
 
     def _run(self) -> None:
         while True:  # a daemon thread: it ends with the worker
@@ -112,8 +155,17 @@ def build_app(settings: WorkerSettings) -> Flask:
         min_to_self_delay=settings.min_to_self_delay,
         max_blob_bytes=settings.max_blob_bytes,
     )
-    app = create_app(service, max_body_bytes=settings.max_body_bytes)
     metrics = ForwardingMetrics(client)
+    payments = None
+    if settings.payments is not None:
+        payments = settings.payments.gateway(settings.tower_secret_key, RemotePayments(client.call))
+    app = create_app(
+        service,
+        max_body_bytes=settings.max_body_bytes,
+        payments=payments,
+        limiter=AddressLimiter() if payments is not None else None,
+        refusals=metrics,
+    )
     instrument(app, metrics, name="public")
     metrics.start()
     return app
