@@ -3,9 +3,12 @@
 Each part receives, through its constructor, only the narrow seams it uses (small Protocols, see
 ``teos.interfaces`` and each part's module); nothing reaches through another part. Order of ``start``:
 logging -> store (``<datadir>/<network>/db``, LevelDB; its network checked) -> tower key -> bitcoind client
--> the tip (``ChainTip``, shared by both sides) -> Gatekeeper -> the chain side (``build_chain_side``:
-Watcher, Responder, monitor, engine; its start-up checks bitcoind's network and pruning) -> TowerCore
-and its worker channel (``teos.api.ipc.CoreServer``) -> admin API -> API workers (granian). Stopping goes
+-> the tip (``ChainTip``, shared by both sides) -> Gatekeeper -> a paid tower's payments
+(``build_payments``, only when ``paymentprice`` is above 0) -> the chain side (``build_chain_side``:
+Watcher, Responder, monitor, engine, and the claims as the engine's last step; its start-up checks
+bitcoind's network and pruning) -> the grants a crash left unapplied (``PaymentsSide.reconcile``) ->
+TowerCore and its worker channel (``teos.api.ipc.CoreServer``, with the payment ops) -> admin API -> API
+workers (granian). Stopping goes
 the other way: granian stops accepting and each worker finishes the requests in hand (each request's
 write is either synced or not started, never partial), then the worker channel closes, then the chain
 side stops and joins its threads (a block's effects are one atomic batch), then the store is closed.
@@ -47,7 +50,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from coincurve import PrivateKey
 
@@ -60,16 +63,37 @@ from teos.chain.monitor import ChainMonitor, ChainSource
 from teos.chain.recent import RecentBlocks
 from teos.chain.tip import ChainTip
 from teos.config import Config
-from teos.engine.engine import Engine, EngineConfig, EngineMetrics, Inbox, NoMetrics, decode_penalty
+from teos.engine.engine import (
+    ClaimsStep,
+    Engine,
+    EngineConfig,
+    EngineMetrics,
+    Inbox,
+    NoMetrics,
+    decode_penalty,
+)
 from teos.engine.pointer import PointerStore
 from teos.engine.progress import BlockCounter, Progress
 from teos.engine.startup import BootstrapError, ChainInfoSource, Startup, StartupConfig
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.interfaces import BlockListener, SlotLedger
 from teos.logs import GRANIAN_LOGGING, setup_logging
+from teos.payments.chain import BoundedFundingChain, RpcFundingChain
+from teos.payments.claims import Claimer
+from teos.payments.config import PaymentConfig
+from teos.payments.handler import PaymentHandler
+from teos.payments.income import FixedPrice
+from teos.payments.ledger import GatekeeperLedger
+from teos.payments.operator import PaymentsOperator
+from teos.payments.report import payments_report
+from teos.payments.runner import ClaimRunner, RpcBlocks
+from teos.payments.service import PaymentCore, PaymentOps
+from teos.payments.store import ChannelStore
+from teos.payments.tower_key import TowerPaymentKey
 from teos.responder.responder import Responder
 from teos.service import DEFAULT_MAX_BLOB_BYTES, TowerCore
 from teos.storage import keys
+from teos.storage.atomic import LevelDBAtomicStore
 from teos.storage.store import Batch, StorageError, Store
 from teos.watcher.locator_cache import LocatorCache
 from teos.watcher.watcher import Watcher
@@ -83,6 +107,7 @@ if TYPE_CHECKING:  # the HTTP side (flask, granian, prometheus_client) is import
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT = 10.0  # seconds the HTTP threads get to finish the requests in hand
+ADMIN_CLAIM_TIMEOUT = 60.0  # seconds an operator's claim waits for the engine thread (a block in hand)
 
 
 class FatalError(RuntimeError):
@@ -209,6 +234,7 @@ def build_chain_side(
     ledger: SlotLedger,
     listeners: Sequence[BlockListener] = (),
     metrics: ChainMetrics | None = None,
+    claims: ClaimsStep | None = None,
 ) -> ChainSide:
     """Builds and wires the chain side (nothing starts): Watcher and Responder over the store, the
     monitor feeding the engine's inbox, one record of recent blocks for both, the tip for everyone."""
@@ -231,9 +257,60 @@ def build_chain_side(
         bitcoind, bitcoind, pointer, store, cache, tip,
     )  # fmt: skip
     engine = Engine(
-        config, inbox, tip, watcher, responder, pointer, recent, store, ledger, listeners, progress, counters
-    )
+        config, inbox, tip, watcher, responder, pointer, recent, store, ledger, listeners, progress, counters,
+        claims,
+    )  # fmt: skip
     return ChainSide(tip, cache, watcher, responder, recent, monitor, progress, startup, engine)
+
+
+# -- a paid tower's payments ------------------------------------------------------------------------
+
+
+@dataclass
+class PaymentsSide:
+    """A paid tower's payment parts, wired by ``build_payments`` (nothing runs by itself: the runner is
+    driven by the engine thread, the core by the worker channel's threads)."""
+
+    config: PaymentConfig
+    key: TowerPaymentKey
+    channels: ChannelStore
+    handler: PaymentHandler
+    core: PaymentCore
+    runner: ClaimRunner
+
+    def reconcile(self) -> None:
+        """Applies every grant a crash left unapplied (the tip must be known: run after the chain side
+        started, before the API)."""
+        applied = self.handler.reconcile()
+        log.info("payments ready channels=%d grants_applied_at_start=%d price=%d payment_key=%s",
+                 len(self.channels.all()), applied, self.config.price, self.key.public_key.hex())  # fmt: skip
+
+
+def build_payments(
+    config: PaymentConfig,
+    store: Store,
+    bitcoind: BitcoindClient,
+    tip: ChainTip,
+    gatekeeper: Gatekeeper,
+    tower_secret: bytes,
+    metrics: Metrics | None = None,
+) -> PaymentsSide:
+    """The payment parts over the tower's own database (the atomic store's ``c|`` namespace) and bitcoind:
+    the payment key derived from the tower key; funding checks through ``gettxout`` (at most two at once,
+    so requests from the network can never fill bitcoind's RPC queue and slow the engine) against the
+    engine's tip; grants applied by the Gatekeeper; claims broadcast through a Carrier."""
+    key = TowerPaymentKey.from_tower_secret(tower_secret)
+    channels = ChannelStore(LevelDBAtomicStore(store))
+    funding = BoundedFundingChain(RpcFundingChain(bitcoind.call, tip=lambda: tip.tip_height))
+    gk = gatekeeper.config
+    handler = PaymentHandler(
+        config, channels, funding, GatekeeperLedger(gatekeeper), FixedPrice(config.price), key.public_key,
+        gk.subscription_slots, gk.subscription_duration,
+    )  # fmt: skip
+    runner = ClaimRunner(
+        Claimer(config, channels, key), Carrier(bitcoind), RpcBlocks(bitcoind), gatekeeper, metrics
+    )
+    return PaymentsSide(config, key, channels, handler, PaymentCore(handler), runner)
 
 
 # -- the daemon -----------------------------------------------------------------------------------
@@ -250,6 +327,7 @@ class Daemon:
         self.metrics: Metrics | None = None
         self.gatekeeper: Gatekeeper | None = None
         self.chain: ChainSide | None = None
+        self.payments: PaymentsSide | None = None
         self.core: TowerCore | None = None
         self.core_server: CoreServer | None = None
         self.server: ApiServer | None = None
@@ -263,7 +341,7 @@ class Daemon:
         # stack; teosd needs it all.
         from teos.api import DEFAULT_MAX_BODY_BYTES
         from teos.api.ipc import TOKEN_BYTES, CoreServer
-        from teos.api.worker import WorkerSettings
+        from teos.api.worker import PaymentSettings, WorkerSettings
         from teos.metrics import Metrics
 
         c = self.config
@@ -289,39 +367,61 @@ class Daemon:
             expiry_delta=c.expiry_delta, max_appointments=c.max_appointments,
             min_to_self_delay=c.min_to_self_delay,
         ), self.tip)
+        payments = None
+        if c.payment.paid:
+            payments = self.payments = build_payments(
+                c.payment, store, bitcoind, self.tip, gatekeeper, secret, metrics
+            )
+            metrics.bind_payments(
+                lambda: payments_report(payments.channels, self.tip.tip_height, payments.config)
+            )
         chain = self.chain = build_chain_side(
             EngineConfig(
                 btc_network=c.chain_name, poll_interval=c.poll_interval, zmq_url=c.zmq_hashblock or None,
                 locator_cache_size=c.locator_cache_size, rebroadcast_after=c.rebroadcast_after,
             ),
             store, bitcoind, self.tip, gatekeeper, [gatekeeper], metrics,
+            payments.runner if payments is not None else None,
         )
         gatekeeper.start()
         try:
             chain.start()
         except BootstrapError as e:
             raise FatalError(f"cannot start on bitcoind {c.btc_rpc_connect}:{c.btc_rpc_port}: {e}") from e
-        self.core = TowerCore(gatekeeper, self.tip, chain.engine, store)
+        if payments is not None:
+            payments.reconcile()
+        self.core = TowerCore(gatekeeper, self.tip, chain.engine, store, paid=payments is not None)
+        ops: dict[str, Callable[..., Any]] = {"observe_refusals": metrics.observe_refusals}
+        if payments is not None:
+            ops.update(PaymentOps(payments.core).handlers())
         core_server = self.core_server = CoreServer(self.core, os.urandom(TOKEN_BYTES),
-                                                    on_observations=metrics.observe_requests)
+                                                    on_observations=metrics.observe_requests, extra_ops=ops)
         core_server.start()
         self._worker_settings = WorkerSettings(
             address=core_server.address, token=core_server.token, tower_secret_key=secret,
             min_to_self_delay=c.min_to_self_delay, max_blob_bytes=DEFAULT_MAX_BLOB_BYTES,
             max_body_bytes=DEFAULT_MAX_BODY_BYTES, debug=c.debug,
             log_file=str(c.log_file) if c.log_file else None, parent_pid=os.getpid(),
-        )
+            payments=PaymentSettings(c.payment, c.subscription_slots, c.subscription_duration,
+                                     c.btc_network) if payments is not None else None,
+        )  # fmt: skip
         self.server = self._make_server()
-        self._start_admin(store, chain.progress, tower_id, metrics)
+        self._start_admin(store, chain, tower_id, metrics)
 
-    def _start_admin(self, store: Store, progress: Progress, tower_id: UserId, metrics: Metrics) -> None:
+    def _start_admin(self, store: Store, chain: ChainSide, tower_id: UserId, metrics: Metrics) -> None:
         """The admin API (teos-cli, /metrics, /ready) on rpcbind:rpcport, behind the datadir's cookie."""
         from teos.admin import AdminServer, AdminServerError, StoreAdminBackend
 
         c = self.config
+        operator = None
+        if self.payments is not None:
+            p = self.payments
+            operator = PaymentsOperator(p.channels, p.config, lambda: self.tip.tip_height, p.runner,
+                                        lambda fn: chain.engine.call(fn, timeout=ADMIN_CLAIM_TIMEOUT))
         backend = StoreAdminBackend(
-            store, progress.status, tower_id, stop_callback=lambda: os.kill(os.getpid(), signal.SIGTERM)
-        )
+            store, chain.progress.status, tower_id,
+            stop_callback=lambda: os.kill(os.getpid(), signal.SIGTERM), payments=operator,
+        )  # fmt: skip
         admin = AdminServer(backend, c.network_dir, host=c.rpc_bind, port=c.rpc_port, metrics=metrics)
         try:
             admin.start()
