@@ -209,12 +209,14 @@ class PaymentClient:
             raise HttpError(status, answer)
         return answer
 
-    def terms(self) -> PaymentTerms:
-        """The tower's terms, once their signature recovers the tower id."""
+    def terms(self) -> tuple[PaymentTerms, int | None]:
+        """The tower's terms, once their signature recovers the tower id, and the tower's tip height if it
+        said (unsigned: only a help to choose an expiry)."""
         status, answer = self.tower.request("GET", "/payment_terms")
         if status != 200 or not isinstance(answer, dict):
             raise HttpError(status, answer)
-        return self.check_terms(answer)
+        tip = answer.get("tip_height")
+        return self.check_terms(answer), tip if isinstance(tip, int) and not isinstance(tip, bool) else None
 
     def check_terms(self, answer: Any) -> PaymentTerms:
         """The terms of ``answer`` (``/payment_terms``, or a 402 to ``/register``), checked."""

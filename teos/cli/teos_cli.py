@@ -80,6 +80,15 @@ class AdminClient:
     def stop(self) -> Any:
         return self._call("POST", "/stop")
 
+    def list_channels(self) -> Any:
+        return self._call("GET", "/listchannels")
+
+    def claim(self, channel_id: str) -> Any:
+        return self._call("POST", f"/claim/{quote(channel_id, safe=':')}")
+
+    def claim_all(self) -> Any:
+        return self._call("POST", "/claimall")
+
     def iter_pages(self, fetch: Callable[[str | None], Any]) -> Iterator[Any]:
         """Every item of a paged listing, one page in memory at a time."""
         cursor: str | None = None
@@ -143,6 +152,18 @@ def cmd_stop(client: AdminClient, args: argparse.Namespace, out: TextIO) -> None
     _print_json(client.stop(), out)
 
 
+def cmd_listchannels(client: AdminClient, args: argparse.Namespace, out: TextIO) -> None:
+    _print_json(client.list_channels(), out)
+
+
+def cmd_claim(client: AdminClient, args: argparse.Namespace, out: TextIO) -> None:
+    _print_json(client.claim(args.channel_id), out)
+
+
+def cmd_claimall(client: AdminClient, args: argparse.Namespace, out: TextIO) -> None:
+    _print_json(client.claim_all(), out)
+
+
 # -- arguments and configuration ---------------------------------------------------------------------
 
 
@@ -168,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user_id", help="66 hex characters")
     p.set_defaults(handler=cmd_getuser)
     sub.add_parser("stop", help="stop teosd").set_defaults(handler=cmd_stop)
+    sub.add_parser("listchannels", help="a paid tower's payment channels: status, paid, claimed, "
+                   "unclaimed, blocks to expiry, at risk").set_defaults(handler=cmd_listchannels)
+    p = sub.add_parser("claim", help="claim a channel's payments now (teosd claims by itself near expiry)")
+    p.add_argument("channel_id", help="<funding txid>:<vout>")
+    p.set_defaults(handler=cmd_claim)
+    sub.add_parser("claimall", help="claim every open channel that has been paid").set_defaults(
+        handler=cmd_claimall)
     return parser
 
 

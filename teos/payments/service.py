@@ -74,6 +74,8 @@ class PaymentBackend(Protocol):
 
     def pay(self, request: PayRequest) -> Paid: ...
 
+    def tip(self) -> int: ...
+
 
 # -- the main process -----------------------------------------------------------------------------------
 
@@ -134,6 +136,9 @@ class LocalPayments:
     def pay(self, request: PayRequest) -> Paid:
         return self.core.pay(request, verified=True)
 
+    def tip(self) -> int:
+        return self.core.handler.tip()
+
 
 # -- over the worker channel ----------------------------------------------------------------------------
 
@@ -179,13 +184,18 @@ class PaymentOps:
     """The main process's side of the worker channel: each op takes and returns what ``marshal`` carries.
     The requests come from this tower's own workers, which checked their signatures."""
 
-    OPS = ("pay_lookup", "pay_open", "pay_pay")
+    OPS = ("pay_lookup", "pay_open", "pay_pay", "pay_tip")
 
     def __init__(self, core: PaymentCore) -> None:
         self.core = core
 
     def handlers(self) -> dict[str, Callable[..., Any]]:
-        return {"pay_lookup": self.lookup, "pay_open": self.open_channel, "pay_pay": self.pay}
+        return {
+            "pay_lookup": self.lookup,
+            "pay_open": self.open_channel,
+            "pay_pay": self.pay,
+            "pay_tip": self.core.handler.tip,
+        }
 
     def lookup(self, channel_id: bytes) -> LookupWire:
         return _encode_lookup(self.core.lookup(ChannelId.from_raw(channel_id)))
@@ -213,6 +223,9 @@ class RemotePayments:
     def pay(self, request: PayRequest) -> Paid:
         return _decode_paid(self.call("pay_pay", json.dumps(request.to_json())))
 
+    def tip(self) -> int:
+        return int(self.call("pay_tip"))
+
 
 # -- the workers ----------------------------------------------------------------------------------------
 
@@ -237,7 +250,11 @@ class PaymentGateway:
     # -- answers that need no state ---------------------------------------------------------------------
 
     def terms_body(self) -> JsonObject:
-        return terms_response(self.tower_id, self.terms, self._terms_signature)
+        """The signed terms, and the tower's tip height (not signed: it helps a client choose an expiry)."""
+        return {
+            **terms_response(self.tower_id, self.terms, self._terms_signature),
+            "tip_height": self.backend.tip(),
+        }
 
     def payment_required_body(self, dialect: Dialect) -> JsonObject:
         """The 402 answer to an unpaid ``/register``."""
