@@ -35,8 +35,9 @@ CLAIM_CONFIRMATIONS = 3
 
 PAID_ARGS = (
     "--paymentprice", str(PRICE), "--paymentminconf", "1", "--paymentminblocks", str(MIN_BLOCKS),
-    "--paymentmaxchannelblocks", "2000", "--paymentclaimmargin", str(CLAIM_MARGIN), "--paymentbumpmargin", "4",
-    "--paymentrebroadcast", "2", "--paymentclaimconfirmations", str(CLAIM_CONFIRMATIONS),
+    "--paymentmaxchannelblocks", "2000", "--paymentclaimmargin", str(CLAIM_MARGIN),
+    "--paymentbumpmargin", "4", "--paymentrebroadcast", "2",
+    "--paymentclaimconfirmations", str(CLAIM_CONFIRMATIONS),
 )  # fmt: skip
 
 
