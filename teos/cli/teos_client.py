@@ -42,7 +42,7 @@ from common.payment_client import PLACEHOLDER_ID, ChannelBook, ChannelRecord, Pa
 from common.tx import TxOut, decode_transaction
 from common.types import Dialect, Locator, Txid, UserId
 from teos.cli.errors import EXIT_BAD_ANSWER, EXIT_USAGE, REPORTED, CommandError, report
-from teos.cli.wallet_rpc import WalletRPC, btc
+from teos.cli.wallet_rpc import WalletError, WalletRPC, btc
 
 DEFAULT_DATADIR = "~/.teos_client"
 DEFAULT_TOWER_PORT = 9814
@@ -532,6 +532,9 @@ def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO
                       Dialect(args.dialect) if args.dialect else None)
         out.write(_dumps(args.handler(ctx, args)))
         return 0
+    except WalletError as e:  # the user's own bitcoind refused (teos-client fundchannel/refund --bitcoind)
+        return report(CommandError(f"bitcoind refused: {e.message} ({e.code})"), err, peer="bitcoind",
+                      bad_answer=EXIT_BAD_ANSWER, http_details=True)  # fmt: skip
     except REPORTED as e:
         return report(e, err, peer="the tower", bad_answer=EXIT_BAD_ANSWER, http_details=True)
 
