@@ -50,7 +50,8 @@ def coin_for_key(node: BitcoindHandle, secret: bytes, value: int) -> Coin:
     """A confirmed P2WPKH coin of ``value`` for ``secret``: the user's own wallet, which signs the PSBT."""
     spk = script.p2wpkh(PrivateKey(secret).public_key.format())
     wallet = node.wallet()
-    source = wallet.build([wallet.fund(count=1, value=value + 50_000)[0]], [TxOut(value, spk)], change=True)
+    wallet.fund(count=1, value=value + 50_000)
+    source = wallet.build(wallet.take(1), [TxOut(value, spk)], change=True)
     node.rpc("sendrawtransaction", source.hex)
     node.mine(1)
     return Coin(source.txid, 0, value, spk)

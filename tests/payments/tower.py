@@ -131,9 +131,12 @@ class User:
 
 
 def coins(node: BitcoindHandle, n: int, value: int = 2_000_000) -> list[Coin]:
-    """``n`` confirmed coins of the node's test wallet, each spent once by ``User.fund`` (this mines 102
-    blocks: get the coins before choosing expiries)."""
-    return node.wallet().fund(count=n, value=value)[:n]
+    """``n`` confirmed coins taken from the node's test wallet (which will not spend them itself), each
+    spent once by ``User.fund``. Funding the wallet mines 102 blocks: get the coins before choosing
+    expiries."""
+    wallet = node.wallet()
+    wallet.fund(count=n, value=value)
+    return wallet.take(n)
 
 
 def wait_in_mempool(node: BitcoindHandle, txid: Txid | str, timeout: float = 30.0) -> None:
