@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote, urlencode
 
+from coincurve import PrivateKey
+
+from common import bech32, payment_key, script
 from common.cookie import CookieError, read_cookie
 from common.http import JsonHttp
 from teos.cli.errors import EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, REPORTED, CommandError, report
@@ -164,6 +167,29 @@ def cmd_claimall(client: AdminClient, args: argparse.Namespace, out: TextIO) -> 
     _print_json(client.claim_all(), out)
 
 
+def cmd_paymentkey(args: argparse.Namespace, out: TextIO) -> None:
+    """The key claims pay to, from the tower key file (teosd need not run): the address and, to spend
+    what the tower earned, the key as WIF and as a descriptor for a wallet to import. Prints a secret."""
+    datadir = Path(args.datadir or os.environ.get("TEOS_DATADIR") or DEFAULT_DATADIR).expanduser()
+    network = normalise_network(args.btcnetwork or os.environ.get("TEOS_BTCNETWORK")
+                                or _read_conf(datadir).get("btcnetwork") or DEFAULT_NETWORK)  # fmt: skip
+    path = datadir / network / "teos_sk.der"
+    try:
+        tower_secret = bytes(PrivateKey.from_der(path.read_bytes()).secret)
+    except OSError as e:
+        raise CommandError(f"cannot read the tower key {path}: {e.strerror}", EXIT_USAGE) from None
+    except ValueError as e:
+        raise CommandError(f"{path} is not a tower key: {e}", EXIT_USAGE) from None
+    secret = payment_key.derive_payment_secret(tower_secret)
+    public = PrivateKey(secret).public_key.format(compressed=True)
+    _print_json({
+        "payment_key": public.hex(),
+        "address": bech32.script_to_address(script.p2wpkh(public), network),
+        "wif": payment_key.wif(secret, network),
+        "descriptor": payment_key.descriptor(secret, network),
+    }, out)  # fmt: skip
+
+
 # -- arguments and configuration ---------------------------------------------------------------------
 
 
@@ -196,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_claim)
     sub.add_parser("claimall", help="claim every open channel that has been paid").set_defaults(
         handler=cmd_claimall)
+    sub.add_parser("paymentkey", help="the key claims pay to (from the tower key file): its address, and "
+                   "its secret as WIF and descriptor, to sweep what the tower earned (prints a secret)"
+                   ).set_defaults(offline=cmd_paymentkey)
     return parser
 
 
@@ -254,6 +283,10 @@ def make_client(args: argparse.Namespace) -> AdminClient:
 def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     args = build_parser().parse_args(argv)
     try:
+        offline = getattr(args, "offline", None)
+        if offline is not None:  # works from the datadir alone, teosd running or not
+            offline(args, out)
+            return 0
         client = make_client(args)
         args.handler(client, args, out)
         return 0

@@ -7,6 +7,8 @@ Narrated like a functional test; each test names the part of issue 14's "done wh
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import threading
@@ -22,6 +24,7 @@ from common.http import HttpError
 from common.payment_client import ChannelRecord
 from common.tx import TxOut
 from common.types import Dialect, UserId
+from teos.cli import teos_cli
 from teos.devtools import wait_until
 from tests.daemon.conftest import TeosdFactory, metric
 from tests.payments.tower import (
@@ -133,12 +136,29 @@ def test_the_full_flow_with_the_claim_confirmed_before_expiry(
     assert claim["vout"][0]["scriptPubKey"]["hex"] == script.p2wpkh(terms.tower_key).hex()
     assert claim["vout"][1]["scriptPubKey"]["hex"] == record.params.change_script.hex()
 
+    # The operator's key for what the tower earned pays exactly where the claim paid.
+    key = _paymentkey(tower)
+    assert key["address"] == claim["vout"][0]["scriptPubKey"]["address"]
+    if node.kind == "bitcoin-core":  # Core reads the descriptor (and its checksum) as teos-cli wrote it
+        body, checksum = key["descriptor"].split("#")
+        info = node.rpc("getdescriptorinfo", body)
+        assert info["checksum"] == checksum and info["hasprivatekeys"]
+        assert terms.tower_key.hex() in info["descriptor"]
+
     # The user reads the channel's final state, signed.
     final = user.payments.get_channel(record)
     assert final.status == "claimed" and final.amount == 2 * PRICE
     assert metric(tower.admin_port, "teos_payments_sats_claimed") == 2 * PRICE
     refused = 'teos_payments_refusals_total{reason="payment_required"}'  # counted by a worker, forwarded
     wait_until(lambda: _metric_or_zero(tower, refused) >= 1, 10, "the refusal to be counted")
+
+
+def _paymentkey(tower: PaidTower) -> dict[str, Any]:
+    out, err = io.StringIO(), io.StringIO()
+    args = ["--datadir", str(tower.daemon.datadir), "--btcnetwork", "regtest", "paymentkey"]
+    assert teos_cli.run(args, out=out, err=err) == 0, err.getvalue()
+    key: dict[str, Any] = json.loads(out.getvalue())
+    return key
 
 
 def _metric_or_zero(tower: PaidTower, name: str) -> float:
