@@ -258,11 +258,12 @@ class PaymentClient:
 
     def pay(self, record: ChannelRecord, registrations: int = 1) -> PaidRegistration:
         """Pays ``registrations`` times the price for this client's user id (at the record's next nonce)."""
+        params = record.params
         amount = record.amount + registrations * record.terms.price
-        if amount > record.params.max_amount:
-            raise ValueError(
-                f"the channel can pay at most {record.params.max_amount} sat; {amount} would be needed"
-            )
+        if amount > params.max_amount:
+            raise ValueError(f"the channel can pay at most {params.max_amount} sat; {amount} would be needed")
+        if amount > params.max_amount_with_change:
+            amount = params.max_amount  # its change would be dust: the last payment takes everything
         nonce = record.nonce + 1
         request = make_pay_request(
             record.params, nonce, amount, self.tower.user_id, self.tower.dialect, record.user_secret

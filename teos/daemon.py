@@ -290,18 +290,19 @@ def build_payments(
     config: PaymentConfig,
     store: Store,
     bitcoind: BitcoindClient,
-    tip: ChainTip,
+    tip: Callable[[], int],
     gatekeeper: Gatekeeper,
     tower_secret: bytes,
     metrics: Metrics | None = None,
 ) -> PaymentsSide:
     """The payment parts over the tower's own database (the atomic store's ``c|`` namespace) and bitcoind:
     the payment key derived from the tower key; funding checks through ``gettxout`` (at most two at once,
-    so requests from the network can never fill bitcoind's RPC queue and slow the engine) against the
-    engine's tip; grants applied by the Gatekeeper; claims broadcast through a Carrier."""
+    so requests from the network can never fill bitcoind's RPC queue and slow the engine) against
+    ``tip`` (the payments' idea of the chain's height); grants applied by the Gatekeeper; claims
+    broadcast through a Carrier."""
     key = TowerPaymentKey.from_tower_secret(tower_secret)
     channels = ChannelStore(LevelDBAtomicStore(store))
-    funding = BoundedFundingChain(RpcFundingChain(bitcoind.call, tip=lambda: tip.tip_height))
+    funding = BoundedFundingChain(RpcFundingChain(bitcoind.call, tip=tip))
     gk = gatekeeper.config
     handler = PaymentHandler(
         config, channels, funding, GatekeeperLedger(gatekeeper), FixedPrice(config.price), key.public_key,
@@ -370,7 +371,7 @@ class Daemon:
         payments = None
         if c.payment.paid:
             payments = self.payments = build_payments(
-                c.payment, store, bitcoind, self.tip, gatekeeper, secret, metrics
+                c.payment, store, bitcoind, self._payments_tip, gatekeeper, secret, metrics
             )
             metrics.bind_payments(
                 lambda: payments_report(payments.channels, self.tip.tip_height, payments.config)
@@ -407,6 +408,13 @@ class Daemon:
         )  # fmt: skip
         self.server = self._make_server()
         self._start_admin(store, chain, tower_id, metrics)
+
+    def _payments_tip(self) -> int:
+        """The height payments are checked against: the higher of the last block processed and bitcoind's
+        tip as last seen. While the tower catches up after downtime, the processed tip lags; checking a
+        payment's expiry against it would accept payments on channels whose refund is already valid."""
+        seen = self.chain.monitor.best_height_seen if self.chain is not None else -1
+        return max(self.tip.tip_height, seen)
 
     def _start_admin(self, store: Store, chain: ChainSide, tower_id: UserId, metrics: Metrics) -> None:
         """The admin API (teos-cli, /metrics, /ready) on rpcbind:rpcport, behind the datadir's cookie."""
