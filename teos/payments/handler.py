@@ -1,8 +1,11 @@
 """The payment handler: opens channels, validates payments, and grants what they buy exactly once.
 
-No HTTP here: the service (part 2) parses requests with ``common.channel_wire`` and calls these methods;
-every refusal is a ``PaymentError`` whose reason names the check, and a refused request has changed
-nothing (no state written, no grant applied).
+No HTTP here: the API parses requests with ``common.channel_wire`` and the use cases
+(``teos.payments.service``) call these; every refusal is a ``PaymentError`` whose reason names the check,
+and a refused request has changed nothing (no state written, no grant applied). The checks that need
+neither the store nor bitcoind are ``PaymentRules``: the API workers run them (the signatures are the
+CPU work of a request), and the ``PaymentHandler`` in the main process runs them again against the state
+it swaps from, without the signatures (``verified=True``).
 
 A payment is accepted in this order, cheapest checks first so that a forged request costs the tower no
 bitcoind call: the channel exists; the request is signed by the channel's key; it is OPEN; the nonce is
@@ -16,7 +19,8 @@ checked against, so of two concurrent payments on one channel at most one is acc
 Grants and atomicity. The accepted state carries the grant it pays for (``last_grant``): the CAS is the
 commit point of the payment, and the grant is applied after it through ``GrantLedger.apply``, which is
 idempotent per (channel, nonce) (the Gatekeeper writes the marker ``g|channel|nonce`` in the same batch as
-the user record, part 2). Three rules make "slots are never granted twice, and never lost":
+the user record: ``Gatekeeper.apply_grant``, through ``teos.payments.ledger``). Three rules make "slots
+are never granted twice, and never lost":
 
 1. before a payment replaces ``last_grant`` (its CAS), the handler applies the grant it replaces;
 2. after its CAS it applies its own grant, and answers only once that is done;
@@ -70,7 +74,7 @@ class GrantOutcome:
 
 
 class GrantLedger(Protocol):
-    """What the handler needs from the Gatekeeper (part 2 implements it there)."""
+    """What the handler needs from the Gatekeeper (``teos.payments.ledger.GatekeeperLedger`` over it)."""
 
     def check(self, grant: Grant) -> None:
         """Raises a TeosError if ``grant`` would be refused now (the user is registered in the other
