@@ -32,8 +32,16 @@ when the file is lost, it is restored from there so the tower id does not change
 replaces both. The tower id (the public key) is logged at start.
 
 Fatal start-up errors (bad configuration, database locked by another teosd or made for another network,
-bitcoind unreachable or on another network, port in use) raise ``FatalError`` with an actionable message;
-``main`` exits 1.
+bitcoind unreachable, answering garbage or on another network for ``--btcstartuptimeout`` seconds, port
+in use) raise ``FatalError`` with an actionable message; ``main`` logs it on one line and exits 1.
+
+The watchdog (``teos.engine.watchdog``, ``--watchdogtimeout``, 0 turns it off): when the engine thread
+or a monitor thread has stopped, or no block was processed for that long while bitcoind answers and its
+tip is ahead, the tower has stopped watching. Registrations and appointments are refused (503) from that
+moment, ``/ready`` and ``gettowerinfo`` say why, an ERROR is logged, and teosd stops as on SIGTERM and
+exits with status 3 (``EXIT_WATCHDOG``) so that its service manager starts it again (crash-only: the new
+process resumes from the database). The API refuses as soon as a watching thread is dead even with the
+watchdog off.
 """
 
 from __future__ import annotations
@@ -57,7 +65,7 @@ from coincurve import PrivateKey
 from common import crypto
 from common.fsutil import write_private_file
 from common.types import UserId
-from teos.chain.bitcoind import BitcoindClient, BitcoindConfig
+from teos.chain.bitcoind import BitcoindClient, BitcoindConfig, RetryPolicy
 from teos.chain.carrier import BroadcastRPC, Carrier
 from teos.chain.monitor import ChainMonitor, ChainSource
 from teos.chain.recent import RecentBlocks
@@ -75,6 +83,7 @@ from teos.engine.engine import (
 from teos.engine.pointer import PointerStore
 from teos.engine.progress import BlockCounter, Progress
 from teos.engine.startup import BootstrapError, ChainInfoSource, Startup, StartupConfig
+from teos.engine.watchdog import Watchdog
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.interfaces import BlockListener, SlotLedger
 from teos.logs import GRANIAN_LOGGING, setup_logging
@@ -108,6 +117,8 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT = 10.0  # seconds the HTTP threads get to finish the requests in hand
 ADMIN_CLAIM_TIMEOUT = 60.0  # seconds an operator's claim waits for the engine thread (a block in hand)
+EXIT_FATAL = 1  # could not start, or could not go on (see the log's "fatal:" line)
+EXIT_WATCHDOG = 3  # the watchdog ended a tower that had stopped watching the chain
 
 
 class FatalError(RuntimeError):
@@ -218,6 +229,15 @@ class ChainSide:
         resume = self.startup.run()
         self.engine.start(resume.tip)
         self.monitor.start(resume.tip, resume.known)
+
+    @property
+    def processed_height(self) -> int:
+        """Height of the last block processed (what the watchdog counts as progress)."""
+        return self.engine.processed_height
+
+    def stopped_threads(self) -> list[str]:
+        """The watching threads (engine, walker, ZMQ listener) that have stopped while running."""
+        return [*self.engine.stopped_threads(), *self.monitor.stopped_threads()]
 
     def stop(self, timeout: float = 10.0) -> None:
         self.startup.cancel()
@@ -334,6 +354,9 @@ class Daemon:
         self.server: ApiServer | None = None
         self.admin: AdminServer | None = None
         self.tower_id: UserId | None = None
+        self.watchdog: Watchdog | None = None
+        self.health: Health | None = None
+        self.exit_status = 0  # set when something other than a signal ends teosd (the watchdog)
         self._worker_settings: WorkerSettings | None = None
         self._stopped = threading.Event()
 
@@ -361,7 +384,7 @@ class Daemon:
 
         bitcoind = self.bitcoind = BitcoindClient(BitcoindConfig(
             host=c.btc_rpc_connect, port=c.btc_rpc_port, user=c.btc_rpc_user, password=c.btc_rpc_password,
-            cookie_file=None if c.btc_rpc_user else c.btc_rpc_cookie,
+            cookie_file=None if c.btc_rpc_user else c.btc_rpc_cookie, timeout=c.btc_rpc_timeout,
         ))
         gatekeeper = self.gatekeeper = Gatekeeper(store, GatekeeperConfig(
             subscription_slots=c.subscription_slots, subscription_duration=c.subscription_duration,
@@ -380,6 +403,7 @@ class Daemon:
             EngineConfig(
                 btc_network=c.chain_name, poll_interval=c.poll_interval, zmq_url=c.zmq_hashblock or None,
                 locator_cache_size=c.locator_cache_size, rebroadcast_after=c.rebroadcast_after,
+                startup_retry=RetryPolicy(initial_delay=0.5, max_delay=10.0, max_wait=c.btc_startup_timeout),
             ),
             store, bitcoind, self.tip, gatekeeper, [gatekeeper], metrics,
             payments.runner if payments is not None else None,
@@ -389,9 +413,17 @@ class Daemon:
             chain.start()
         except BootstrapError as e:
             raise FatalError(f"cannot start on bitcoind {c.btc_rpc_connect}:{c.btc_rpc_port}: {e}") from e
+        if c.watchdog_timeout > 0:
+            self.watchdog = Watchdog(chain, bitcoind.get_block_count, c.watchdog_timeout, self._on_watchdog)
+            self.watchdog.start()
+            log.info("watchdog on timeout=%.0fs", c.watchdog_timeout)
+        else:
+            log.warning("watchdog off (--watchdogtimeout 0): a stuck engine is not restarted")
+        health = self.health = Health(chain, self.watchdog)
         if payments is not None:
             payments.reconcile()
-        self.core = TowerCore(gatekeeper, self.tip, chain.engine, store, paid=payments is not None)
+            payments.core.watching = health
+        self.core = TowerCore(gatekeeper, self.tip, chain.engine, store, health, paid=payments is not None)
         ops: dict[str, Callable[..., Any]] = {"observe_refusals": metrics.observe_refusals}
         if payments is not None:
             ops.update(PaymentOps(payments.core).handlers())
@@ -407,7 +439,7 @@ class Daemon:
                                      c.btc_network) if payments is not None else None,
         )  # fmt: skip
         self.server = self._make_server()
-        self._start_admin(store, chain, tower_id, metrics)
+        self._start_admin(store, chain, health, tower_id, metrics)
 
     def _payments_tip(self) -> int:
         """The height payments are checked against: the higher of the last block processed and bitcoind's
@@ -416,9 +448,19 @@ class Daemon:
         seen = self.chain.monitor.best_height_seen if self.chain is not None else -1
         return max(self.tip.tip_height, seen)
 
-    def _start_admin(self, store: Store, chain: ChainSide, tower_id: UserId, metrics: Metrics) -> None:
+    def _on_watchdog(self, reason: str) -> None:
+        """The watchdog tripped (it logged why): stop as on SIGTERM, and exit with ``EXIT_WATCHDOG``."""
+        self.exit_status = EXIT_WATCHDOG
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def _start_admin(
+        self, store: Store, chain: ChainSide, health: Health, tower_id: UserId, metrics: Metrics
+    ) -> None:
         """The admin API (teos-cli, /metrics, /ready) on rpcbind:rpcport, behind the datadir's cookie."""
         from teos.admin import AdminServer, AdminServerError, StoreAdminBackend
+
+        def status() -> dict[str, Any]:
+            return {**chain.progress.status(), "stopped_watching": health.stopped_watching()}
 
         c = self.config
         operator = None
@@ -427,7 +469,7 @@ class Daemon:
             operator = PaymentsOperator(p.channels, p.config, lambda: self.tip.tip_height, p.runner,
                                         lambda fn: chain.engine.call(fn, timeout=ADMIN_CLAIM_TIMEOUT))
         backend = StoreAdminBackend(
-            store, chain.progress.status, tower_id,
+            store, status, tower_id,
             stop_callback=lambda: os.kill(os.getpid(), signal.SIGTERM), payments=operator,
         )  # fmt: skip
         admin = AdminServer(backend, c.network_dir, host=c.rpc_bind, port=c.rpc_port, metrics=metrics)
@@ -476,6 +518,8 @@ class Daemon:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.admin is not None:
             with contextlib.suppress(Exception):
                 self.admin.stop()  # stops listening and deletes the cookie
@@ -492,6 +536,21 @@ class Daemon:
         if self.store is not None:
             self.store.close()
             log.info("database closed")
+
+
+class Health:
+    """Whether the tower watches the chain, for the API and the admin status: the watchdog's reason, or
+    (with the watchdog off) a watching thread found dead right now. Satisfies ``teos.interfaces.Watching``."""
+
+    def __init__(self, chain: ChainSide, watchdog: Watchdog | None) -> None:
+        self._chain = chain
+        self._watchdog = watchdog
+
+    def stopped_watching(self) -> str | None:
+        if self._watchdog is not None:
+            return self._watchdog.stopped_watching()
+        stopped = self._chain.stopped_threads()
+        return f"thread {', '.join(stopped)} stopped" if stopped else None
 
 
 class _Signals:
@@ -519,7 +578,8 @@ class _Signals:
 
 
 def run(config: Config) -> int:
-    """Runs teosd until a signal; returns the exit status (0 after a clean stop, 1 on a fatal error)."""
+    """Runs teosd until a signal; returns the exit status (0 after a clean stop, 1 on a fatal error, 3
+    when the watchdog ended it)."""
     setup_logging(config.debug, config.log_file)
     daemon = Daemon(config)
     signals = _Signals()
@@ -532,19 +592,21 @@ def run(config: Config) -> int:
         pass
     except SystemExit as e:  # granian gave up: its workers kept dying
         log.error("fatal: the API workers failed repeatedly (exit %s); see the errors above", e.code)
-        status = 1
+        status = EXIT_FATAL
     except FatalError as e:
-        log.error("fatal: %s", e)
-        status = 1
+        log.error("fatal: %s", " ".join(str(e).split()))
+        status = EXIT_FATAL
     except Exception:
         log.exception("fatal: unexpected error")
-        status = 1
+        status = EXIT_FATAL
     finally:
         signals.disarm()
+    if daemon.exit_status:
+        status = daemon.exit_status
     try:
         daemon.stop()
     except Exception:
         log.exception("error while stopping")
-        status = 1
+        status = status or EXIT_FATAL
     log.info("teosd stopped status=%d", status)
     return status

@@ -16,6 +16,7 @@ refuses it before asking for any change.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -36,11 +37,15 @@ from common.channel_wire import (
     payment_required_body,
     terms_response,
 )
+from common.errors import ErrorKind, TeosError
 from common.types import Dialect, Txid, UserId
+from teos.interfaces import Watching
 from teos.payments.handler import GrantOutcome, PaymentHandler, PaymentRules, channel_view
 from teos.payments.state import ChannelState, ChannelStatus
 
 JsonObject = dict[str, Any]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,9 +89,17 @@ class PaymentCore:
     """The state side (see the module docstring). It refuses a new channel while the tower holds
     ``max_unpaid_channels`` OPEN channels that have not paid yet (``PaymentConfig``)."""
 
-    def __init__(self, handler: PaymentHandler) -> None:
+    def __init__(self, handler: PaymentHandler, watching: Watching | None = None) -> None:
         self.handler = handler
         self.store = handler.store
+        self.watching = watching
+
+    def _require_watching(self) -> None:
+        """No channel is opened and no receipt signed by a tower that has stopped watching the chain."""
+        reason = self.watching.stopped_watching() if self.watching is not None else None
+        if reason is not None:
+            log.warning("payment refused: the tower is not watching the chain reason=%s", reason)
+            raise TeosError(ErrorKind.SERVICE_UNAVAILABLE, "Service currently unavailable")
 
     def lookup(self, channel_id: ChannelId) -> ChannelLookup:
         snap = self.store.get(channel_id)
@@ -98,6 +111,7 @@ class PaymentCore:
         )
 
     def open_channel(self, request: OpenChannelRequest, verified: bool = False) -> ChannelState:
+        self._require_watching()
         if self.store.get(request.channel_id) is None:
             unpaid = sum(
                 1 for s in self.store.all() if s.state.status is ChannelStatus.OPEN and s.state.amount == 0
@@ -110,6 +124,7 @@ class PaymentCore:
         return self.handler.open_channel(request, verified=verified)
 
     def pay(self, request: PayRequest, verified: bool = False) -> Paid:
+        self._require_watching()
         result = self.handler.pay(request, verified=verified)
         claim = self.store.get_claim(request.channel_id)
         return Paid(
