@@ -19,7 +19,7 @@ from common.channel_wire import (
     make_open_request,
     make_pay_request,
 )
-from common.errors import ErrorKind
+from common.errors import ErrorKind, TeosError
 from common.types import Dialect, Txid, UserId
 from teos.payments.chain import BoundedFundingChain, ChainUnavailable, TxOutInfo
 from teos.payments.config import PaymentConfig
@@ -196,3 +196,36 @@ def test_the_limiter_allows_a_burst_then_the_rate_and_never_limits_loopback() ->
         limiter.allow(f"198.51.100.{i}")
     assert len(limiter._buckets) == 3  # bounded memory
     assert is_loopback("127.8.9.10") and not is_loopback("10.0.0.1") and not is_loopback("nonsense")
+
+
+class Stopped:
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def stopped_watching(self) -> str | None:
+        return self.reason
+
+
+def test_a_tower_that_stopped_watching_opens_nothing_and_signs_no_payment() -> None:
+    gateway, chain, ledger, core = build(remote=False)
+    watching = Stopped()
+    core.watching = watching
+    params = make_params(value=200_000, expiry=600)
+    chain.fund(params)
+    gateway.open_channel(make_open_request(params, USER_SECRET))
+    watching.reason = "the engine thread died"
+    with pytest.raises(TeosError) as info:
+        gateway.pay(make_pay_request(params, 1, PRICE, user_id(1), Dialect.RUST, USER_SECRET))
+    assert info.value.kind is ErrorKind.SERVICE_UNAVAILABLE and ledger.applied == {}
+    other = make_params(value=200_000, expiry=600, vout=5)
+    chain.fund(other)
+    with pytest.raises(TeosError) as info:
+        gateway.open_channel(make_open_request(other, USER_SECRET))
+    assert info.value.kind is ErrorKind.SERVICE_UNAVAILABLE
+    watching.reason = None
+    assert (
+        gateway.pay(make_pay_request(params, 1, PRICE, user_id(1), Dialect.RUST, USER_SECRET))[
+            "registrations"
+        ]
+        == 1
+    )
