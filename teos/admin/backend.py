@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from common.channel import ChannelId
 from common.types import Locator, UserId
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, CodecError, TrackerRecord, UserRecord, decode_block_pointer
@@ -81,6 +82,26 @@ class AdminBackend(Protocol):
     def user(self, user_id: UserId) -> JsonObject | None: ...
 
     def stop(self) -> None: ...
+
+    def payments(self) -> PaymentsAdmin | None:
+        """The payment controls of a paid tower (None: a free tower)."""
+        ...
+
+
+class PaymentsAdmin(Protocol):
+    """What ``teos-cli`` can do with a paid tower's channels (``teos.payments.operator`` satisfies it)."""
+
+    def channels(self) -> JsonObject:
+        """Every channel (paid, claimed, unclaimed, blocks to expiry, at risk) and the totals."""
+        ...
+
+    def claim(self, channel_id: ChannelId) -> JsonObject:
+        """Claims one channel now (on the engine thread)."""
+        ...
+
+    def claim_all(self) -> JsonObject:
+        """Claims every open channel with a payment."""
+        ...
 
 
 # -- JSON shapes of the stored records ----------------------------------------------------------------
@@ -152,7 +173,9 @@ class StoreAdminBackend:
         *,
         max_blocks_behind: int = 1,
         max_tip_age: float = 600.0,
+        payments: PaymentsAdmin | None = None,
     ) -> None:
+        self._payments = payments
         self._store = store
         self._engine_status = engine_status
         self._tower_id = tower_id
@@ -311,3 +334,6 @@ class StoreAdminBackend:
     def stop(self) -> None:
         log.info("stop requested through the admin API")
         self._stop_callback()
+
+    def payments(self) -> PaymentsAdmin | None:
+        return self._payments

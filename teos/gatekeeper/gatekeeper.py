@@ -1,7 +1,8 @@
 """The Gatekeeper: who may use the tower, and how much of it.
 
-It owns the users' subscriptions (``u|``), their appointment index (``i|``), the expiry schedule (``x|``)
-and the tower-wide count of stored appointments (``m|n_appointments``). Every change of a user's state is a
+It owns the users' subscriptions (``u|``), their appointment index (``i|``), the expiry schedule (``x|``),
+the tower-wide count of stored appointments (``m|n_appointments``) and, on a paid tower, the markers of the
+payments whose registrations it added (``g|``, see ``apply_grant``). Every change of a user's state is a
 read-modify-write of the user record under that user's lock, committed as ONE synced batch together with
 the appointment it pays for; a request returns only once that batch is on disk.
 
@@ -41,9 +42,11 @@ from dataclasses import dataclass, replace
 
 from common import crypto
 from common.appointment import slots_for
+from common.channel import ChannelId
 from common.errors import ErrorKind, TeosError
 from common.types import BlockHash, Dialect, Locator, UserId, Uuid
 from teos.interfaces import TipView
+from teos.payments.state import Grant
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, UserRecord
 from teos.storage.store import Batch, Store
@@ -94,6 +97,15 @@ class GatekeeperConfig:
     def reserved_from(self) -> int:
         """Appointments tower-wide from which new users are refused (the reserve starts there)."""
         return self.max_appointments - self.max_appointments * self.new_user_reserve // 100
+
+
+def wrong_dialect(user: UserRecord) -> TeosError:
+    """A user registered in one dialect asked for (or paid for) a registration in the other."""
+    return TeosError(
+        ErrorKind.REGISTRATION_WRONG_FIELD_FORMAT,
+        f"This user is registered with the {user.dialect.value}-teos client dialect; "
+        f"register with `{'public_key' if user.dialect is Dialect.PYTHON else 'user_id'}`",
+    )
 
 
 def subscription_expired(user: UserRecord) -> TeosError:
@@ -320,11 +332,7 @@ class Gatekeeper:
                 )
             else:
                 if old.dialect is not dialect:
-                    raise TeosError(
-                        ErrorKind.REGISTRATION_WRONG_FIELD_FORMAT,
-                        f"This user is registered with the {old.dialect.value}-teos client dialect; "
-                        f"register with `{'public_key' if old.dialect is Dialect.PYTHON else 'user_id'}`",
-                    )
+                    raise wrong_dialect(old)
                 user = replace(
                     old,
                     available_slots=old.available_slots + cfg.subscription_slots,
@@ -344,6 +352,73 @@ class Gatekeeper:
             old is None,
         )
         return user
+
+    # -- paid registrations (teos.payments) ------------------------------------------------------
+
+    def check_grant(self, grant: Grant) -> None:
+        """Raises REGISTRATION_WRONG_FIELD_FORMAT if the grant's user is registered in the other dialect
+        (checked before a payment is accepted; ``apply_grant`` itself never refuses)."""
+        user = self.get_user(grant.user_id)
+        if user is not None and user.dialect is not grant.dialect:
+            raise wrong_dialect(user)
+
+    def apply_grant(self, grant: Grant) -> tuple[UserRecord, bool]:
+        """Adds what one accepted payment bought to its user, exactly once; returns the user's record and
+        whether this call applied it.
+
+        Under the user's lock: if the marker ``g|channel|nonce`` exists the grant was applied before and
+        the current record is returned. Otherwise the user is created at the tip if new (an existing user
+        keeps its dialect), gets ``grant.slots`` more slots (capped at 2^32-1) and an expiry extended by
+        ``grant.duration`` from the later of its expiry and the tip (as ``register``), its ``x|`` entry
+        moves, and the user record, the ``x|`` entry and the marker are committed as one synced batch.
+        It never refuses: the payment it pays for is already accepted (docs/PAYMENTS.md §11).
+        """
+        cfg = self.config
+        user_id = grant.user_id
+        marker = keys.grant(grant.channel_id.raw, grant.nonce)
+        with self._locked([user_id]):
+            tip = self.chain.tip_height
+            old = self.get_user(user_id)
+            if self.store.get(marker) is not None:
+                if old is None:  # applied, and the user has expired and been deleted since
+                    old = UserRecord(user_id, grant.dialect, 0, tip, tip)
+                return old, False
+            batch = Batch()
+            if old is None:
+                user = UserRecord(
+                    user_id, grant.dialect, min(U32_MAX, grant.slots), tip, tip + grant.duration
+                )
+            else:
+                batch.delete(keys.expiry(old.subscription_expiry + cfg.expiry_delta, user_id))
+                user = replace(
+                    old,
+                    available_slots=min(U32_MAX, old.available_slots + grant.slots),
+                    subscription_expiry=max(old.subscription_expiry, tip) + grant.duration,
+                )
+            if user.subscription_expiry + cfg.expiry_delta > U32_MAX:
+                user = replace(user, subscription_expiry=U32_MAX - cfg.expiry_delta)
+            batch.put(keys.user(user_id), user.encode())
+            batch.put(keys.expiry(user.subscription_expiry + cfg.expiry_delta, user_id), b"")
+            batch.put(marker, b"")
+            self._commit(batch, 0, users_delta=1 if old is None else 0)  # a new user is counted, never capped
+        log.info(
+            "paid registration applied user_id=%s channel=%s nonce=%d registrations=%d slots=%d expiry=%d",
+            user_id,
+            grant.channel_id,
+            grant.nonce,
+            grant.registrations,
+            user.available_slots,
+            user.subscription_expiry,
+        )
+        return user, True
+
+    def forget_grants(self, channel_id: ChannelId) -> None:
+        """Deletes the grant markers of a channel that has been forgotten (its state is deleted first)."""
+        batch = Batch()
+        for key, _ in self.store.iterate(keys.grants_of_channel(channel_id.raw)):
+            batch.delete(key)
+        if len(batch):
+            self._commit(batch, 0)
 
     # -- appointments ----------------------------------------------------------------------------
 
