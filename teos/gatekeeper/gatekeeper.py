@@ -356,11 +356,24 @@ class Gatekeeper:
     # -- paid registrations (teos.payments) ------------------------------------------------------
 
     def check_grant(self, grant: Grant) -> None:
-        """Raises REGISTRATION_WRONG_FIELD_FORMAT if the grant's user is registered in the other dialect
-        (checked before a payment is accepted; ``apply_grant`` itself never refuses)."""
+        """Checked before a payment is accepted (``apply_grant`` itself never refuses): raises
+        REGISTRATION_WRONG_FIELD_FORMAT if the grant's user is registered in the other dialect, and
+        RESOURCE_EXHAUSTED if the user is new while the tower holds ``max_users`` users or is in the
+        reserve kept for established users, as ``register`` would refuse it (so a newcomer is not charged
+        for what it could not use). Concurrent payments of new users may pass it together: ``max_users``
+        may then be overshot by that many, never refused after a payment."""
         user = self.get_user(grant.user_id)
-        if user is not None and user.dialect is not grant.dialect:
-            raise wrong_dialect(user)
+        if user is not None:
+            if user.dialect is not grant.dialect:
+                raise wrong_dialect(user)
+            return
+        if self._nearly_full():
+            raise TeosError(ErrorKind.RESOURCE_EXHAUSTED,
+                            "The tower is nearly full and not accepting new users")
+        cap = self.config.max_users
+        if cap is not None and self._n_users >= cap:
+            raise TeosError(ErrorKind.RESOURCE_EXHAUSTED,
+                            "The tower is not accepting new users (user limit reached)")
 
     def apply_grant(self, grant: Grant) -> tuple[UserRecord, bool]:
         """Adds what one accepted payment bought to its user, exactly once; returns the user's record and
@@ -400,7 +413,8 @@ class Gatekeeper:
             batch.put(keys.user(user_id), user.encode())
             batch.put(keys.expiry(user.subscription_expiry + cfg.expiry_delta, user_id), b"")
             batch.put(marker, b"")
-            self._commit(batch, 0, users_delta=1 if old is None else 0)  # a new user is counted, never capped
+            # A new user is counted, never capped here: check_grant refused it before the payment if full.
+            self._commit(batch, 0, users_delta=1 if old is None else 0)
         log.info(
             "paid registration applied user_id=%s channel=%s nonce=%d registrations=%d slots=%d expiry=%d",
             user_id,

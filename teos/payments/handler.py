@@ -12,9 +12,10 @@ bitcoind call: the channel exists; the request is signed by the channel's key; i
 the next one; the amount rises by at least the price (the income validator says by how many
 registrations); the expiry is far enough; the payment transaction is exactly the one the channel's
 parameters give for that amount (one input, the two outputs, the fixed fee, no lock time); the user's
-signature signs it; the grant can be applied to that user; the funding output is still unspent and
-confirmed enough (``gettxout``). Then the state moves by compare-and-swap from the snapshot all of that was
-checked against, so of two concurrent payments on one channel at most one is accepted.
+signature signs it; the grant can be applied to that user (its dialect; a new user only while the tower
+takes new users); the funding output is still unspent and confirmed enough (``gettxout``). Then the state
+moves by compare-and-swap from the snapshot all of that was checked against, so of two concurrent
+payments on one channel at most one is accepted.
 
 Grants and atomicity. The accepted state carries the grant it pays for (``last_grant``): the CAS is the
 commit point of the payment, and the grant is applied after it through ``GrantLedger.apply``, which is
@@ -432,6 +433,8 @@ class PaymentHandler:
         except TeosError as exc:
             if exc.kind is ErrorKind.REGISTRATION_WRONG_FIELD_FORMAT and not isinstance(exc, PaymentError):
                 raise _refuse(Refusal.WRONG_DIALECT, exc.message) from None
+            if exc.kind is ErrorKind.RESOURCE_EXHAUSTED and not isinstance(exc, PaymentError):
+                raise _refuse(Refusal.TOWER_FULL, exc.message) from None
             raise
         params = state.params
         self._check_funding(params, self._funding(params.channel_id), opening=False)

@@ -13,12 +13,12 @@ import pytest
 from common.channel import ChannelId
 from common.errors import ErrorKind, TeosError
 from common.types import BlockHash, Dialect, Txid, UserId
-from teos.gatekeeper import Gatekeeper
+from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.payments.ledger import GatekeeperLedger
 from teos.payments.state import Grant
 from teos.storage import keys
 from teos.storage.store import Store
-from tests.support.users import Client, FakeChainView
+from tests.support.users import Client, FakeChainView, make_record, random_locator
 
 U32_MAX = 2**32 - 1
 CHANNEL = ChannelId(Txid(hashlib.sha256(b"grant channel").digest()), 1)
@@ -143,3 +143,24 @@ def test_paid_users_are_counted_like_registered_ones(
     chain.tip_height = 1306
     gatekeeper.block_connected(BlockHash(bytes(32)), 1306)  # grace's deletion height: 700 + 600 + 6
     assert gatekeeper.get_user(grace) is None and gatekeeper.n_users == 1
+
+
+@pytest.mark.parametrize("why", ["max_users", "reserve"])
+def test_a_new_user_is_refused_before_its_payment_when_the_tower_takes_no_new_users(
+    store: Store, chain: FakeChainView, why: str
+) -> None:
+    """As ``register`` would refuse it: at ``max_users`` users, or once the tower is in the reserve kept for
+    established users. A user the tower already has may still pay (a top-up)."""
+    extra = {"max_users": 1} if why == "max_users" else {"max_appointments": 10, "new_user_reserve": 50}
+    gk = Gatekeeper(store, GatekeeperConfig(subscription_slots=100, **extra), chain)
+    gk.start()
+    known = Client.new()
+    gk.apply_grant(grant(known.user_id))
+    if why == "reserve":
+        for _ in range(5):
+            gk.add_appointment(make_record(known.user_id, random_locator(), 100))
+    newcomer = Client.new().user_id
+    with pytest.raises(TeosError) as info:
+        gk.check_grant(grant(newcomer))
+    assert info.value.kind is ErrorKind.RESOURCE_EXHAUSTED
+    gk.check_grant(grant(known.user_id, nonce=2))
