@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 __all__ = ["BootstrapError", "ClaimsStep", "Engine", "EngineConfig", "Inbox", "decode_penalty"]
 
 CLAIMS_RETRY_SECONDS = 5.0  # while idle, how often blocks the claims could not read are tried again
+CALL_POLL_INTERVAL = 0.1  # seconds between checks, while Engine.call waits, that the engine is not stopping
 
 
 @dataclass(frozen=True)
@@ -339,11 +340,16 @@ class Engine:
     def call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
         """Runs ``fn`` on the engine thread, between two events, and returns its result (or raises its
         error). For work that must not race the blocks, such as an operator's claim. TimeoutError if the
-        engine has not run it within ``timeout`` seconds (it may still run it later)."""
+        engine has not run it within ``timeout`` seconds (it may still run it later), or at once when the
+        engine is being stopped (so that a caller never holds teosd's stop up)."""
         event = _Call(fn)
         self.inbox.put_call(event)
-        if not event.done.wait(timeout):
-            raise TimeoutError("the engine did not get to the request in time")
+        deadline = time.monotonic() + timeout
+        while not event.done.wait(min(CALL_POLL_INTERVAL, max(0.0, deadline - time.monotonic()))):
+            if self._stop.is_set():
+                raise TimeoutError("the engine is stopping")
+            if time.monotonic() >= deadline:
+                raise TimeoutError("the engine did not get to the request in time")
         if event.error is not None:
             raise event.error
         return event.result

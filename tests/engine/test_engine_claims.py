@@ -5,7 +5,7 @@ thread by raising, has its pending work retried while idle; and ``Engine.call`` 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -123,3 +123,38 @@ def test_call_runs_work_on_the_engine_thread_between_blocks(side: Side) -> None:
     side.parts.engine.stop()
     with pytest.raises(TimeoutError):
         side.parts.engine.call(lambda: None, timeout=0.2)
+
+
+def test_a_call_waiting_for_a_stuck_engine_gives_up_once_the_engine_is_stopped(side: Side) -> None:
+    """An operator's claim waits for the engine thread up to a minute; when teosd stops (the watchdog found
+    the engine stuck, say), the waiting caller gets its TimeoutError then, not a minute later."""
+    engine = side.parts.engine
+    release, started = threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        started.set()
+        release.wait(30)
+
+    errors: list[str] = []
+
+    def call(fn: Callable[[], None], timeout: float) -> None:
+        try:
+            engine.call(fn, timeout=timeout)
+        except TimeoutError as e:
+            errors.append(str(e))
+
+    blocker = threading.Thread(target=call, args=(stuck, 30))  # its caller gives up too, once stopped
+    blocker.start()
+
+    try:
+        assert started.wait(10)
+        waiting = threading.Thread(target=call, args=(lambda: None, 60))
+        waiting.start()
+        engine.stop(timeout=0.1)  # the engine thread is stuck: stop gives up joining it
+        waiting.join(10)
+        blocker.join(10)
+        assert not waiting.is_alive() and not blocker.is_alive()
+        assert errors == ["the engine is stopping"] * 2
+    finally:
+        release.set()
+        blocker.join(10)
