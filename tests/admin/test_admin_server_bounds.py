@@ -153,8 +153,10 @@ def test_a_flood_gets_503_beyond_the_threads_and_the_queue(tmp_path: Path, store
     try:
         for s in socks:
             s.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
-        wait_until(lambda: server._queued == THREADS + MAX_QUEUED and status.waiting == THREADS, timeout=10,
-                   message="threads busy and the queue full")
+        # Every request dispatched (the last five refused) before the threads are released: released any
+        # earlier, the queue would have room again for a request still on its way.
+        wait_until(lambda: server._queued == THREADS + MAX_QUEUED and status.waiting == THREADS
+                   and server.refused == 5, timeout=10, message="the threads busy, the queue full, 5 refused")
         status.release.set()
         answers = sorted(s.recv(100).split(b" ", 2)[1] for s in socks)
         assert answers == [b"200"] * (THREADS + MAX_QUEUED) + [b"503"] * 5
