@@ -1,9 +1,15 @@
 # teosd, The Eye of Satoshi watchtower.
 #
 #   docker build -t teos .
-#   docker run -v teos-data:/data -p 9814:9814 --stop-timeout 30 -e TEOS_BTCNETWORK=mainnet teos \
-#       --btcrpcconnect <bitcoind host> --btcrpcuser <user> --btcrpcpassword <password> \
-#       --zmqhashblock tcp://<bitcoind host>:28332
+#   docker run -v teos-data:/data -p 9814:9814 --stop-timeout 30 --ulimit nofile=65536:65536 \
+#       -v ./btcrpcpassword:/run/secrets/btcrpcpassword:ro \
+#       -e TEOS_BTCNETWORK=mainnet -e TEOS_BTCRPCPASSWORDFILE=/run/secrets/btcrpcpassword teos \
+#       --btcrpcconnect <bitcoind host> --btcrpcuser <user> --zmqhashblock tcp://<bitcoind host>:28332
+#
+# The bitcoind password goes in a file (a Docker secret works), never on the command line, where `ps` and
+# `docker inspect` show it; the file must be readable by uid 10001. --ulimit lets teosd hold its
+# apimaxconnections (16384 by default) open connections. Behind a reverse proxy set TEOS_BEHINDPROXY=1
+# and publish the port on the proxy's side only: the per-address limits then belong to the proxy.
 #
 # Settings come as flags after the image name, as TEOS_<OPTION> environment variables, or from
 # /data/teos.conf (see teos.conf.example). Give the network as TEOS_BTCNETWORK (or in teos.conf), not as a
