@@ -5,9 +5,9 @@ Usage: ``python bench/engine_bench.py [--sizes 10000,1000000,10000000] [--block-
 
 For each size, in separate processes:
 
-1. *fill*: a fresh LevelDB store gets N appointments as the service writes them (200-300 byte blobs, both
-   dialects, 2000 users), in big unsynced batches, then is compacted; the engine runs once so that the
-   next start is a restart;
+1. *fill*: a fresh LevelDB store gets N appointments as the service writes them (200-300 byte random
+   blobs, random signatures, both dialects, 2000 users), in big unsynced batches, then is compacted; the
+   engine runs once so that the next start is a restart;
 2. *measure*, in a fresh process:
    - restart to ready: open the store, start the Gatekeeper and the engine (network check, pointer, locator
      cache rebuilt from 6 blocks of an in-process chain of 4000-tx blocks), and the anonymous RSS then;
@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.chain_server import SyntheticChain
-from common import crypto
+from common import crypto, zbase32
 from common.appointment import compute_uuid
 from common.dialects import locator_from_txid
 from common.tx import Transaction, TxIn, TxOut
@@ -76,6 +76,11 @@ def rss_mb(field: str = "VmRSS") -> float:
 
 def random_txid(rng: random.Random) -> Txid:
     return Txid(rng.randbytes(32))
+
+
+def signature(rng: random.Random) -> str:
+    """A user signature as stored (104 z-base-32 characters): as incompressible as a real one."""
+    return zbase32.encode(bytes([31 + rng.randrange(4)]) + rng.randbytes(64))
 
 
 def penalty_tx(rng: random.Random) -> Transaction:
@@ -134,9 +139,8 @@ def fill(store: Store, n: int, rng: random.Random) -> list[UserId]:
         dialect = Dialect.RUST if i % 2 else Dialect.PYTHON
         locator = locator_from_txid(random_txid(rng), dialect)
         uuid = compute_uuid(locator, user)
-        record = AppointmentRecord(
-            uuid, locator, rng.randbytes(rng.randint(200, 300)), 20, user, "d" * 104, 100, dialect
-        )
+        record = AppointmentRecord(uuid, locator, rng.randbytes(rng.randint(200, 300)), 20, user,
+                                   signature(rng), 100, dialect)  # fmt: skip
         put_watched(batch, record)
         batch.put(keys.user_appointment(user, uuid), locator.raw)
         if len(batch) >= 100_000:
@@ -158,7 +162,7 @@ def add_breaches(store: Store, users: list[UserId], rng: random.Random, k: int) 
         user = users[i]
         uuid = compute_uuid(locator, user)
         blob = crypto.encrypt(penalty_tx(rng).raw, dispute, dialect)
-        record = AppointmentRecord(uuid, locator, blob, 20, user, "d" * 104, 100, dialect)
+        record = AppointmentRecord(uuid, locator, blob, 20, user, signature(rng), 100, dialect)
         put_watched(batch, record)
         batch.put(keys.user_appointment(user, uuid), locator.raw)
         disputes.append(dispute)
