@@ -1,0 +1,346 @@
+"""The in-memory locator index: never a false negative, exact through adds, removals, failed writes,
+folds and restarts, on a real LevelDB. Checked against a model (a multiset of locators) after every step."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from teos.locator_index import (
+    BUCKETS,
+    JOURNAL,
+    Delta,
+    FingerprintSet,
+    IndexCorrupt,
+    LocatorIndex,
+    fingerprint,
+)
+from teos.storage.store import Batch, Store
+from tests.support.wait import wait_until
+
+
+def _locators(n: int) -> list[bytes]:
+    return [os.urandom(16) for _ in range(n)]
+
+
+def _open(path: Path) -> Store:
+    store = Store(path)
+    store.open()
+    return store
+
+
+# -- the pure parts ------------------------------------------------------------------------------------
+
+
+def test_fingerprint_set_is_a_multiset() -> None:
+    s = FingerprintSet()
+    s.add(0x00010002)
+    s.add(0x00010002)
+    s.add(0xFFFF0000)
+    assert len(s) == 3 and s.count(0x00010002) == 2 and 0xFFFF0000 in s
+    assert s.discard(0x00010002) and s.count(0x00010002) == 1
+    assert not s.discard(0x00010003)
+    assert s.fingerprints() == [0x00010002, 0xFFFF0000]
+
+
+def test_fingerprint_mixes_every_byte_of_the_locator() -> None:
+    key = int.from_bytes(os.urandom(16), "big") | 1
+    base = os.urandom(16)
+    flipped = [base[:i] + bytes([base[i] ^ 0x80]) + base[i + 1 :] for i in range(16)]
+    prints = {fingerprint(key, loc) for loc in [base, *flipped]}
+    assert len(prints) == 17  # each byte moves the fingerprint (all but certainly: a 2**-32 chance each)
+
+
+def test_locators_sharing_a_prefix_spread_over_buckets() -> None:
+    """A user choosing locators that differ only in their last bytes cannot fill one bucket."""
+    key = int.from_bytes(os.urandom(16), "big") | 1
+    buckets = Counter(fingerprint(key, b"\xaa" * 14 + i.to_bytes(2, "big")) >> 16 for i in range(20000))
+    assert max(buckets.values()) < 10  # ~0.3 per bucket on average
+
+
+def test_delta_round_trips_and_rejects_garbage() -> None:
+    delta = Delta((1, 2**32 - 1), (7,), (("users", 3), ("trackers", -1)))
+    assert Delta.decode(delta.encode()) == delta
+    assert Delta.decode(Delta().encode()) == Delta()
+    for bad in (b"", delta.encode()[:-1], delta.encode() + b"\x00"):
+        with pytest.raises(IndexCorrupt):
+            Delta.decode(bad)
+
+
+# -- persisted ------------------------------------------------------------------------------------------
+
+
+def test_candidates_has_no_false_negative_and_few_false_positives(tmp_path: Path) -> None:
+    store = _open(tmp_path / "db")
+    index = LocatorIndex(store)
+    watched = _locators(5000)
+    index.start(lambda: watched)
+    try:
+        others = _locators(20000)
+        found = index.candidates(watched + others)
+        assert set(watched) <= set(found)
+        assert len(found) - len(watched) < 5  # 20000 x 5000 / 2**32 ~ 0.02 expected
+        assert len(index) == 5000
+    finally:
+        index.stop()
+        store.close()
+
+
+def test_restart_reads_the_same_index_with_and_without_folding(tmp_path: Path) -> None:
+    store = _open(tmp_path / "db")
+    index = LocatorIndex(store, fold_every=10**9)
+    index.start(lambda: [], lambda: {"users": 0})
+    kept = _locators(300)
+    for loc in kept:
+        batch = Batch()
+        index.stage(batch, added=[loc], counts={"users": 1})
+        store.commit(batch, sync=False)
+    gone = kept[:100]
+    batch = Batch()
+    index.stage(batch, removed=gone, counts={"users": -100})
+    store.commit(batch, sync=False)
+    expected = sorted(index.fingerprints())
+    assert sum(1 for _ in store.iterate(JOURNAL)) == 301
+    index.stop(fold=False)  # as after a crash: the journal is replayed at the next start
+    again = LocatorIndex(store)
+    again.start(lambda: pytest.fail("must not rebuild"))
+    assert sorted(again.fingerprints()) == expected and again.count("users") == 200
+    assert set(again.candidates(kept[100:])) == set(kept[100:])
+    again.stop()  # folds
+    assert sum(1 for _ in store.iterate(JOURNAL)) == 0
+    third = LocatorIndex(store)
+    third.start()
+    assert sorted(third.fingerprints()) == expected and third.count("users") == 200
+    third.stop()
+    store.close()
+
+
+def test_undo_after_a_failed_write_leaves_memory_and_disk_as_before(tmp_path: Path) -> None:
+    store = _open(tmp_path / "db")
+    index = LocatorIndex(store)
+    watched = _locators(10)
+    index.start(lambda: watched, lambda: {"n": 10})
+    before = index.fingerprints()
+    batch = Batch()
+    staged = index.stage(batch, added=_locators(3), removed=watched[:2], counts={"n": 1})
+    assert len(index) == 11
+    index.undo(staged)  # the batch was never committed
+    assert index.fingerprints() == before and index.count("n") == 10
+    assert index.candidates(watched) == watched
+    index.stop()
+    reopened = LocatorIndex(store)
+    reopened.start()
+    assert reopened.fingerprints() == before and reopened.count("n") == 10
+    reopened.stop()
+    store.close()
+
+
+def test_removing_what_is_not_there_is_logged_not_journaled(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _open(tmp_path / "db")
+    index = LocatorIndex(store)
+    index.start()
+    batch = Batch()
+    staged = index.stage(batch, removed=_locators(1))
+    assert staged.missing and not staged.delta.removed and len(batch) == 0
+    assert "does not hold" in caplog.text
+    index.stop()
+    store.close()
+
+
+def test_concurrent_batches_committed_in_any_order_fold_exactly(tmp_path: Path) -> None:
+    """Records are deltas: batches staged in one order and committed in another, some folds in between,
+    still rebuild the same index."""
+    store = _open(tmp_path / "db")
+    index = LocatorIndex(store, fold_every=10**9)
+    index.start()
+    staged_batches = []
+    locs = _locators(200)
+    for loc in locs:
+        batch = Batch()
+        index.stage(batch, added=[loc])
+        staged_batches.append(batch)
+    for batch in reversed(staged_batches[100:]):
+        store.commit(batch, sync=False)
+    index.fold()  # folds the 100 committed ones; the others are "in flight"
+    for batch in staged_batches[:100]:
+        store.commit(batch, sync=False)
+    removal = Batch()
+    index.stage(removal, removed=locs[:50])
+    store.commit(removal, sync=False)
+    expected = sorted(index.fingerprints())
+    index.fold()
+    reopened = LocatorIndex(store)
+    reopened.start()
+    assert sorted(reopened.fingerprints()) == expected and len(reopened) == 150
+    reopened.stop()
+    index.stop()
+    store.close()
+
+
+def test_the_folder_thread_folds_in_the_background(tmp_path: Path) -> None:
+    store = _open(tmp_path / "db")
+    index = LocatorIndex(store, fold_every=50)
+    index.start()
+    for loc in _locators(120):
+        batch = Batch()
+        index.stage(batch, added=[loc])
+        store.commit(batch, sync=False)
+    wait_until(lambda: sum(1 for _ in store.iterate(JOURNAL)) < 50, timeout=30, message="fold")
+    index.stop()
+    store.close()
+
+
+def test_many_threads_staging_and_looking_up(tmp_path: Path) -> None:
+    """Lookups running while other threads add and remove never miss a locator that stays watched."""
+    store = _open(tmp_path / "db")
+    index = LocatorIndex(store, fold_every=500)
+    stable = _locators(2000)
+    index.start(lambda: stable)
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        mine: list[bytes] = []
+        for _ in range(300):
+            batch = Batch()
+            if mine and len(mine) % 3 == 0:
+                index.stage(batch, removed=[mine.pop()])
+            else:
+                loc = os.urandom(16)
+                index.stage(batch, added=[loc])
+                mine.append(loc)
+            store.commit(batch, sync=False)
+
+    def reader() -> None:
+        while not stop.is_set():
+            if len(index.candidates(stable)) != len(stable):
+                errors.append("a watched locator was missed")
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    writers = [threading.Thread(target=writer) for _ in range(4)]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert not errors
+    expected = sorted(index.fingerprints())
+    index.stop()
+    reopened = LocatorIndex(store)
+    reopened.start()
+    assert sorted(reopened.fingerprints()) == expected
+    reopened.stop()
+    store.close()
+
+
+def test_an_unknown_version_is_refused(tmp_path: Path) -> None:
+    store = _open(tmp_path / "db")
+    index = LocatorIndex(store)
+    index.start()
+    index.stop()
+    batch = Batch()
+    batch.put(b"fm", b"\x09" + bytes(24))
+    store.commit(batch, sync=False)
+    with pytest.raises(IndexCorrupt):
+        LocatorIndex(store).start()
+    store.close()
+
+
+# -- a model-based run -------------------------------------------------------------------------------------
+
+
+class IndexMachine(RuleBasedStateMachine):
+    """Random adds, removals, failed writes, folds and restarts against a Counter of locators."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.path = Path(os.environ.get("TMPDIR", "/tmp")) / f"teos-index-{os.getpid()}-{id(self)}"
+        self.store = _open(self.path)
+        self.index = LocatorIndex(self.store, fold_every=7)
+        self.index.start()
+        self.model: Counter[bytes] = Counter()
+        self.users = 0
+        self.pool = [os.urandom(16) for _ in range(12)] + [b"\x00" * 16]
+
+    @rule(data=st.data(), n=st.integers(1, 4))
+    def add(self, data: st.DataObject, n: int) -> None:
+        locs = [data.draw(st.sampled_from(self.pool)) for _ in range(n)]
+        batch = Batch()
+        self.index.stage(batch, added=locs, counts={"users": 1})
+        self.store.commit(batch, sync=False)
+        self.model.update(locs)
+        self.users += 1
+
+    @precondition(lambda self: sum(self.model.values()) > 0)
+    @rule(data=st.data())
+    def remove(self, data: st.DataObject) -> None:
+        loc = data.draw(st.sampled_from(sorted(self.model.elements())))
+        batch = Batch()
+        self.index.stage(batch, removed=[loc], counts={"users": -1})
+        self.store.commit(batch, sync=False)
+        self.model[loc] -= 1
+        self.users -= 1
+
+    @rule(data=st.data())
+    def failed_write(self, data: st.DataObject) -> None:
+        present = sorted(self.model.elements())
+        removed = [data.draw(st.sampled_from(present))] if present else []
+        staged = self.index.stage(Batch(), added=[data.draw(st.sampled_from(self.pool))], removed=removed,
+                                  counts={"users": 5})  # fmt: skip
+        self.index.undo(staged)
+
+    @rule()
+    def fold(self) -> None:
+        self.index.fold()
+
+    @rule()
+    def crash_and_restart(self) -> None:
+        self.index.stop(fold=False)  # the journal stays as a crash leaves it
+        self.index = LocatorIndex(self.store, fold_every=7)
+        self.index.start()
+
+    @rule()
+    def clean_restart(self) -> None:
+        self.index.stop()
+        self.index = LocatorIndex(self.store, fold_every=7)
+        self.index.start()
+
+    @invariant()
+    def matches_the_model(self) -> None:
+        expected = sorted(self.index.fingerprint(loc) for loc in self.model.elements())
+        assert sorted(self.index.fingerprints()) == expected
+        assert len(self.index) == len(expected)
+        assert self.index.count("users") == self.users
+        present = [loc for loc in self.pool if self.model[loc] > 0]
+        assert set(present) <= set(self.index.candidates(self.pool))
+
+    def teardown(self) -> None:
+        self.index.stop()
+        self.store.close()
+        import shutil
+
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+IndexMachine.TestCase.settings = settings(
+    max_examples=20, stateful_step_count=25, deadline=None, suppress_health_check=list(HealthCheck)
+)
+test_index_against_a_model = IndexMachine.TestCase
+
+
+def test_every_bucket_is_reachable() -> None:
+    assert BUCKETS == 65536
+    key = int.from_bytes(os.urandom(16), "big") | 1
+    seen = {fingerprint(key, os.urandom(16)) >> 16 for _ in range(200_000)}
+    assert len(seen) > 0.9 * BUCKETS
