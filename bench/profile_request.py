@@ -12,11 +12,12 @@ write mostly waits for the disk):
   receipt building and signing, and the JSON answer.
 
 ``--live``: a real teosd (API workers under granian, the main process behind the worker channel) loaded
-by wrk for ``--seconds`` while py-spy samples every process; the CPU each process spent (from /proc) is
-divided by the requests answered and split by where py-spy found its Python threads. CPU that py-spy
-cannot see (granian's HTTP in Rust, threads outside Python) shows as "native (not sampled)". With
-``--perf``, ``perf record`` adds a split of each process's CPU by shared object (libsecp256k1, LevelDB,
-granian, the interpreter, the kernel).
+by wrk for ``--seconds`` while py-spy samples every process (``--gil``: only threads holding the GIL, so
+only Python running); the CPU each process spent (from /proc) is divided by the requests answered and
+split by where py-spy found Python running. CPU outside the GIL (granian's HTTP in Rust, libsecp256k1 and
+LevelDB, which release it, the kernel) shows as "native". With ``--perf``, ``perf record`` splits each
+process's CPU by shared object (libsecp256k1, LevelDB, granian, the interpreter, the kernel).
+``TEOS_PROFILE_KEEP=FILE`` keeps py-spy's raw stacks.
 
     .venv/bin/python bench/profile_request.py [--steps] [--live] [--seconds 15] [--perf]
 
@@ -332,8 +333,9 @@ def live(seconds: float, use_perf: bool, node_kind: str, rate: int) -> None:
             node_before = _cpu_seconds(node_pid) if node_pid else 0.0
             spy_out = workdir / "spy.txt"
             spy = subprocess.Popen(
-                [py_spy, "record", "--pid", str(main_pid), "--subprocesses", "--nonblocking", "--rate",
-                 str(SPY_RATE), "--format", "raw", "--duration", str(int(seconds)), "--output", str(spy_out)],
+                [py_spy, "record", "--pid", str(main_pid), "--subprocesses", "--nonblocking", "--gil",
+                 "--rate", str(SPY_RATE), "--format", "raw", "--duration", str(int(seconds)),
+                 "--output", str(spy_out)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )  # fmt: skip
             perf_out = workdir / "perf.data"
@@ -361,9 +363,11 @@ def live(seconds: float, use_perf: bool, node_kind: str, rate: int) -> None:
         print(f"CPU per accepted request: API workers {cpu_us['workers']:.0f} us, main process "
               f"{cpu_us['main']:.0f} us, bitcoind {node_cpu / ok * 1e6:.0f} us "
               f"(2 cores: {2e6 / ok * result.seconds:.0f} us available per request at this rate)")
+        if os.environ.get("TEOS_PROFILE_KEEP"):
+            shutil.copy(spy_out, os.environ["TEOS_PROFILE_KEEP"])
         _report_spy(spy_out, pids, cpu_us, ok)
         if perf is not None:
-            _report_perf(perf_out, pids)
+            _report_perf(perf_out, pids, cpu_us)
 
 
 def _report_spy(path: Path, pids: dict[str, list[int]], cpu_us: dict[str, float], ok: int) -> None:
@@ -374,28 +378,42 @@ def _report_spy(path: Path, pids: dict[str, list[int]], cpu_us: dict[str, float]
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        match = re.match(r"process (\d+)", stack)
-        group = group_of.get(int(match.group(1))) if match else None
+        processes = re.findall(r"(?:^|;)process (\d+):", stack)  # the parent's, then the child's
+        group = group_of.get(int(processes[-1])) if processes else None
         if group is None:
             continue
         by_group[group][_category(stack)] += int(count)
     for group, counter in by_group.items():
         samples = sum(counter.values())
         sampled_us = samples / SPY_RATE / ok * 1e6
-        print(f"\n{group}: {cpu_us[group]:.0f} us CPU per request; py-spy saw {sampled_us:.0f} us in Python "
-              f"threads, the rest ({max(cpu_us[group] - sampled_us, 0):.0f} us) is native (not sampled)")
+        print(f"\n{group}: {cpu_us[group]:.0f} us CPU per request; py-spy saw {sampled_us:.0f} us of Python "
+              f"holding the GIL, the rest ({max(cpu_us[group] - sampled_us, 0):.0f} us) is native")
         for category, n in counter.most_common():
             us = n / SPY_RATE / ok * 1e6
             print(f"  {category:<32} {us:7.0f} us  {100 * n / max(samples, 1):5.1f}%")
 
 
-def _report_perf(path: Path, pids: dict[str, list[int]]) -> None:
-    out = subprocess.run(["perf", "report", "-i", str(path), "--stdio", "--no-children", "--sort", "pid,dso",
-                          "--percent-limit", "1"], capture_output=True, text=True, check=False)  # fmt: skip
-    print("\nperf, share of all sampled CPU by process and shared object:")
+def _report_perf(path: Path, pids: dict[str, list[int]], cpu_us: dict[str, float]) -> None:
+    """Splits each process group's CPU per request by the shared object perf found it running in."""
+    out = subprocess.run(["perf", "script", "-i", str(path), "-F", "pid,ip,dso", "-G"],
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    group_of = {p: name for name, ps in pids.items() for p in ps}
+    counts: dict[str, collections.Counter[str]] = {name: collections.Counter() for name in pids}
     for line in out.stdout.splitlines():
-        if line.strip() and not line.startswith("#") and "%" in line and "--" not in line:
-            print("  " + line.strip())
+        parts = line.split(None, 2)  # pid, ip, (dso)
+        if len(parts) != 3 or not parts[0].isdigit():
+            continue
+        group = group_of.get(int(parts[0]))
+        if group is not None:
+            dso = parts[2].strip().strip("()").rsplit("/", 1)[-1] or "?"
+            counts[group][dso] += 1
+    for group, counter in counts.items():
+        total = sum(counter.values())
+        if not total:
+            continue
+        print(f"\n{group}, perf by shared object ({total} samples):")
+        for dso, n in counter.most_common(12):
+            print(f"  {dso:<48} {cpu_us[group] * n / total:7.0f} us  {100 * n / total:5.1f}%")
 
 
 def main() -> None:
