@@ -12,12 +12,17 @@ mixes all 16 bytes, so a user choosing locators cannot pile them into one bucket
 locators collide with them (the multiply-shift family is universal).
 
 How it survives restarts and crashes. Every change is staged into the very batch that makes it (an
-appointment written or deleted): ``stage`` applies it in memory and adds one *journal* record, the change
-as deltas, to the batch. Deltas commute, so concurrent batches may commit in any order; a batch that fails
-is undone in memory (``undo``) and, never written, leaves no record. From time to time the journal is
-*folded*: a single folder reads the committed records and the bucket snapshots they touch, writes the new
-snapshots and deletes those records in one batch (records of batches still in flight are simply folded
-next time). At start the snapshots and the remaining records rebuild the index exactly: about 20 MB of
+appointment written or deleted): ``stage`` adds one *journal* record, the change as deltas, to the batch,
+and the change is applied in memory only once that batch is written (``apply``). A batch that fails, or
+that its builder abandons (the engine retries a block from scratch after any error), is never applied and
+leaves no record, so memory and disk cannot drift apart. Deltas commute, so concurrent batches may commit
+and be applied in any order. Between a batch's write and its ``apply`` the index may lack an appointment
+just added; callers cover that window as they covered it before the index existed (the API looks at the
+locator cache again after its write, and the engine thread applies its own changes before the next
+block). Removals applied late only cost a LevelDB seek on a stale fingerprint. From time to time the journal
+is *folded*: a single folder reads the committed records and the bucket snapshots they touch, writes the new
+snapshots and deletes those records in one batch (records of batches still in flight are simply folded next
+time). At start the snapshots and the remaining records rebuild the index exactly: about 20 MB of
 reads at ten million appointments. The same journal carries named counters (users, trackers, ...), so
 status figures are kept in the batch of the change they count and cost nothing to read.
 
@@ -40,7 +45,7 @@ import sys
 import threading
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from teos.storage.store import Batch, Store
 
@@ -190,14 +195,6 @@ class Delta:
         return cls(tuple(added), tuple(removed), tuple(counts))
 
 
-@dataclass(frozen=True)
-class Staged:
-    """What ``stage`` did, for ``undo`` if the batch is not written."""
-
-    delta: Delta
-    missing: tuple[int, ...] = field(default=())  # removals that found nothing (not journaled)
-
-
 def _journal_key(seq: int) -> bytes:
     return JOURNAL + _U64.pack(seq)
 
@@ -219,7 +216,7 @@ class LocatorIndex:
 
     ``start(existing, initial_counts)`` loads it; on a database that has none yet it is built once from
     ``existing()`` (the locator of every watched appointment, one per ``a|`` entry) and
-    ``initial_counts()``, and stored. ``stage`` / ``undo`` are called by whoever writes appointments,
+    ``initial_counts()``, and stored. ``stage`` / ``apply`` are called by whoever writes appointments,
     with the batch they commit. ``candidates`` is what the Watcher asks. ``stop`` folds the journal so the
     next start reads snapshots only.
     """
@@ -358,45 +355,40 @@ class LocatorIndex:
         added: Sequence[bytes] = (),
         removed: Sequence[bytes] = (),
         counts: Mapping[str, int] | None = None,
-    ) -> Staged:
-        """Applies the change in memory and adds its journal record to ``batch``.
+    ) -> Delta:
+        """Adds the change's journal record to ``batch``; call ``apply`` with the result once it is written.
 
         ``added``/``removed`` are the locators of ``a|`` entries the batch writes (new ones only, not
         updates of an existing entry) and deletes (existing ones only). ``counts`` are counter deltas.
-        If the batch is then not written, call ``undo`` with what this returns.
         """
         counted = tuple((name, value) for name, value in (counts or {}).items() if value)
-        with self._lock:
-            adds = tuple(fingerprint(self._key, loc) for loc in added)
-            for h in adds:
-                self._set.add(h)
-            removes: list[int] = []
-            missing: list[int] = []
-            for loc in removed:
-                h = fingerprint(self._key, loc)
-                (removes if self._set.discard(h) else missing).append(h)
-            for name, value in counted:
-                self._counts[name] = self._counts.get(name, 0) + value
-            delta = Delta(adds, tuple(removes), counted)
-            if adds or removes or counted:
-                batch.put(_journal_key(self._seq), delta.encode())
+        key = self._key
+        delta = Delta(tuple(fingerprint(key, loc) for loc in added),
+                      tuple(fingerprint(key, loc) for loc in removed), counted)  # fmt: skip
+        if delta.added or delta.removed or delta.counts:
+            with self._lock:
+                seq = self._seq
                 self._seq += 1
+            batch.put(_journal_key(seq), delta.encode())
+        return delta
+
+    def apply(self, delta: Delta) -> None:
+        """Applies in memory a change whose batch has been written."""
+        missing = []
+        with self._lock:
+            for h in delta.added:
+                self._set.add(h)
+            for h in delta.removed:
+                if not self._set.discard(h):
+                    missing.append(h)
+            for name, value in delta.counts:
+                self._counts[name] = self._counts.get(name, 0) + value
+            if delta.added or delta.removed or delta.counts:
                 self._unfolded += 1
                 if self._unfolded >= self._fold_every:
                     self._wake.set()
         for h in missing:
             log.error("locator index: removal of an appointment it does not hold fp=%08x", h)
-        return Staged(delta, tuple(missing))
-
-    def undo(self, staged: Staged) -> None:
-        """Reverts ``stage`` after its batch failed to be written (the journal record went with it)."""
-        with self._lock:
-            for h in staged.delta.added:
-                self._set.discard(h)
-            for h in staged.delta.removed:
-                self._set.add(h)
-            for name, value in staged.delta.counts:
-                self._counts[name] = self._counts.get(name, 0) - value
 
     # -- folding ---------------------------------------------------------------------------------------
 
