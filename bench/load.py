@@ -36,8 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.loadgen import LoadResult, prepare, run_wrk, wrk_binary
 from common.types import Dialect
-from teos.demo import Process, Teosd, free_port, teosd_args, wait_until
+from teos.devtools import free_port, wait_until
 from tests.support.bitcoind import BitcoindHandle, find_bitcoind, make_handle
+from tests.support.processes import Process, Teosd, teosd_args
 
 REPO = Path(__file__).resolve().parent.parent
 SETUP_ANCHOR = REPO / "bench" / "anchor" / "setup-python-teos"

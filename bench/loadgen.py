@@ -13,7 +13,6 @@ Needs ``wrk`` on PATH (Debian: ``apt-get install wrk``).
 
 from __future__ import annotations
 
-import http.client
 import json
 import multiprocessing as mp
 import os
@@ -23,14 +22,14 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from common.appointment import Appointment
-from common.crypto import generate_secret_key, public_key, sign
+from common.client import PYTHON_TEOS_USER_AGENT, TowerClient
+from common.crypto import generate_secret_key, sign
+from common.messages import add_appointment_body
 from common.types import Dialect, Locator
 
 LUA_SCRIPT = Path(__file__).resolve().parent / "wrk" / "add_appointment.lua"
-PYTHON_USER_AGENT = "python-requests/2.31.0"  # what python-teos's client sends
 
 
 @dataclass(frozen=True)
@@ -71,33 +70,20 @@ class LoadResult:
         )
 
 
-def _post(url: str, path: str, body: bytes, user_agent: str | None) -> tuple[int, bytes]:
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
-    headers = {"Content-Type": "application/json"}
-    if user_agent:
-        headers["User-Agent"] = user_agent
-    try:
-        conn.request("POST", path, body=body, headers=headers)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
 def user_agent(dialect: Dialect) -> str | None:
     """The User-Agent each client family sends (the rust-teos plugin's reqwest sends none)."""
-    return PYTHON_USER_AGENT if dialect is Dialect.PYTHON else None
+    return PYTHON_TEOS_USER_AGENT if dialect is Dialect.PYTHON else None
 
 
 def register(url: str, secret_key: bytes, dialect: Dialect, times: int = 1) -> None:
-    """Registers the user of ``secret_key`` ``times`` times (each adds slots); RuntimeError unless 200."""
-    field = "public_key" if dialect is Dialect.PYTHON else "user_id"
-    body = json.dumps({field: public_key(secret_key).hex()}).encode()
-    for _ in range(times):
-        status, answer = _post(url, "/register", body, user_agent(dialect))
-        if status != 200:
-            raise RuntimeError(f"register answered {status}: {answer[:200]!r}")
+    """Registers the user of ``secret_key`` ``times`` times (each adds slots); ``common.http.HttpError``
+    unless HTTP 200."""
+    client = TowerClient.at(url, dialect, secret_key)
+    try:
+        for _ in range(times):
+            client.register()
+    finally:
+        client.close()
 
 
 def _sign_chunk(args: tuple[list[bytes], int, int, int, int]) -> list[bytes]:
@@ -108,7 +94,7 @@ def _sign_chunk(args: tuple[list[bytes], int, int, int, int]) -> list[bytes]:
         locator = Locator(seed.to_bytes(8, "big") + i.to_bytes(8, "big"))
         appointment = Appointment(locator, os.urandom(blob_size), 20)
         signature = sign(appointment.serialize(), key)
-        out.append(json.dumps({"appointment": appointment.to_json(), "signature": signature}).encode())
+        out.append(json.dumps(add_appointment_body(appointment, signature)).encode())
     return out
 
 

@@ -208,29 +208,34 @@ def steps(n: int, repeat: int) -> None:
         gatekeeper = Gatekeeper(store, GatekeeperConfig(subscription_slots=10**6, max_appointments=10**9),
                                 _View())  # fmt: skip
         gatekeeper.start()
-        core = TowerCore(gatekeeper, _View(), store)
-        core.register(user_id, Dialect.RUST)
+        core = TowerCore(gatekeeper, _View(), _View(), store)
+        threads = 16
+        users = [user_id] + [crypto.public_key(crypto.generate_secret_key()) for _ in range(threads - 1)]
+        for u in users:
+            core.register(u, Dialect.RUST)
         counter = iter(range(10**9))
+        local = threading.local()
 
         def core_add(i: int) -> None:
+            """One add; each thread as its own user (a user's adds wait for each other's fsync)."""
             j = next(counter)
             a = Appointment(Locator(j.to_bytes(16, "big")), appointments[i].encrypted_blob, 20)
-            core.add_appointment(user_id, signatures[i], a)
+            core.add_appointment(getattr(local, "user", user_id), signatures[i], a)
 
         m = max(50, n // 10)
         add("core add_appointment, one at a time (synced)", _cpu_us(core_add, m, repeat),
             f"wall {_wall_us(core_add, m, repeat):.0f} us (an fsync each)")
-        threads = 16
 
         def grouped() -> tuple[float, float]:
             barrier = threading.Barrier(threads)
 
-            def run() -> None:
+            def run(n: int) -> None:
+                local.user = users[n]
                 barrier.wait()
                 for i in range(m):
                     core_add(i)
 
-            ts = [threading.Thread(target=run) for _ in range(threads)]
+            ts = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
             t0, c0 = time.perf_counter(), time.process_time()
             for t in ts:
                 t.start()

@@ -26,6 +26,12 @@ SERVICE_UNAVAILABLE                 -66 [c]                         32
 APPOINTMENT_NOT_FOUND               -67 [d]                         36
 RESOURCE_EXHAUSTED                  -35 [e]                         65 REGISTRATION_RESOURCE_EXHAUSTED
 UNEXPECTED                          -99 UNKNOWN_JSON_RPC_EXCEPTION  255 UNEXPECTED_ERROR
+PAYMENT_REQUIRED                    -100 [f]                        80 [f]
+INVALID_PAYMENT                     -101 [f]                        81 [f]
+CHANNEL_NOT_FOUND                   -102 [f]                        82 [f]
+CHANNEL_UNAVAILABLE                 -103 [f]                        83 [f]
+INVALID_FUNDING                     -104 [f]                        84 [f]
+PAYMENT_CONFLICT                    -105 [f]                        85 [f]
 ==================================  ==============================  ===================================
 
 [a] python-teos answered a missing appointment field with -1 "empty ... received".
@@ -35,6 +41,13 @@ UNEXPECTED                          -99 UNKNOWN_JSON_RPC_EXCEPTION  255 UNEXPECT
     no code; -67 is only used if a python client must be given an error body anyway.
 [e] python-teos never reported this; -35 sits in its registration range (-33..-64) next to -33/-34.
 [-99] is python-teos's code for an unhandled failure.
+[f] paid subscriptions (docs/PAYMENTS.md) exist in neither tower: their codes sit in ranges both leave
+    free (python -100.., rust 80..). PAYMENT_REQUIRED: a paid tower refuses an unpaid register;
+    INVALID_PAYMENT: a payment that is refused as such (signature, amount, transaction shape);
+    CHANNEL_NOT_FOUND; CHANNEL_UNAVAILABLE: the channel no longer takes payments (claimed, closing,
+    too near its expiry); INVALID_FUNDING: the funding output is missing, spent, unconfirmed or not the
+    channel's script; PAYMENT_CONFLICT: another payment on the channel was accepted first (read the
+    channel's state and sign again).
 """
 
 from __future__ import annotations
@@ -62,6 +75,12 @@ class ErrorKind(Enum):
     APPOINTMENT_NOT_FOUND = "appointment_not_found"
     RESOURCE_EXHAUSTED = "resource_exhausted"
     UNEXPECTED = "unexpected"
+    PAYMENT_REQUIRED = "payment_required"
+    INVALID_PAYMENT = "invalid_payment"
+    CHANNEL_NOT_FOUND = "channel_not_found"
+    CHANNEL_UNAVAILABLE = "channel_unavailable"
+    INVALID_FUNDING = "invalid_funding"
+    PAYMENT_CONFLICT = "payment_conflict"
 
 
 PYTHON_CODES: dict[ErrorKind, int] = {
@@ -82,6 +101,12 @@ PYTHON_CODES: dict[ErrorKind, int] = {
     ErrorKind.SERVICE_UNAVAILABLE: -66,
     ErrorKind.APPOINTMENT_NOT_FOUND: -67,
     ErrorKind.UNEXPECTED: -99,
+    ErrorKind.PAYMENT_REQUIRED: -100,
+    ErrorKind.INVALID_PAYMENT: -101,
+    ErrorKind.CHANNEL_NOT_FOUND: -102,
+    ErrorKind.CHANNEL_UNAVAILABLE: -103,
+    ErrorKind.INVALID_FUNDING: -104,
+    ErrorKind.PAYMENT_CONFLICT: -105,
 }
 
 RUST_CODES: dict[ErrorKind, int] = {
@@ -102,6 +127,12 @@ RUST_CODES: dict[ErrorKind, int] = {
     ErrorKind.REGISTRATION_MISSING_FIELD: 1,
     ErrorKind.REGISTRATION_WRONG_FIELD_FORMAT: 5,
     ErrorKind.WRONG_FIELD: 6,
+    ErrorKind.PAYMENT_REQUIRED: 80,
+    ErrorKind.INVALID_PAYMENT: 81,
+    ErrorKind.CHANNEL_NOT_FOUND: 82,
+    ErrorKind.CHANNEL_UNAVAILABLE: 83,
+    ErrorKind.INVALID_FUNDING: 84,
+    ErrorKind.PAYMENT_CONFLICT: 85,
 }
 
 

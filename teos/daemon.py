@@ -1,26 +1,26 @@
-"""teosd's composition root: builds every part from the Config, starts them in order, stops them in reverse.
+"""teosd's composition root: the one place where the tower's parts are built, wired, started and stopped.
 
-Order: logging -> store (``<datadir>/<network>/db``, LevelDB) -> tower key -> bitcoind client -> Gatekeeper
--> Engine (chain monitor, Watcher, Responder; its start-up checks bitcoind's network and pruning) ->
-TowerCore and its worker channel (``teos.api.ipc.CoreServer``) -> admin API -> API workers (granian).
-Stopping goes the other way: granian stops accepting and each worker finishes the requests in hand (each
-request's write is either synced or not started, never partial), then the worker channel closes, then the
-engine stops and joins its threads (a block's effects are one atomic batch), then the store is closed.
+Each part receives, through its constructor, only the narrow seams it uses (small Protocols, see
+``teos.interfaces`` and each part's module); nothing reaches through another part. Order of ``start``:
+logging -> store (``<datadir>/<network>/db``, LevelDB; its network checked) -> tower key -> bitcoind client
+-> the tip (``ChainTip``, shared by both sides) -> Gatekeeper -> the chain side (``build_chain_side``:
+Watcher, Responder, monitor, engine; its start-up checks bitcoind's network and pruning) -> TowerCore
+and its worker channel (``teos.api.ipc.CoreServer``) -> admin API -> API workers (granian). Stopping goes
+the other way: granian stops accepting and each worker finishes the requests in hand (each request's
+write is either synced or not started, never partial), then the worker channel closes, then the chain
+side stops and joins its threads (a block's effects are one atomic batch), then the store is closed.
 SIGTERM and SIGINT trigger that and teosd exits 0; a second signal during shutdown changes nothing.
 
 Serving: the public API runs in ``--apiworkers`` processes (one per core by default) under granian, a
 production WSGI server (HTTP in Rust, the Flask app in Python threads). Each worker parses and validates
 requests, recovers the signer, signs the receipts, and asks this process for every state change over an
 authenticated Unix socket (``teos.api.ipc``); this process keeps the database, the Gatekeeper and the
-engine: one writer. Why: one Python process tops out near 700 add_appointment/s here (the GIL; ~1.4 ms of
-CPU per request, about half of it HTTP and Flask), so the CPU work of a request has to use the other cores.
-Measured (a probe doing add_appointment's HTTP, JSON and crypto work, loaded by wrk, 2 cores): waitress in one
-process ~1340/s, granian with one worker ~1670/s; two processes: waitress ~2490/s, granian ~3890/s.
-gunicorn (gthread) measured ~930/s for one process and would put its arbiter between the signals and the
-state. The worker processes are spawned fresh (never forked from this threaded process), get the tower
-key through the spawn pickle, and are killed by the kernel if this process dies (``PR_SET_PDEATHSIG``), so
-a crashed teosd never leaves workers answering on its port. granian respawns a worker that dies and
-gives up (teosd then exits 1) if they keep dying.
+engine: one writer. Why processes: one Python process tops out well below what the disk's group commit
+allows (the GIL; ``bench/load_servers.py`` measures the serving options). The worker processes are
+spawned fresh (never forked from this threaded process), get the tower key through the spawn pickle, and
+are killed by the kernel if this process dies (``PR_SET_PDEATHSIG``), so a crashed teosd never leaves
+workers answering on its port. granian respawns a worker that dies and gives up (teosd then exits 1) if
+they keep dying.
 
 The tower key: ``<datadir>/<network>/teos_sk.der``, the secp256k1 secret key in DER (the format python-teos
 used, so its key file can be brought over), mode 0600, created atomically (written to a temporary file
@@ -28,8 +28,9 @@ opened with O_EXCL and mode 0600, fsynced, renamed). It is also kept in the data
 when the file is lost, it is restored from there so the tower id does not change. ``--overwritekey``
 replaces both. The tower id (the public key) is logged at start.
 
-Fatal start-up errors (bad configuration, database locked by another teosd, bitcoind unreachable or on
-another network, port in use) raise ``FatalError`` with an actionable message; ``main`` exits 1.
+Fatal start-up errors (bad configuration, database locked by another teosd or made for another network,
+bitcoind unreachable or on another network, port in use) raise ``FatalError`` with an actionable message;
+``main`` exits 1.
 """
 
 from __future__ import annotations
@@ -41,22 +42,43 @@ import multiprocessing
 import os
 import signal
 import socket
-import sys
 import threading
-import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from coincurve import PrivateKey
 
 from common import crypto
-from common.types import Txid, UserId
+from common.fsutil import write_private_file
+from common.types import UserId
+from teos.chain.bitcoind import BitcoindClient, BitcoindConfig
+from teos.chain.carrier import BroadcastRPC, Carrier
+from teos.chain.monitor import ChainMonitor, ChainSource
+from teos.chain.recent import RecentBlocks
+from teos.chain.tip import ChainTip
 from teos.config import Config
-from teos.fsutil import write_private_file
+from teos.engine.engine import Engine, EngineConfig, EngineMetrics, Inbox, NoMetrics, decode_penalty
+from teos.engine.pointer import PointerStore
+from teos.engine.progress import BlockCounter, Progress
+from teos.engine.startup import BootstrapError, ChainInfoSource, Startup, StartupConfig
+from teos.gatekeeper import Gatekeeper, GatekeeperConfig
+from teos.interfaces import BlockListener, SlotLedger
+from teos.logs import GRANIAN_LOGGING, setup_logging
+from teos.responder.responder import Responder
+from teos.service import DEFAULT_MAX_BLOB_BYTES, TowerCore
 from teos.storage import keys
-from teos.storage.codec import AppointmentRecord
 from teos.storage.store import Batch, StorageError, Store
+from teos.watcher.locator_cache import LocatorCache
+from teos.watcher.watcher import Watcher
+
+if TYPE_CHECKING:  # the HTTP side (flask, granian, prometheus_client) is imported by Daemon.start only
+    from teos.admin import AdminServer
+    from teos.api.ipc import CoreServer
+    from teos.api.worker import WorkerSettings
+    from teos.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -71,50 +93,14 @@ class _StopSignal(SystemExit):
     """Raised in the main thread by SIGTERM/SIGINT before granian takes the signals over."""
 
 
-# -- logging -------------------------------------------------------------------------------------
+class ApiServer(Protocol):
+    """granian's supervisor of the API workers, as the daemon uses it."""
 
-
-class _UtcFormatter(logging.Formatter):
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        return f"{stamp}.{int(record.msecs):03d}Z"
-
-
-def setup_logging(debug: bool, log_file: Path | None) -> None:
-    """Configures the root logger once: UTC timestamps, ``level=`` and ``logger=`` fields, then the event
-    text (modules log ``event key=value ...``); to stderr and, when set, to ``log_file``."""
-    formatter = _UtcFormatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
-    for handler in handlers:
-        handler.setFormatter(formatter)
-        root.addHandler(handler)
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
-    logging.getLogger("_granian").addFilter(_GRANIAN_NOISE)
-
-
-# granian's own messages (workers spawned, stopped, crashed) go to teosd's log; its access log stays off.
-_GRANIAN_LOGGING: dict[str, Any] = {
-    "loggers": {
-        "_granian": {"level": "INFO", "propagate": True},
-        "granian.access": {"level": "WARNING", "propagate": False},
-    },
-}
-
-
-class _GranianNoise(logging.Filter):
-    """Drops granian's advice to run fewer blocking threads: ours mostly wait on synced writes."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Python threads" not in record.getMessage()
-
-
-_GRANIAN_NOISE = _GranianNoise()
+    def serve(
+        self,
+        spawn_target: Callable[..., None] | None = None,
+        target_loader: Callable[..., Callable[..., object]] | None = None,
+    ) -> object: ...
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -130,7 +116,7 @@ def _check_port_free(host: str, port: int) -> None:
                              "(is another teosd or program using this port? see --apiport)") from e
 
 
-# -- the tower key --------------------------------------------------------------------------------
+# -- the tower key and the database's network --------------------------------------------------------
 
 
 def load_or_create_key(path: Path, store: Store, overwrite: bool) -> bytes:
@@ -164,7 +150,8 @@ def load_or_create_key(path: Path, store: Store, overwrite: bool) -> bytes:
 
 
 def check_network(store: Store, chain_name: str) -> None:
-    """Refuses a database made for another network; records the network in a new one."""
+    """Refuses a database made for another network; records the network in a new one. The one check of
+    the database's network (the start-up checks compare bitcoind's network with the configured one)."""
     recorded = store.get(keys.META_NETWORK)
     if recorded is None:
         batch = Batch()
@@ -175,29 +162,78 @@ def check_network(store: Store, chain_name: str) -> None:
                          f"'{recorded.decode('ascii', 'replace')}', not '{chain_name}'")
 
 
-# -- the late-bound chain view ---------------------------------------------------------------------
+# -- the chain side ---------------------------------------------------------------------------------
 
 
-class _ChainViewRef:
-    """A ChainView forwarding to the engine, which is built after the Gatekeeper it needs as its ledger."""
+class Bitcoind(ChainSource, ChainInfoSource, BroadcastRPC, Protocol):
+    """Every call the chain side makes to bitcoind (``BitcoindClient``; tests pass a fake chain)."""
 
-    def __init__(self) -> None:
-        self.target: Any = None
 
-    @property
-    def bitcoind_reachable(self) -> bool:
-        return bool(self.target.bitcoind_reachable)
+class ChainMetrics(EngineMetrics, BlockCounter, Protocol):
+    """The counters the chain side bumps (``teos.metrics.Metrics``, or ``NoMetrics``)."""
 
-    @property
-    def tip_height(self) -> int:
-        return int(self.target.tip_height)
 
-    def breach_in_cache(self, record: AppointmentRecord) -> Txid | None:
-        result: Txid | None = self.target.breach_in_cache(record)
-        return result
+@dataclass
+class ChainSide:
+    """The chain side of a tower, wired by ``build_chain_side``: ``start`` runs the start-up checks
+    (``BootstrapError`` when the tower cannot run against this bitcoind), then the engine thread from
+    where they say to resume, then the monitor; ``stop`` undoes it."""
 
-    def appointment_added(self, record: AppointmentRecord, dispute_txid: Txid) -> None:
-        self.target.appointment_added(record, dispute_txid)
+    tip: ChainTip
+    cache: LocatorCache
+    watcher: Watcher
+    responder: Responder
+    recent: RecentBlocks
+    monitor: ChainMonitor
+    progress: Progress
+    startup: Startup
+    engine: Engine
+
+    def start(self) -> None:
+        resume = self.startup.run()
+        self.engine.start(resume.tip)
+        self.monitor.start(resume.tip, resume.known)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.startup.cancel()
+        self.engine.inbox.close()  # a walker waiting for room in the inbox gives up its block
+        self.monitor.stop(timeout)
+        self.engine.stop(timeout)
+
+
+def build_chain_side(
+    config: EngineConfig,
+    store: Store,
+    bitcoind: Bitcoind,
+    tip: ChainTip,
+    ledger: SlotLedger,
+    listeners: Sequence[BlockListener] = (),
+    metrics: ChainMetrics | None = None,
+) -> ChainSide:
+    """Builds and wires the chain side (nothing starts): Watcher and Responder over the store, the
+    monitor feeding the engine's inbox, one record of recent blocks for both, the tip for everyone."""
+    counters: ChainMetrics = metrics if metrics is not None else NoMetrics()
+    cache = LocatorCache(config.locator_cache_size)
+    watcher = Watcher(store, cache, decode_penalty)
+    responder = Responder(
+        store, Carrier(bitcoind), config.rebroadcast_after, config.irrevocable_confirmations
+    )
+    recent = RecentBlocks(bitcoind, config.recent_blocks)
+    inbox = Inbox(config.max_pending_blocks)
+    monitor = ChainMonitor(
+        bitcoind, [inbox], config.poll_interval, config.zmq_url, on_reachability=tip.set_reachable,
+        retry_max_delay=config.retry_max_delay, recent=recent,
+    )  # fmt: skip
+    pointer = PointerStore(store, config.recent_blocks)
+    progress = Progress(tip, monitor, store, counters)
+    startup = Startup(
+        StartupConfig(config.btc_network, config.startup_retry),
+        bitcoind, bitcoind, pointer, store, cache, tip,
+    )  # fmt: skip
+    engine = Engine(
+        config, inbox, tip, watcher, responder, pointer, recent, store, ledger, listeners, progress, counters
+    )
+    return ChainSide(tip, cache, watcher, responder, recent, monitor, progress, startup, engine)
 
 
 # -- the daemon -----------------------------------------------------------------------------------
@@ -209,99 +245,93 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.store: Store | None = None
-        self.bitcoind: Any = None
-        self.gatekeeper: Any = None
-        self.engine: Any = None
-        self.core: Any = None
-        self.core_server: Any = None
-        self.server: Any = None
-        self.admin: Any = None
-        self.metrics: Any = None
+        self.bitcoind: BitcoindClient | None = None
+        self.tip = ChainTip()
+        self.metrics: Metrics | None = None
+        self.gatekeeper: Gatekeeper | None = None
+        self.chain: ChainSide | None = None
+        self.core: TowerCore | None = None
+        self.core_server: CoreServer | None = None
+        self.server: ApiServer | None = None
+        self.admin: AdminServer | None = None
         self.tower_id: UserId | None = None
+        self._worker_settings: WorkerSettings | None = None
         self._stopped = threading.Event()
 
     def start(self) -> None:
-        from teos.admin import Metrics
+        # Imported here so that the chain side (build_chain_side: tests, benchmarks) needs none of the HTTP
+        # stack; teosd needs it all.
         from teos.api import DEFAULT_MAX_BODY_BYTES
         from teos.api.ipc import TOKEN_BYTES, CoreServer
         from teos.api.worker import WorkerSettings
-        from teos.chain.bitcoind import BitcoindClient, BitcoindConfig
-        from teos.engine import BootstrapError, Engine, EngineConfig
-        from teos.gatekeeper import Gatekeeper, GatekeeperConfig
-        from teos.service import DEFAULT_MAX_BLOB_BYTES, TowerCore
+        from teos.metrics import Metrics
 
         c = self.config
         log.info("starting teosd network=%s datadir=%s", c.btc_network, c.datadir)
-        self.store = Store(c.db_path)
+        metrics = self.metrics = Metrics()
+        store = self.store = Store(c.db_path)
         try:
-            self.store.open()
+            store.open()
         except StorageError as e:
             self.store = None
             raise FatalError(f"{e}. Is another teosd running with datadir {c.datadir}?") from e
-        check_network(self.store, c.chain_name)
-        secret = load_or_create_key(c.key_path, self.store, c.overwrite_key)
-        self.tower_id = crypto.public_key(secret)
-        log.info("tower id=%s", self.tower_id.hex())
+        check_network(store, c.chain_name)
+        secret = load_or_create_key(c.key_path, store, c.overwrite_key)
+        tower_id = self.tower_id = crypto.public_key(secret)
+        log.info("tower id=%s", tower_id.hex())
 
-        self.bitcoind = BitcoindClient(BitcoindConfig(
+        bitcoind = self.bitcoind = BitcoindClient(BitcoindConfig(
             host=c.btc_rpc_connect, port=c.btc_rpc_port, user=c.btc_rpc_user, password=c.btc_rpc_password,
             cookie_file=None if c.btc_rpc_user else c.btc_rpc_cookie,
         ))
-        chain = _ChainViewRef()
-        self.metrics = Metrics()
-        self.gatekeeper = Gatekeeper(self.store, GatekeeperConfig(
+        gatekeeper = self.gatekeeper = Gatekeeper(store, GatekeeperConfig(
             subscription_slots=c.subscription_slots, subscription_duration=c.subscription_duration,
             expiry_delta=c.expiry_delta, max_appointments=c.max_appointments,
             min_to_self_delay=c.min_to_self_delay,
-        ), chain)
-        self.engine = Engine(
+        ), self.tip)
+        chain = self.chain = build_chain_side(
             EngineConfig(
                 btc_network=c.chain_name, poll_interval=c.poll_interval, zmq_url=c.zmq_hashblock or None,
                 locator_cache_size=c.locator_cache_size, rebroadcast_after=c.rebroadcast_after,
             ),
-            self.store, self.bitcoind, self.gatekeeper, [self.gatekeeper], metrics=self.metrics,
+            store, bitcoind, self.tip, gatekeeper, [gatekeeper], metrics,
         )
-        chain.target = self.engine
-        self.gatekeeper.start()
+        gatekeeper.start()
         try:
-            self.engine.start()
+            chain.start()
         except BootstrapError as e:
             raise FatalError(f"cannot start on bitcoind {c.btc_rpc_connect}:{c.btc_rpc_port}: {e}") from e
-        self.core = TowerCore(self.gatekeeper, self.engine, self.store)
-        self.core_server = CoreServer(self.core, os.urandom(TOKEN_BYTES),
-                                      on_observations=self.metrics.observe_requests)
-        self.core_server.start()
+        self.core = TowerCore(gatekeeper, self.tip, chain.engine, store)
+        core_server = self.core_server = CoreServer(self.core, os.urandom(TOKEN_BYTES),
+                                                    on_observations=metrics.observe_requests)
+        core_server.start()
         self._worker_settings = WorkerSettings(
-            address=self.core_server.address, token=self.core_server.token, tower_secret_key=secret,
+            address=core_server.address, token=core_server.token, tower_secret_key=secret,
             min_to_self_delay=c.min_to_self_delay, max_blob_bytes=DEFAULT_MAX_BLOB_BYTES,
             max_body_bytes=DEFAULT_MAX_BODY_BYTES, debug=c.debug,
             log_file=str(c.log_file) if c.log_file else None, parent_pid=os.getpid(),
         )
         self.server = self._make_server()
-        self._start_admin()
+        self._start_admin(store, chain.progress, tower_id, metrics)
 
-    def _start_admin(self) -> None:
+    def _start_admin(self, store: Store, progress: Progress, tower_id: UserId, metrics: Metrics) -> None:
         """The admin API (teos-cli, /metrics, /ready) on rpcbind:rpcport, behind the datadir's cookie."""
         from teos.admin import AdminServer, AdminServerError, StoreAdminBackend
 
-        assert self.store is not None and self.tower_id is not None
         c = self.config
         backend = StoreAdminBackend(
-            self.store, self.engine.status, self.tower_id,
-            stop_callback=lambda: os.kill(os.getpid(), signal.SIGTERM),
-        )  # fmt: skip
-        self.admin = AdminServer(
-            backend, c.network_dir, host=c.rpc_bind, port=c.rpc_port, metrics=self.metrics
+            store, progress.status, tower_id, stop_callback=lambda: os.kill(os.getpid(), signal.SIGTERM)
         )
+        admin = AdminServer(backend, c.network_dir, host=c.rpc_bind, port=c.rpc_port, metrics=metrics)
         try:
-            self.admin.start()
+            admin.start()
         except AdminServerError as e:
-            self.admin = None
             raise FatalError(f"{e} (is another teosd or program using this port? see --rpcport)") from e
-        log.info("admin API listening host=%s port=%d cookie=%s", c.rpc_bind, self.admin.port,
-                 self.admin.cookie_file)  # fmt: skip
+        self.admin = admin
+        log.info("admin API listening host=%s port=%d cookie=%s", c.rpc_bind, admin.port,
+                 admin.cookie_file)  # fmt: skip
 
-    def _make_server(self) -> Any:
+    def _make_server(self) -> ApiServer:
         """granian's supervisor for the API workers (see the module docstring); listens in ``serve``."""
         from granian import Granian
         from granian.constants import HTTPModes, Interfaces
@@ -317,7 +347,7 @@ class Daemon:
             websockets=False, backlog=1024, respawn_failed_workers=True,
             workers_kill_timeout=int(SHUTDOWN_TIMEOUT),
             log_level=LogLevels.debug if c.debug else LogLevels.info,
-            log_dictconfig=_GRANIAN_LOGGING,
+            log_dictconfig=GRANIAN_LOGGING,
         )
         setup_logging(c.debug, c.log_file)  # granian's dictConfig replaced our handlers
         log.info("API listening host=%s port=%d workers=%d threads=%d", c.api_bind, c.api_port,
@@ -330,6 +360,7 @@ class Daemon:
         Raises SystemExit if the workers keep dying (granian's crash-loop guard)."""
         from teos.api.worker import load_app
 
+        assert self.server is not None and self._worker_settings is not None, "start() first"
         self.server.serve(target_loader=functools.partial(load_app, self._worker_settings))
 
     def stop(self) -> None:
@@ -342,9 +373,9 @@ class Daemon:
                 self.admin.stop()  # stops listening and deletes the cookie
         if self.core_server is not None:
             self.core_server.stop()  # the workers are gone; requests in hand finished their writes
-        if self.engine is not None:
+        if self.chain is not None:
             log.info("stopping the engine")
-            self.engine.stop()
+            self.chain.stop()
         if self.gatekeeper is not None:
             self.gatekeeper.stop()
         if self.bitcoind is not None:

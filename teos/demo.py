@@ -1,511 +1,175 @@
-"""What the demo, the end-to-end tests and the load benchmark share: a small user client for the tower's
-HTTP API (both dialects, receipts checked against the tower id) and helpers that run ``teos-regtest`` and
-``teosd`` as subprocesses on free loopback ports.
+"""The tower's main job, narrated: ``./scripts/demo`` (``python -m teos.demo [--keep]``).
 
-The client builds its requests with ``common`` (the same wire formats the tower checks), speaks plain
-``http.client`` over one keep-alive connection, and identifies itself the way each family does: python-teos
-clients send a python-requests User-Agent, the rust-teos plugin (reqwest) sends none.
+It runs the bundled bitcoind simulator (``teos.regtest``) in this process and ``teosd`` as a subprocess,
+both on loopback with temporary datadirs, then goes through what a user and a cheater do: a user
+registers and sends an appointment (with ``common.client``, the user client every tool here shares, which
+checks each receipt against the tower id); the revoked commitment is mined; the tower broadcasts the
+penalty and follows it. It stops everything it started and exits 0, or non-zero with the logs' last lines.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-import http.client
-import json
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any
 
-from common import crypto, receipts
-from common.appointment import Appointment
-from common.dialects import locator_from_txid
-from common.types import Dialect, Locator, Txid, UserId
+from common.client import TowerClient
+from common.types import Dialect, UserId
+from teos.chain.bitcoind import rpc_call
+from teos.devtools import free_port, wait_until
+from teos.regtest.simulator import Simulator
+from teos.regtest.wallet import Wallet
 
-T = TypeVar("T")
-
-
-class TowerError(Exception):
-    """The tower answered with an unexpected HTTP status."""
-
-    def __init__(self, status: int, body: Any) -> None:
-        super().__init__(f"HTTP {status}: {body}")
-        self.status = status
-        self.body = body
-
-
-class ReceiptError(Exception):
-    """A receipt's signature does not verify against the tower id."""
-
-
-class WaitTimedOut(TimeoutError):
-    """``wait_until``'s condition did not come true in time."""
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Polls ``predicate`` until it returns something truthy; raises WaitTimedOut naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise WaitTimedOut(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# -- the user client ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SentAppointment:
-    locator: Locator
-    signature: str  # the user's
-    response: dict[str, Any]
-
-
-class TowerClient:
-    """One user of the tower, in one dialect, over one keep-alive HTTP connection."""
-
-    def __init__(self, host: str, port: int, dialect: Dialect, secret_key: bytes | None = None) -> None:
-        self.host = host
-        self.port = port
-        self.dialect = dialect
-        self.secret_key = secret_key or crypto.generate_secret_key()
-        self.user_id: UserId = crypto.public_key(self.secret_key)
-        self._conn: http.client.HTTPConnection | None = None
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        """One request; returns (status, parsed JSON or None for an empty body)."""
-        headers = {"Content-Type": "application/json"}
-        if self.dialect is Dialect.PYTHON:
-            headers["User-Agent"] = "python-requests/2.31.0"
-        data = None if body is None else json.dumps(body).encode()
-        for attempt in (1, 2):  # a keep-alive connection the server closed is re-opened once
-            if self._conn is None:
-                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-            try:
-                self._conn.request(method, path, body=data, headers=headers)
-                response = self._conn.getresponse()
-                raw = response.read()
-                break
-            except (ConnectionError, http.client.RemoteDisconnected, http.client.CannotSendRequest):
-                self.close()
-                if attempt == 2:
-                    raise
-        return response.status, (json.loads(raw) if raw else None)
-
-    def _ok(self, status: int, body: Any) -> dict[str, Any]:
-        if status != 200 or not isinstance(body, dict):
-            raise TowerError(status, body)
-        return body
-
-    def ping(self) -> int:
-        return self.request("GET", "/ping")[0]
-
-    def register(self) -> dict[str, Any]:
-        field = "public_key" if self.dialect is Dialect.PYTHON else "user_id"
-        return self._ok(*self.request("POST", "/register", {field: self.user_id.hex()}))
-
-    def add_appointment(
-        self, dispute_txid: Txid, penalty_raw: bytes, to_self_delay: int = 20
-    ) -> SentAppointment:
-        """Encrypts ``penalty_raw`` under ``dispute_txid`` the dialect's way, signs and sends it."""
-        locator = locator_from_txid(dispute_txid, self.dialect)
-        blob = crypto.encrypt(penalty_raw, dispute_txid, self.dialect)
-        appointment = Appointment(locator, blob, to_self_delay)
-        signature = crypto.sign(appointment.serialize(), self.secret_key)
-        body = {
-            "appointment": {
-                "locator": locator.hex(),
-                "encrypted_blob": blob.hex(),
-                "to_self_delay": to_self_delay,
-            },
-            "signature": signature,
-        }
-        return SentAppointment(locator, signature, self._ok(*self.request("POST", "/add_appointment", body)))
-
-    def get_appointment(self, locator: Locator) -> tuple[int, Any]:
-        signature = crypto.sign(f"get appointment {locator.hex()}".encode(), self.secret_key)
-        return self.request("POST", "/get_appointment", {"locator": locator.hex(), "signature": signature})
-
-    def get_subscription_info(self) -> dict[str, Any]:
-        signature = crypto.sign(b"get subscription info", self.secret_key)
-        return self._ok(*self.request("POST", "/get_subscription_info", {"signature": signature}))
-
-    # -- receipts --------------------------------------------------------------------------------
-
-    def check_registration(self, response: dict[str, Any], tower_id: UserId) -> None:
-        """Raises ReceiptError unless the registration receipt is signed by ``tower_id``."""
-        receipt = receipts.registration_receipt(
-            self.dialect,
-            self.user_id,
-            response["available_slots"],
-            response.get("subscription_start", 0),
-            response["subscription_expiry"],
-        )
-        if not crypto.verify(receipt, response["subscription_signature"], tower_id):
-            raise ReceiptError("registration receipt is not signed by the tower")
-
-    def check_appointment(self, sent: SentAppointment, tower_id: UserId) -> None:
-        """Raises ReceiptError unless the appointment receipt is signed by ``tower_id``."""
-        receipt = receipts.appointment_receipt(self.dialect, sent.signature, sent.response["start_block"])
-        if not crypto.verify(receipt, sent.response["signature"], tower_id):
-            raise ReceiptError("appointment receipt is not signed by the tower")
-
-
-# -- processes ------------------------------------------------------------------------------------
-
-
-class Process:
-    """A subprocess in its own session, logging to a file; ``stop`` sends SIGTERM and waits."""
-
-    def __init__(
-        self, name: str, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None
-    ) -> None:
-        self.name = name
-        self.args = list(args)
-        self.log_path = log_path
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            self.args,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=self.env if self.env is not None else clean_env(),
-        )
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(
-                f"{self.name} exited with status {self.proc.returncode}; last lines of its log:\n"
-                + self.tail()
-            )
-
-    def tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def signal(self, sig: int) -> None:
-        if self.running and self.proc is not None:
-            self.proc.send_signal(sig)
-
-    def wait(self, timeout: float) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM, wait; SIGKILL if it hangs. Returns the exit status."""
-        status = None
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(10)
-            status = self.proc.returncode
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return status
-
-
-def clean_env() -> dict[str, str]:
-    """This environment without TEOS_* variables (a subprocess teosd gets its settings as flags)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("TEOS_")}
-
-
-class Regtest(Process):
-    """``teos-regtest``, the bundled bitcoind simulator, on free loopback ports."""
-
-    def __init__(self, datadir: Path, user: str = "teos", password: str = "teos-demo") -> None:
-        self.datadir = datadir
-        self.rpc_port = free_port()
-        self.zmq_port = free_port()
-        self.user = user
-        self.password = password
-        super().__init__(
-            "teos-regtest",
-            [
-                sys.executable,
-                "-m",
-                "teos.regtest",
-                "--datadir",
-                str(datadir),
-                "--rpcport",
-                str(self.rpc_port),
-                "--zmqport",
-                str(self.zmq_port),
-                "--rpcuser",
-                user,
-                "--rpcpassword",
-                password,
-            ],
-            datadir / "regtest.log",
-        )
-
-    @property
-    def zmq_url(self) -> str:
-        return f"tcp://127.0.0.1:{self.zmq_port}"
-
-    def rpc(self, method: str, *params: Any, timeout: float = 30.0) -> Any:
-        import base64
-
-        auth = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
-        conn = http.client.HTTPConnection("127.0.0.1", self.rpc_port, timeout=timeout)
-        try:
-            conn.request(
-                "POST",
-                "/",
-                json.dumps({"jsonrpc": "1.0", "id": "demo", "method": method, "params": list(params)}),
-                {"Authorization": f"Basic {auth}", "Content-Type": "application/json"},
-            )
-            reply = json.loads(conn.getresponse().read())
-        finally:
-            conn.close()
-        if reply.get("error"):
-            raise RuntimeError(f"bitcoind {method}: {reply['error']}")
-        return reply["result"]
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        def ready() -> bool:
-            self.check_alive()
-            try:
-                self.rpc("getblockcount", timeout=5)
-                return True
-            except (OSError, RuntimeError, ValueError, http.client.HTTPException):
-                return False
-
-        wait_until(ready, timeout, "teos-regtest to answer RPC")
-
-
-def teosd_args(
-    datadir: Path,
-    api_port: int,
-    rpc_host: str,
-    rpc_port: int,
-    rpc_user: str,
-    rpc_password: str,
-    zmq_url: str = "",
-    extra: Sequence[str] = (),
-) -> list[str]:
-    """The command line of a regtest teosd against the given bitcoind."""
-    return [
-        sys.executable,
-        "-m",
-        "teos",
-        "--datadir",
-        str(datadir),
-        "--btcnetwork",
-        "regtest",
-        "--apibind",
-        "127.0.0.1",
-        "--apiport",
-        str(api_port),
-        "--rpcport",
-        str(free_port()),
-        "--btcrpcconnect",
-        rpc_host,
-        "--btcrpcport",
-        str(rpc_port),
-        "--btcrpcuser",
-        rpc_user,
-        "--btcrpcpassword",
-        rpc_password,
-        "--zmqhashblock",
-        zmq_url,
-        *extra,
-    ]
-
-
-class Teosd(Process):
-    """``teosd`` as a subprocess; ``wait_ready`` waits until its API answers ``/ping``."""
-
-    def __init__(
-        self, datadir: Path, args: Sequence[str], api_port: int, extra_env: dict[str, str] | None = None
-    ) -> None:
-        self.datadir = datadir
-        self.api_port = api_port
-        super().__init__("teosd", args, datadir / "teosd.log", {**clean_env(), **(extra_env or {})})
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        def ready() -> bool:
-            self.check_alive()
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=2)
-                try:
-                    conn.request("GET", "/ping")
-                    return conn.getresponse().status == 200
-                finally:
-                    conn.close()
-            return False
-
-        wait_until(ready, timeout, "teosd's API to answer")
-
-    def tower_id(self) -> UserId:
-        """The tower id teosd logged at start."""
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if "tower id=" in line:
-                return UserId.from_hex(line.split("tower id=")[1].split()[0])
-        raise RuntimeError("teosd has not logged its tower id")
-
-
-# -- the demo --------------------------------------------------------------------------------------
+RPC_USER, RPC_PASSWORD = "teos", "teos-demo"
 
 
 def _say(text: str) -> None:
     print(f"[demo] {text}", flush=True)
 
 
-def _pair_parts(pair: Any) -> tuple[bytes, Txid, bytes, Txid]:
-    """(commitment raw, commitment txid, penalty raw, penalty txid) of a ``Wallet.breach_pair()`` result."""
-    return pair.commitment.raw, pair.commitment.txid, pair.penalty.raw, pair.penalty.txid
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class _Node:
+    """The simulator, in this process, and RPC calls to it as to any bitcoind."""
+
+    def __init__(self, datadir: Path) -> None:
+        self.sim = Simulator(datadir, rpcuser=RPC_USER, rpcpassword=RPC_PASSWORD)
+
+    def rpc(self, method: str, *params: Any) -> Any:
+        return rpc_call("127.0.0.1", self.sim.rpc_port, RPC_USER, RPC_PASSWORD, method, params)
+
+
+@contextlib.contextmanager
+def _teosd(workdir: Path, node: _Node, api_port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """teosd against ``node``, logging to ``workdir/teosd.log``; stopped with SIGTERM on the way out."""
+    args = [
+        sys.executable, "-m", "teos", "--datadir", str(workdir), "--btcnetwork", "regtest",
+        "--apibind", "127.0.0.1", "--apiport", str(api_port), "--rpcport", str(free_port()),
+        "--btcrpcconnect", "127.0.0.1", "--btcrpcport", str(node.sim.rpc_port), "--btcrpcuser", RPC_USER,
+        "--btcrpcpassword", RPC_PASSWORD, "--zmqhashblock", node.sim.zmq_url, "--pollinterval", "5",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEOS_")}  # flags only
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir / "teosd.log", "ab") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+
+
+def _tower_id(log: Path) -> UserId:
+    for line in log.read_text(errors="replace").splitlines():
+        if "tower id=" in line:
+            return UserId.from_hex(line.split("tower id=")[1].split()[0])
+    raise RuntimeError("teosd has not logged its tower id")
 
 
 def run_demo(workdir: Path) -> None:
-    """The tower's main job, step by step, against the bundled simulator (raises on any failure)."""
-    from teos.regtest.wallet import Wallet
-
-    regtest = Regtest(workdir / "bitcoind")
-    api_port = free_port()
-    teosd = Teosd(
-        workdir / "teos",
-        teosd_args(
-            workdir / "teos",
-            api_port,
-            "127.0.0.1",
-            regtest.rpc_port,
-            regtest.user,
-            regtest.password,
-            regtest.zmq_url,
-            ["--pollinterval", "5"],
-        ),
-        api_port,
-    )
+    """The tower's main job, step by step, against the simulator (raises on any failure)."""
+    node = _Node(workdir / "bitcoind")
+    node.sim.start()
     try:
-        _say(
-            f"starting teos-regtest, the bundled bitcoind simulator (RPC 127.0.0.1:{regtest.rpc_port}, "
-            f"ZMQ {regtest.zmq_url})"
-        )
-        regtest.start()
-        regtest.wait_ready()
-        wallet = Wallet(regtest.rpc, seed=b"teos-demo")
+        _say(f"bitcoind simulator up (RPC 127.0.0.1:{node.sim.rpc_port}, ZMQ {node.sim.zmq_url})")
+        wallet = Wallet(node.rpc, seed=b"teos-demo")
         _say("funding a wallet on the simulator (mining blocks to it)")
         wallet.fund()
-
-        _say(f"starting teosd (API http://127.0.0.1:{api_port}, datadir {teosd.datadir})")
-        teosd.start()
-        teosd.wait_ready()
-        tower_id = teosd.tower_id()
-        _say(f"teosd is up at height {regtest.rpc('getblockcount')}; tower id {tower_id.hex()}")
-
-        user = TowerClient("127.0.0.1", api_port, Dialect.RUST)
-        _say(f"registering user {user.user_id.hex()} (rust-teos dialect)")
-        registration = user.register()
-        user.check_registration(registration, tower_id)
-        _say(
-            f"registered: {registration['available_slots']} slots until block "
-            f"{registration['subscription_expiry']}; receipt signature verified against the tower id"
-        )
-
-        commitment_raw, commitment_txid, penalty_raw, penalty_txid = _pair_parts(wallet.breach_pair())
-        _say(f"built a channel state: revoked commitment {commitment_txid.hex()}")
-        _say(f"                       and the penalty spending it {penalty_txid.hex()}")
-        sent = user.add_appointment(commitment_txid, penalty_raw)
-        user.check_appointment(sent, tower_id)
-        _say(
-            f"appointment sent: locator {sent.locator.hex()}, penalty encrypted under the commitment txid; "
-            f"accepted at block {sent.response['start_block']}, receipt signature verified"
-        )
-        status, body = user.get_appointment(sent.locator)
-        _say(f"get_appointment -> HTTP {status}, status {body['status']}")
-
-        _say("the cheating party broadcasts the revoked commitment; mining a block with it")
-        regtest.rpc("sendrawtransaction", commitment_raw.hex())
-        breach_block = regtest.rpc("generatetoaddress", 1, wallet.address())[0]
-        started = time.monotonic()
-        wait_until(
-            lambda: penalty_txid.hex() in regtest.rpc("getrawmempool"), 30, "the penalty in the mempool"
-        )
-        _say(
-            f"breach seen in block {breach_block[:16]}...: the tower broadcast the penalty "
-            f"{penalty_txid.hex()} {time.monotonic() - started:.2f}s later"
-        )
-
-        def responded() -> Any:
-            status, body = user.get_appointment(sent.locator)
-            return body if status == 200 and body.get("status") == "dispute_responded" else None
-
-        body = wait_until(responded, 15, "get_appointment to show dispute_responded")
-        _say(
-            f"get_appointment -> status {body['status']}, penalty_txid {body['appointment']['penalty_txid']}"
-        )
-
-        first = regtest.rpc("generatetoaddress", 1, wallet.address())[0]
-        if penalty_txid.hex() not in regtest.rpc("getblock", first)["tx"]:
-            raise RuntimeError("the penalty was not mined in the next block")
-        height = regtest.rpc("getblock", first)["height"]
-        _say(f"penalty mined in block {height} (1 confirmation)")
-        regtest.rpc("generatetoaddress", 5, wallet.address())
-        confirmations = regtest.rpc("getblockcount") - height + 1
-        _say(
-            f"mined 5 more blocks: the penalty has {confirmations} confirmations; the tower follows it "
-            "until it is irrevocably resolved"
-        )
-        _say("stopping teosd (SIGTERM)")
-        status_code = teosd.stop()
-        if status_code != 0:
-            raise RuntimeError(f"teosd exited with status {status_code}")
-        _say("teosd stopped cleanly (exit 0)")
-    except Exception:
-        for process in (teosd, regtest):
-            if process.proc is not None:
-                print(
-                    f"--- last lines of {process.name}'s log ({process.log_path}):\n{process.tail()}",
-                    file=sys.stderr,
-                )
-        raise
+        api_port = free_port()
+        log = workdir / "teos" / "teosd.log"
+        _say(f"starting teosd (API http://127.0.0.1:{api_port}, datadir {workdir / 'teos'})")
+        with _teosd(workdir / "teos", node, api_port) as teosd:
+            try:
+                _narrate(node, wallet, teosd, api_port, log)
+            except Exception:
+                print(f"--- last lines of teosd's log ({log}):\n{_tail(log)}", file=sys.stderr)
+                raise
     finally:
-        teosd.stop()
-        regtest.stop()
+        node.sim.stop()
+
+
+def _narrate(node: _Node, wallet: Wallet, teosd: subprocess.Popen[bytes], api_port: int, log: Path) -> None:
+    user = TowerClient("127.0.0.1", api_port, Dialect.RUST)
+
+    def up() -> bool:
+        if teosd.poll() is not None:
+            raise RuntimeError(f"teosd exited with status {teosd.returncode}")
+        with contextlib.suppress(OSError):
+            return user.ping() == 200
+        return False
+
+    wait_until(up, 30, "teosd's API to answer")
+    tower_id = _tower_id(log)
+    _say(f"teosd is up at height {node.rpc('getblockcount')}; tower id {tower_id.hex()}")
+
+    _say(f"registering user {user.user_id.hex()} (rust-teos dialect)")
+    registration = user.check_registration(user.register(), tower_id)
+    _say(f"registered: {registration['available_slots']} slots until block "
+         f"{registration['subscription_expiry']}; receipt signature verified against the tower id")
+
+    pair = wallet.breach_pair()
+    commitment, penalty = pair.commitment, pair.penalty
+    _say(f"built a channel state: revoked commitment {commitment.txid.hex()}")
+    _say(f"                       and the penalty spending it {penalty.txid.hex()}")
+    sent = user.add_appointment(commitment.txid, penalty.raw)
+    receipt = user.check_appointment(sent, tower_id)
+    _say(f"appointment sent: locator {sent.locator.hex()}, penalty encrypted under the commitment txid; "
+         f"accepted at block {receipt['start_block']}, receipt signature verified")
+    status, body = user.get_appointment(sent.locator)
+    _say(f"get_appointment -> HTTP {status}, status {body['status']}")
+
+    _say("the cheating party broadcasts the revoked commitment; mining a block with it")
+    node.rpc("sendrawtransaction", commitment.hex)
+    breach_block = node.rpc("generatetoaddress", 1, wallet.address())[0]
+    started = time.monotonic()
+    wait_until(lambda: penalty.txid.hex() in node.rpc("getrawmempool"), 30, "the penalty in the mempool")
+    _say(f"breach seen in block {breach_block[:16]}...: the tower broadcast the penalty "
+         f"{penalty.txid.hex()} {time.monotonic() - started:.2f}s later")
+
+    def responded() -> Any:
+        status, body = user.get_appointment(sent.locator)
+        return body if status == 200 and body.get("status") == "dispute_responded" else None
+
+    body = wait_until(responded, 15, "get_appointment to show dispute_responded")
+    _say(f"get_appointment -> status {body['status']}, penalty_txid {body['appointment']['penalty_txid']}")
+
+    first = node.rpc("generatetoaddress", 1, wallet.address())[0]
+    mined = node.rpc("getblock", first)
+    if penalty.txid.hex() not in mined["tx"]:
+        raise RuntimeError("the penalty was not mined in the next block")
+    _say(f"penalty mined in block {mined['height']} (1 confirmation)")
+    node.rpc("generatetoaddress", 5, wallet.address())
+    confirmations = node.rpc("getblockcount") - mined["height"] + 1
+    _say(f"mined 5 more blocks: the penalty has {confirmations} confirmations; the tower follows it "
+         "until it is irrevocably resolved")
+    user.close()
+    _say("stopping teosd (SIGTERM)")
+    teosd.send_signal(signal.SIGTERM)
+    if teosd.wait(20) != 0:
+        raise RuntimeError(f"teosd exited with status {teosd.returncode}")
+    _say("teosd stopped cleanly (exit 0)")
 
 
 def main() -> None:
-    import argparse
-    import shutil
-    import tempfile
-
     parser = argparse.ArgumentParser(description="Shows the tower's main job against the bundled simulator.")
     parser.add_argument("--keep", action="store_true", help="keep the temporary datadirs (logs) afterwards")
     args = parser.parse_args()

@@ -1,18 +1,45 @@
-"""The seams between the tower's parts, as small Protocols.
+"""The seams between the tower's two sides, as small Protocols, and the values that cross them.
 
-The engine (chain monitor, Watcher, Responder) and the user side (Gatekeeper, service, HTTP API) meet
-only here; each side receives an object satisfying the other's Protocol from the composition root
-(``teos/daemon.py``), and tests pass fakes.
+The chain side (monitor, engine, Watcher, Responder) and the user side (Gatekeeper, service, HTTP API)
+meet only here. The composition root (``teos/daemon.py``) hands each side objects satisfying the other
+side's Protocols; tests pass fakes. The one piece of state both sides share is the tip
+(``teos.chain.tip.ChainTip``): written by the engine, read through ``TipView``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
+from common.appointment import slots_for
 from common.types import BlockHash, Txid, UserId, Uuid
 from teos.storage.codec import AppointmentRecord
 from teos.storage.store import Batch
+
+# What a user gets back when appointments leave the tower: (uuid, slots) per user.
+SlotRefunds = dict[UserId, list[tuple[Uuid, int]]]
+
+
+def slot_refunds(appointments: Iterable[AppointmentRecord]) -> SlotRefunds:
+    """The slots each appointment was charged, grouped by user (for ``SlotLedger.release``)."""
+    out: SlotRefunds = {}
+    for a in appointments:
+        out.setdefault(a.user_id, []).append((a.uuid, slots_for(len(a.encrypted_blob))))
+    return out
+
+
+@dataclass(frozen=True)
+class Breach:
+    """An appointment whose dispute transaction is in the chain, with its decrypted penalty: what the
+    Watcher finds and the Responder turns into a tracker."""
+
+    appointment: AppointmentRecord
+    dispute_txid: Txid
+    penalty_txid: Txid
+    penalty_rawtx: bytes
+    block_hash: BlockHash  # the block holding the dispute transaction
+    height: int
 
 
 class SlotLedger(Protocol):
@@ -34,8 +61,8 @@ class BlockListener(Protocol):
     def block_disconnected(self, block_hash: BlockHash, height: int) -> None: ...
 
 
-class ChainView(Protocol):
-    """What the user side (service, API) needs from the engine."""
+class TipView(Protocol):
+    """The tip as the user side reads it (``ChainTip`` satisfies it)."""
 
     @property
     def bitcoind_reachable(self) -> bool:
@@ -47,6 +74,10 @@ class ChainView(Protocol):
         """Height of the last block the tower has processed (used for start_block and expiries)."""
         ...
 
+
+class LateBreaches(Protocol):
+    """An appointment whose breach is already in the chain (the engine satisfies it)."""
+
     def breach_in_cache(self, record: AppointmentRecord) -> Txid | None:
         """The dispute txid if ``record``'s locator (in its dialect) matches a transaction of the
         last N blocks (the locator cache), else None."""
@@ -56,3 +87,8 @@ class ChainView(Protocol):
         """Called after an appointment whose breach is already in the cache was committed: the
         engine responds to it at once (asynchronously) as if the block had just arrived."""
         ...
+
+
+class ChainView(TipView, LateBreaches, Protocol):
+    """Both of the user side's views of the chain in one object: what tests' fakes and tools that run a
+    service without an engine provide (``TowerService.local``)."""

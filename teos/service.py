@@ -34,10 +34,11 @@ from typing import Protocol
 from common import crypto, receipts
 from common.appointment import Appointment, compute_uuid
 from common.errors import ErrorKind, RequestError, TeosError
+from common.messages import GET_SUBSCRIPTION_INFO_MESSAGE, get_appointment_message
 from common.tx import TxDecodeError, decode_transaction
 from common.types import Dialect, Locator, Txid, UserId
 from teos.gatekeeper import Gatekeeper
-from teos.interfaces import ChainView
+from teos.interfaces import ChainView, LateBreaches, TipView
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord, UserRecord
 from teos.storage.store import Store
@@ -51,14 +52,7 @@ DISPUTE_RESPONDED = "dispute_responded"
 # at eight slots' worth. rust-teos clients are bounded tighter by their per-endpoint body limit.
 DEFAULT_MAX_BLOB_BYTES = 16 * 1024
 
-GET_SUBSCRIPTION_INFO_MESSAGE = b"get subscription info"
-
 NOT_ENOUGH_SLOTS = "Invalid signature or user does not have enough slots available"
-
-
-def get_appointment_message(locator: Locator) -> bytes:
-    """The text a user signs to ask for the appointment at ``locator``."""
-    return f"get appointment {locator.hex()}".encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -128,15 +122,20 @@ class Core(Protocol):
 
 
 class TowerCore:
-    """The state side of the use cases (see the module docstring); implements ``Core``."""
+    """The state side of the use cases (see the module docstring); implements ``Core``.
 
-    def __init__(self, gatekeeper: Gatekeeper, chain: ChainView, store: Store) -> None:
+    ``tip`` says where the chain is and whether bitcoind answers; ``late`` finds a breach already in the
+    chain and hands such an appointment to the engine.
+    """
+
+    def __init__(self, gatekeeper: Gatekeeper, tip: TipView, late: LateBreaches, store: Store) -> None:
         self.gatekeeper = gatekeeper
-        self.chain = chain
+        self.tip = tip
+        self.late = late
         self.store = store
 
     def _require_bitcoind(self) -> None:
-        if not self.chain.bitcoind_reachable:
+        if not self.tip.bitcoind_reachable:
             raise TeosError(ErrorKind.SERVICE_UNAVAILABLE, "Service currently unavailable")
 
     def _active_user(self, user_id: UserId, refusal: str) -> UserRecord:
@@ -177,19 +176,19 @@ class TowerCore:
             to_self_delay=appointment.to_self_delay,
             user_id=user_id,
             user_signature=signature,
-            start_block=self.chain.tip_height,
+            start_block=self.tip.tip_height,
             dialect=user.dialect,
         )
-        dispute_txid = self.chain.breach_in_cache(record)
+        dispute_txid = self.late.breach_in_cache(record)
         if dispute_txid is not None:
             self._check_penalty_decodes(record, dispute_txid)
         user = self.gatekeeper.add_appointment(record)
         if dispute_txid is None:
             # The breach block may have been processed between the check above and the commit: the
             # Watcher puts a block in the cache before its lookups, so looking again closes that gap.
-            dispute_txid = self.chain.breach_in_cache(record)
+            dispute_txid = self.late.breach_in_cache(record)
         if dispute_txid is not None:
-            self.chain.appointment_added(record, dispute_txid)
+            self.late.appointment_added(record, dispute_txid)
         log.debug(
             "appointment accepted locator=%s user_id=%s slots_left=%d breached=%s",
             record.locator,
@@ -256,9 +255,10 @@ class TowerService:
         *,
         max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
     ) -> TowerService:
-        """A service over a ``TowerCore`` in this process (tests, and tools that own the database)."""
+        """A service over a ``TowerCore`` in this process (tests, and tools that own the database);
+        ``chain`` is both the tip and the late-breach seam."""
         return cls(
-            TowerCore(gatekeeper, chain, store),
+            TowerCore(gatekeeper, chain, chain, store),
             tower_secret_key,
             min_to_self_delay=gatekeeper.config.min_to_self_delay,
             max_blob_bytes=max_blob_bytes,

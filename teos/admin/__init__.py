@@ -1,11 +1,10 @@
 """Operating the tower: the admin API (``teos-cli``'s server side), its cookie, metrics and readiness.
 
-Wiring, in the composition root (after the store, the engine and the tower id exist)::
+Wiring, in the composition root (``teos/daemon.py``, after the store, the chain side and the tower id
+exist)::
 
-    metrics = Metrics()
-    public_app = create_app(service)
-    instrument(public_app, metrics, name="public")          # request counts and latencies per route
-    backend = StoreAdminBackend(store, engine.status, tower_id,
+    metrics = Metrics()                                       # teos.metrics
+    backend = StoreAdminBackend(store, progress.status, tower_id,
                                 stop_callback=lambda: os.kill(os.getpid(), signal.SIGTERM))
     admin = AdminServer(backend, config.network_dir, host=config.rpc_bind, port=config.rpc_port,
                         metrics=metrics)
@@ -13,15 +12,15 @@ Wiring, in the composition root (after the store, the engine and the tower id ex
     ...
     admin.stop()     # first thing at shutdown: stops listening and deletes the cookie
 
-The engine (or whoever sees the event) calls ``metrics.breach_seen()``, ``metrics.penalty_broadcast()``,
-``metrics.penalty_confirmed()`` and ``metrics.block_processed()``; the state gauges need no calls.
+The engine calls ``metrics.breach_seen()``, ``metrics.penalty_broadcast()`` and
+``metrics.penalty_confirmed()``, progress ``metrics.block_processed()``; the state gauges need no calls.
 """
 
+from common.cookie import COOKIE_USER, CookieError, read_cookie, remove_cookie, write_cookie
 from teos.admin.app import create_admin_app
 from teos.admin.backend import AdminBackend, AdminError, Page, StoreAdminBackend
-from teos.admin.cookie import COOKIE_USER, CookieError, read_cookie, remove_cookie, write_cookie
-from teos.admin.metrics import Metrics, instrument
 from teos.admin.server import AdminServer, AdminServerError
+from teos.metrics import Metrics, instrument
 
 __all__ = [
     "COOKIE_USER",

@@ -1,7 +1,7 @@
 """The admin HTTP API that ``teos-cli`` talks to, bound to localhost by the daemon (``rpcbind:rpcport``).
 
 Routes (JSON in and out; every admin route needs HTTP basic auth ``__cookie__:<secret>`` from the cookie
-file, see ``teos.admin.cookie``; anything else is answered 401 with a JSON body):
+file, see ``common.cookie``; anything else is answered 401 with a JSON body):
 
     GET  /gettowerinfo                                     tower id, counts, heights, readiness
     GET  /getallappointments?section=watcher|responder&cursor=<hex>&limit=<n>   one page
@@ -24,12 +24,12 @@ import logging
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from common.cookie import COOKIE_USER
 from common.errors import RequestError
 from common.types import UserId
 from common.validation import parse_locator
 from teos.admin.backend import DEFAULT_PAGE_LIMIT, SECTION_WATCHER, AdminBackend, AdminError
-from teos.admin.cookie import COOKIE_USER
-from teos.admin.metrics import Metrics, instrument, metrics_response
+from teos.metrics import Metrics, instrument, metrics_response
 
 log = logging.getLogger(__name__)
 

@@ -135,9 +135,10 @@ def _int_or_none(value: object) -> int | None:
 class StoreAdminBackend:
     """``AdminBackend`` reading the tower's LevelDB (see the module docstring).
 
-    ``engine_status`` is ``Engine.status`` (a dict with ``bitcoind_reachable``, ``tip_height_seen``,
-    ``watcher: {block_hash, height}``, ``blocks_behind``, ``catching_up``); ``stop_callback`` must only
-    *ask* the daemon to stop and return at once (it runs inside the ``stop`` request).
+    ``engine_status`` is ``teos.engine.progress.Progress.status`` (a dict with ``bitcoind_reachable``,
+    ``tip_height_seen``, ``watcher: {block_hash, height}``, ``blocks_behind``, ``catching_up``);
+    ``stop_callback`` must only *ask* the daemon to stop and return at once (it runs inside the ``stop``
+    request).
     """
 
     def __init__(
@@ -167,7 +168,7 @@ class StoreAdminBackend:
             return {}
 
     def _stored_pointer(self) -> JsonObject:
-        raw = self._store.get(keys.meta_last_block("watcher"))
+        raw = self._store.get(keys.META_LAST_BLOCK)
         if raw is None:
             return {"block_hash": None, "height": None}
         try:

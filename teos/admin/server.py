@@ -14,10 +14,10 @@ from pathlib import Path
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from common.cookie import cookie_path, remove_cookie, write_cookie
 from teos.admin.app import create_admin_app
 from teos.admin.backend import AdminBackend
-from teos.admin.cookie import cookie_path, remove_cookie, write_cookie
-from teos.admin.metrics import Metrics
+from teos.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

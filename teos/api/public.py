@@ -22,14 +22,10 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from common.errors import ErrorKind, RequestError, TeosError
+from common.messages import GET_SUBSCRIPTION_INFO_MESSAGE, get_appointment_message
 from common.types import Dialect, Locator, UserId
 from common.validation import parse_appointment, parse_locator, parse_signature, parse_user_id
-from teos.service import (
-    GET_SUBSCRIPTION_INFO_MESSAGE,
-    AppointmentState,
-    TowerService,
-    get_appointment_message,
-)
+from teos.service import AppointmentState, TowerService
 
 bp = Blueprint("public", __name__)
 

@@ -28,6 +28,8 @@ from flask import Flask
 
 from teos.api import create_app
 from teos.api.ipc import CoreClient, Observation, RemoteCore
+from teos.logs import setup_logging
+from teos.metrics import instrument
 from teos.service import TowerService
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 class ForwardingMetrics:
-    """Counts this worker's requests (``teos.admin.instrument`` calls ``observe_request``) and forwards
+    """Counts this worker's requests (``teos.metrics.instrument`` calls ``observe_request``) and forwards
     them to the main process's metrics every ``FLUSH_INTERVAL`` seconds."""
 
     def __init__(self, client: CoreClient) -> None:
@@ -103,8 +105,6 @@ class ForwardingMetrics:
 
 def build_app(settings: WorkerSettings) -> Flask:
     """The public app of a worker: ``create_app`` over a ``TowerService`` whose core is remote."""
-    from teos.admin.metrics import instrument
-
     client = CoreClient(settings.address, settings.token)
     service = TowerService(
         RemoteCore(client),
@@ -122,8 +122,6 @@ def build_app(settings: WorkerSettings) -> Flask:
 def load_app(settings: WorkerSettings, target: str = "") -> Flask:
     """granian's loader, run in each new worker (``target`` is granian's label for the app, unused)."""
     die_with_parent(settings.parent_pid)
-    from teos.daemon import setup_logging
-
     setup_logging(settings.debug, Path(settings.log_file) if settings.log_file else None)
     app = build_app(settings)
     log.debug("API worker ready pid=%d", os.getpid())

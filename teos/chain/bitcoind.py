@@ -1,4 +1,5 @@
-"""A small JSON-RPC client for bitcoind, written over ``http.client``.
+"""The JSON-RPC client for bitcoind, written over ``http.client``: the one the tower, the demo and the
+tests use.
 
 The tower talks to bitcoind for three things: following the chain (best hash, blocks by height and
 hash), broadcasting penalties, and a few checks at start-up (network, pruning). This client turns the
@@ -6,13 +7,16 @@ ways bitcoind can fail into a few typed errors so callers decide on policy in on
 
 - ``RPCError(code, message)``: bitcoind answered with a JSON-RPC error (e.g. -5 ``Block not found``).
 - ``BitcoindWarmingUp``: the -28 error bitcoind returns while it loads its indexes; transient.
-- ``BitcoindUnreachable``: no usable answer at all: connection refused or reset, timeout, an HTTP error
-  without a JSON body, or HTTP 401 (bad credentials); transient except the 401.
+- ``BitcoindUnreachable``: no usable answer at all: connection refused or reset, timeout, or
+  ``HTTPStatusError``, an HTTP answer without a JSON-RPC body (HTTP 401: bad credentials); transient
+  except the 401.
 
-Each thread gets its own keep-alive connection (``http.client`` connections are not thread-safe). A
-connection that fails is dropped and re-opened once before the error is raised; the cookie file (when
-cookie auth is used) is read again on every (re)connect because bitcoind writes a new cookie each time it
-starts. Retrying with backoff is explicit: ``retry_call`` / ``RetryPolicy``, used by the engine's loops.
+``BitcoindClient`` gives each thread its own keep-alive connection (``http.client`` connections are not
+thread-safe). A connection that fails is dropped and re-opened once before the error is raised; the cookie
+file (when cookie auth is used) is read again on every (re)connect because bitcoind writes a new cookie
+each time it starts. Retrying with backoff is explicit: ``retry_call`` / ``RetryPolicy``, used by the
+start-up checks. ``rpc_call`` is one call on a connection of its own that lets transport errors through
+as they come (``OSError``, ``http.client.HTTPException``), for tools and tests that look at them.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -68,8 +72,71 @@ class BitcoindUnreachable(BitcoindError):
     """bitcoind could not be reached or did not give a usable answer."""
 
 
+class HTTPStatusError(BitcoindUnreachable):
+    """bitcoind answered with an HTTP status and no JSON-RPC body (401 bad credentials, 403, 404 path...)."""
+
+    def __init__(self, message: str, status: int, body: bytes) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
 # Errors after which trying again later may succeed.
 TRANSIENT_ERRORS: tuple[type[BitcoindError], ...] = (BitcoindUnreachable, BitcoindWarmingUp)
+
+
+def encode_call(method: str, params: Sequence[Any], call_id: int | str) -> bytes:
+    """One JSON-RPC 1.0 request body, as bitcoin-cli sends it."""
+    return json.dumps({"jsonrpc": "1.0", "id": call_id, "method": method, "params": list(params)}).encode()
+
+
+def basic_auth(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+def decode_reply(status: int, data: bytes, method: str, where: str) -> Any:
+    """The ``result`` of bitcoind's answer to ``method``; raises ``RPCError`` (``BitcoindWarmingUp`` for
+    -28) for a JSON-RPC error, ``HTTPStatusError`` for an answer that is not one. ``where`` names the
+    node in messages."""
+    if status == 401:
+        raise HTTPStatusError(
+            f"bitcoind at {where} refused our credentials (HTTP 401): check rpcuser/rpcpassword "
+            "(or the cookie file)", status, data,
+        )  # fmt: skip
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        what = "unexpected JSON" if answer is not None else "no JSON"
+        raise HTTPStatusError(f"bitcoind answered HTTP {status} with {what} to {method}", status, data)
+    error = answer.get("error")
+    if error:
+        code = int(error.get("code", 0)) if isinstance(error, dict) else 0
+        message = str(error.get("message", "")) if isinstance(error, dict) else str(error)
+        if code == RPC_IN_WARMUP:
+            raise BitcoindWarmingUp(code, message)
+        raise RPCError(code, message)
+    if status != 200:
+        raise HTTPStatusError(f"bitcoind answered HTTP {status} to {method}", status, data)
+    return answer.get("result")
+
+
+def rpc_call(
+    host: str, port: int, user: str, password: str, method: str, params: Sequence[Any], timeout: float = 30.0
+) -> Any:
+    """One call on a connection of its own; returns ``result``. Raises what ``decode_reply`` raises, and
+    transport errors as they come (``OSError``, e.g. ConnectionRefusedError or TimeoutError, and
+    ``http.client.HTTPException``)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("POST", "/", encode_call(method, params, "teos"),
+                     {"Authorization": basic_auth(user, password), "Content-Type": "application/json"})
+        response = conn.getresponse()
+        status, data = response.status, response.read()
+    finally:
+        conn.close()
+    return decode_reply(status, data, method, f"{host}:{port}")
 
 
 @dataclass(frozen=True)
@@ -137,9 +204,9 @@ class BitcoindClient:
                 secret = self.config.cookie_file.read_text().strip()
             except OSError as e:
                 raise BitcoindUnreachable(f"cannot read cookie file {self.config.cookie_file}: {e}") from e
-        else:
-            secret = f"{self.config.user}:{self.config.password}"
-        return "Basic " + base64.b64encode(secret.encode()).decode("ascii")
+            user, _, password = secret.partition(":")
+            return basic_auth(user, password)
+        return basic_auth(self.config.user, self.config.password)
 
     def _connection(self) -> tuple[http.client.HTTPConnection, str]:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
@@ -169,29 +236,8 @@ class BitcoindClient:
 
     def call(self, method: str, *params: Any) -> Any:
         """Calls ``method`` and returns its ``result``; raises one of the errors above."""
-        body = json.dumps({"jsonrpc": "1.0", "id": next(self._ids), "method": method, "params": params})
-        status, data = self._send_with_one_reconnect(body.encode())
-        if status == 401:
-            raise BitcoindUnreachable(
-                f"bitcoind at {self.config.host}:{self.config.port} refused our credentials (HTTP 401): "
-                "check rpcuser/rpcpassword (or the cookie file)"
-            )
-        try:
-            answer = json.loads(data)
-        except ValueError:
-            raise BitcoindUnreachable(f"bitcoind answered HTTP {status} without JSON to {method}") from None
-        if not isinstance(answer, dict):
-            raise BitcoindUnreachable(f"bitcoind answered HTTP {status} with unexpected JSON to {method}")
-        error = answer.get("error")
-        if error:
-            code = int(error.get("code", 0)) if isinstance(error, dict) else 0
-            message = str(error.get("message", "")) if isinstance(error, dict) else str(error)
-            if code == RPC_IN_WARMUP:
-                raise BitcoindWarmingUp(code, message)
-            raise RPCError(code, message)
-        if status >= 400:
-            raise BitcoindUnreachable(f"bitcoind answered HTTP {status} to {method}")
-        return answer.get("result")
+        status, data = self._send_with_one_reconnect(encode_call(method, params, next(self._ids)))
+        return decode_reply(status, data, method, f"{self.config.host}:{self.config.port}")
 
     def _send_with_one_reconnect(self, body: bytes) -> tuple[int, bytes]:
         # A kept-alive connection may have been closed by bitcoind (restart, idle timeout): the first

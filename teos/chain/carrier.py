@@ -1,6 +1,7 @@
 """The Carrier: hands penalty transactions to bitcoind and says what became of them.
 
-Bitcoin Core's answers to ``sendrawtransaction`` (as observed on v31) mapped to a ``BroadcastStatus``:
+Bitcoin Core's answers to ``sendrawtransaction`` (as observed on Bitcoin Core v31), mapped to a
+``BroadcastStatus`` in a ``BroadcastResult``:
 
 - the txid back (also when the transaction is already in the mempool): ``ACCEPTED``;
 - -27 ``Transaction outputs already in utxo set``: the penalty is confirmed: ``IN_CHAIN``;
@@ -48,7 +49,9 @@ class BroadcastStatus(Enum):
 
 
 @dataclass(frozen=True)
-class Receipt:
+class BroadcastResult:
+    """What became of one broadcast (not to be confused with the receipts the tower signs for users)."""
+
     txid: Txid
     status: BroadcastStatus
     code: int | None = None  # bitcoind's error code, if any
@@ -56,43 +59,47 @@ class Receipt:
 
 
 class BroadcastRPC(Protocol):
+    """The two calls the Carrier makes (``BitcoindClient`` satisfies it)."""
+
     def send_raw_transaction(self, raw_tx: bytes) -> Txid: ...
 
     def get_raw_transaction(self, txid: Txid, block_hash: BlockHash | None = None) -> TxInfo | None: ...
 
 
 class Carrier:
+    """Broadcasts penalties and classifies bitcoind's answers (see the module docstring)."""
+
     def __init__(self, rpc: BroadcastRPC) -> None:
         self._rpc = rpc
 
-    def send(self, raw_tx: bytes, txid: Txid) -> Receipt:
+    def send(self, raw_tx: bytes, txid: Txid) -> BroadcastResult:
         """Broadcasts ``raw_tx`` (whose id is ``txid``) and classifies bitcoind's answer."""
         try:
             self._rpc.send_raw_transaction(raw_tx)
-            return Receipt(txid, BroadcastStatus.ACCEPTED)
+            return BroadcastResult(txid, BroadcastStatus.ACCEPTED)
         except TRANSIENT_ERRORS as e:
-            return Receipt(txid, BroadcastStatus.UNREACHABLE, message=str(e))
+            return BroadcastResult(txid, BroadcastStatus.UNREACHABLE, message=str(e))
         except RPCError as e:
             return self._classify(txid, e)
 
-    def _classify(self, txid: Txid, e: RPCError) -> Receipt:
+    def _classify(self, txid: Txid, e: RPCError) -> BroadcastResult:
         if e.code == RPC_VERIFY_ALREADY_IN_CHAIN:
-            return Receipt(txid, BroadcastStatus.IN_CHAIN, e.code, e.message)
+            return BroadcastResult(txid, BroadcastStatus.IN_CHAIN, e.code, e.message)
         if e.code == RPC_DESERIALIZATION_ERROR:
-            return Receipt(txid, BroadcastStatus.INVALID, e.code, e.message)
+            return BroadcastResult(txid, BroadcastStatus.INVALID, e.code, e.message)
         if e.code == RPC_VERIFY_ERROR:
             # "missing or spent" is also what a confirmed transaction whose outputs are all spent gets.
             try:
                 info = self._rpc.get_raw_transaction(txid)
             except TRANSIENT_ERRORS as te:
-                return Receipt(txid, BroadcastStatus.UNREACHABLE, e.code, str(te))
+                return BroadcastResult(txid, BroadcastStatus.UNREACHABLE, e.code, str(te))
             except RPCError:
                 info = None
             if info is not None:
                 status = BroadcastStatus.IN_CHAIN if info.confirmations > 0 else BroadcastStatus.ACCEPTED
-                return Receipt(txid, status, e.code, e.message)
-            return Receipt(txid, BroadcastStatus.MISSING_INPUTS, e.code, e.message)
-        return Receipt(txid, BroadcastStatus.REJECTED, e.code, e.message)
+                return BroadcastResult(txid, status, e.code, e.message)
+            return BroadcastResult(txid, BroadcastStatus.MISSING_INPUTS, e.code, e.message)
+        return BroadcastResult(txid, BroadcastStatus.REJECTED, e.code, e.message)
 
     def in_mempool_or_chain(self, txid: Txid) -> bool:
         """Whether bitcoind knows ``txid`` (mempool, or the chain with -txindex)."""

@@ -11,16 +11,12 @@ walker checks that our tip is still the best-chain block at its height (``getblo
 emits ``BlockDisconnected`` for our tip, steps back to its parent and checks again, until it reaches the
 fork point; then it emits ``BlockConnected`` for each block of the new branch. A new block whose
 ``previousblockhash`` is not our tip (the chain moved while we walked) sends the walker back to that check.
-Parents of emitted blocks come from the walker's bounded record of recent blocks (seeded at start from the
-engine's stored record), or from ``getblockheader`` (which Bitcoin Core answers for stale blocks too).
+Parents come from the record of recent blocks the monitor shares with the engine (``teos.chain.recent``).
 
-Order in which the tower's components see a block (see ``teos.engine``): the monitor puts each event on
-the queue of each consumer in order; the Engine, its only consumer in the daemon, handles each block on its
-one engine thread as Watcher -> Responder -> one atomic write (both components' effects and their
-"last processed block" pointers) -> penalty broadcasts -> BlockListeners (the Gatekeeper's expiry). A
-disconnection goes Responder -> Watcher -> write -> broadcasts -> listeners. The monitor never waits for
-its consumers except for back-pressure: ``Consumer.put`` may block while the consumer is too far behind,
-so catching up after a long downtime holds only a few blocks in memory.
+The monitor puts each event on the queue of each consumer, in order (in the daemon its one consumer is
+the engine's inbox; ``teos.engine.engine`` says what happens to a block there). It never waits for its
+consumers except for back-pressure: ``Consumer.put`` may block while the consumer is too far behind, so
+catching up after a long downtime holds only a few blocks in memory.
 """
 
 from __future__ import annotations
@@ -40,6 +36,7 @@ from teos.chain.bitcoind import (
     BlockHeader,
     RPCError,
 )
+from teos.chain.recent import BlockRef, RecentBlocks
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +74,6 @@ class Stop:
 ChainEvent = BlockConnected | BlockDisconnected | Stop
 
 
-@dataclass(frozen=True)
-class BlockRef:
-    """A block's place in the chain: what the walker (and the engine's stored record) remembers."""
-
-    hash: BlockHash
-    height: int
-    prev_hash: BlockHash | None
-
-
 # -- seams ---------------------------------------------------------------------------------------
 
 
@@ -117,9 +105,8 @@ class ChainMonitor:
     ``tip``, the last block the consumers processed; ``known`` are recent blocks of their chain (for
     finding parents during a reorganisation). ``sync_once()`` is the walker's one step, callable
     directly in tests. ``on_reachability(bool)`` is told whether bitcoind answered the last attempt.
+    ``recent`` is the record of recent blocks shared with the engine (a private one when left out).
     """
-
-    RECORD_DEPTH = 288  # recent emitted blocks kept for walking back through reorganisations
 
     def __init__(
         self,
@@ -129,6 +116,7 @@ class ChainMonitor:
         zmq_url: str | None = None,
         on_reachability: Callable[[bool], None] | None = None,
         retry_max_delay: float = 10.0,
+        recent: RecentBlocks | None = None,
     ) -> None:
         self._chain = chain
         self._consumers = list(consumers)
@@ -140,7 +128,7 @@ class ChainMonitor:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._tip: BlockRef | None = None
-        self._record: dict[BlockHash, BlockRef] = {}
+        self._recent = recent if recent is not None else RecentBlocks(chain)
         self._best_height_seen = -1
         self._last_tip_check: float | None = None  # monotonic time bitcoind's tip was last read
         self._lock = threading.Lock()
@@ -161,8 +149,7 @@ class ChainMonitor:
         """Sets the block to walk from (used by ``start`` and by tests calling ``sync_once``)."""
         with self._lock:
             self._tip = tip
-            self._record = {b.hash: b for b in known}
-            self._record[tip.hash] = tip
+            self._recent.seed([*known, tip])
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stops the threads and puts ``Stop`` on every consumer's queue."""
@@ -251,12 +238,9 @@ class ChainMonitor:
             self._best_height_seen = max(self._best_height_seen, block.height)
             self._emit(BlockConnected.of(block))
             ref = BlockRef(block.hash, block.height, block.prev_hash)
+            self._recent.add(ref)
             with self._lock:
                 self._tip = ref
-                self._record[ref.hash] = ref
-                if len(self._record) > 2 * self.RECORD_DEPTH:
-                    floor = ref.height - self.RECORD_DEPTH
-                    self._record = {h: r for h, r in self._record.items() if r.height >= floor}
 
     def _on_best_chain(self, ref: BlockRef) -> bool:
         try:
@@ -279,21 +263,11 @@ class ChainMonitor:
             return None
         return block
 
-    def _parent_of(self, ref: BlockRef) -> BlockRef:
-        if ref.prev_hash is None:
-            raise RuntimeError("cannot disconnect the genesis block")
-        parent = self._record.get(ref.prev_hash)
-        if parent is not None:
-            return parent
-        header = self._chain.get_block_header(ref.prev_hash)
-        return BlockRef(header.hash, header.height, header.prev_hash)
-
     def _disconnect_tip(self, tip: BlockRef) -> None:
-        parent = self._parent_of(tip)
+        parent = self._recent.parent_of(tip)
         log.info("block disconnected hash=%s height=%d", tip.hash, tip.height)
         self._emit(BlockDisconnected(tip.hash, tip.height))
         with self._lock:
-            self._record.pop(tip.hash, None)
             self._tip = parent
 
     def _emit(self, event: ChainEvent) -> None:

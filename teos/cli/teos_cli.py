@@ -21,10 +21,11 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
-from teos.admin.cookie import CookieError, read_cookie
-from teos.cli.transport import BadResponse, HttpError, Unreachable, request_json
+from common.cookie import CookieError, read_cookie
+from common.http import JsonHttp
+from teos.cli.errors import EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, REPORTED, CommandError, report
 
 DEFAULT_DATADIR = "~/.teos"
 DEFAULT_RPC_HOST = "127.0.0.1"
@@ -32,20 +33,9 @@ DEFAULT_RPC_PORT = 8814
 DEFAULT_NETWORK = "mainnet"
 PAGE_LIMIT = 1000
 
-EXIT_ERROR = 1
-EXIT_UNREACHABLE = 3
-
 # The network names teosd accepts and the directory each one uses (see teos.config).
 _NETWORK_ALIASES = {"main": "mainnet", "bitcoin": "mainnet", "test": "testnet", "testnet3": "testnet"}
 _NETWORKS = ("mainnet", "testnet", "testnet4", "signet", "regtest")
-
-
-class CliError(Exception):
-    def __init__(self, message: str, exit_code: int = EXIT_ERROR, details: Any = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exit_code = exit_code
-        self.details = details
 
 
 class AdminClient:
@@ -56,14 +46,15 @@ class AdminClient:
         self.base = f"http://{netloc}:{port}"
         user, secret = cookie
         token = base64.b64encode(f"{user}:{secret}".encode()).decode("ascii")
-        self._headers = {"Authorization": f"Basic {token}", "User-Agent": "teos-cli"}
+        headers = {"Authorization": f"Basic {token}", "User-Agent": "teos-cli"}
+        self._http = JsonHttp(self.base, timeout, headers)
         self.timeout = timeout
 
     def _call(self, method: str, path: str, params: dict[str, str] | None = None) -> Any:
         query = ""
         if params:
             query = "?" + urlencode(params)
-        return request_json(method, self.base + path + query, headers=self._headers, timeout=self.timeout)
+        return self._http.call(method, path + query)
 
     def get_tower_info(self) -> Any:
         return self._call("GET", "/gettowerinfo")
@@ -81,10 +72,10 @@ class AdminClient:
         return self._call("GET", "/getusers", params)
 
     def get_appointments(self, locator: str) -> Any:
-        return self._call("GET", f"/getappointments/{locator}")
+        return self._call("GET", f"/getappointments/{quote(locator, safe='')}")
 
     def get_user(self, user_id: str) -> Any:
-        return self._call("GET", f"/getuser/{user_id}")
+        return self._call("GET", f"/getuser/{quote(user_id, safe='')}")
 
     def stop(self) -> Any:
         return self._call("POST", "/stop")
@@ -95,7 +86,7 @@ class AdminClient:
         while True:
             page = fetch(cursor)
             if not isinstance(page, dict) or not isinstance(page.get("items"), list):
-                raise CliError("teosd answered a listing page of an unexpected shape", details=page)
+                raise CommandError("teosd answered a listing page of an unexpected shape", details=page)
             yield from page["items"]
             cursor = page.get("next_cursor")
             if not cursor:
@@ -204,7 +195,8 @@ def _read_conf(datadir: Path) -> dict[str, str]:
 def normalise_network(name: str) -> str:
     network = _NETWORK_ALIASES.get(name.strip().lower(), name.strip().lower())
     if network not in _NETWORKS:
-        raise CliError(f"unknown network {name!r} (expected one of {', '.join(_NETWORKS)})", exit_code=2)
+        expected = ", ".join(_NETWORKS)
+        raise CommandError(f"unknown network {name!r} (expected one of {expected})", exit_code=EXIT_USAGE)
     return network
 
 
@@ -223,11 +215,11 @@ def make_client(args: argparse.Namespace) -> AdminClient:
     try:
         port = args.rpcport or int(env.get("TEOS_RPCPORT") or conf.get("rpcport") or DEFAULT_RPC_PORT)
     except ValueError:
-        raise CliError(f"bad rpcport in {datadir / 'teos.conf'}", exit_code=2) from None
+        raise CommandError(f"bad rpcport in {datadir / 'teos.conf'}", exit_code=EXIT_USAGE) from None
     try:
         cookie = read_cookie(datadir / network)
     except CookieError as e:
-        raise CliError(str(e), exit_code=EXIT_UNREACHABLE) from None
+        raise CommandError(str(e), exit_code=EXIT_UNREACHABLE) from None
     return AdminClient(host, port, cookie, timeout=args.timeout)
 
 
@@ -237,22 +229,9 @@ def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO
         client = make_client(args)
         args.handler(client, args, out)
         return 0
-    except CliError as e:
-        error: dict[str, Any] = {"error": e.message, "code": e.exit_code}
-        if e.details is not None:
-            error["details"] = e.details
-        code = e.exit_code
-    except Unreachable as e:
-        error, code = {"error": f"teosd is not reachable: {e}", "code": EXIT_UNREACHABLE}, EXIT_UNREACHABLE
-    except HttpError as e:
-        message = e.body.get("error") if isinstance(e.body, dict) else None
-        error = {"error": message or str(e), "code": EXIT_ERROR, "http_status": e.status}
-        code = EXIT_ERROR
-    except BadResponse as e:
-        error, code = {"error": str(e), "code": EXIT_ERROR}, EXIT_ERROR
-    out.flush()
-    err.write(json.dumps(error, sort_keys=True) + "\n")
-    return code
+    except REPORTED as e:
+        out.flush()
+        return report(e, err, peer="teosd", bad_answer=EXIT_REFUSED, http_details=False)
 
 
 def main() -> None:

@@ -8,10 +8,10 @@ It keeps, in its own datadir (``--datadir``, default ``~/.teos_client``):
   registration receipt the tower signed;
 - ``towers/<tower_id>/appointments/<locator>.json``: each appointment receipt.
 
-Every receipt is checked before it is kept: the signature must recover the tower id the user named
-(``tower_id@host:port``), over the receipt bytes of the dialect in use (``common.receipts``). A tower that
-signs with another key, or answers a receipt that does not match the request, is refused: nothing is
-stored, the command exits 4 and says why. A receipt is the user's proof that the tower took the job.
+Every receipt is checked before it is kept (``common.client``): the signature must recover the tower id
+the user named (``tower_id@host:port``), over the receipt bytes of the dialect in use. A tower that signs
+with another key, or answers a receipt that does not match the request, is refused: nothing is stored,
+the command exits 4 and says why. A receipt is the user's proof that the tower took the job.
 
 Dialect: ``--dialect rust`` (default: the rust-teos plugin is what most users run, and what current towers
 expect) or ``--dialect python``. It fixes the locator derivation, the blob key, the registration field and
@@ -33,39 +33,19 @@ from typing import Any, TextIO
 
 from coincurve import PrivateKey
 
-from common import crypto, receipts
-from common.appointment import Appointment
-from common.dialects import locator_from_txid
+from common import crypto
+from common.client import TowerClient, build_appointment
+from common.fsutil import write_private_file
+from common.http import HttpError
 from common.types import Dialect, Locator, Txid, UserId
-from teos.cli.transport import BadResponse, HttpError, Unreachable, request_json
-from teos.fsutil import write_private_file
+from teos.cli.errors import EXIT_BAD_ANSWER, EXIT_USAGE, REPORTED, CommandError, report
 
 DEFAULT_DATADIR = "~/.teos_client"
 DEFAULT_TOWER_PORT = 9814
 DEFAULT_TO_SELF_DELAY = 20
 KEY_FILE = "user_sk.der"
 
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_BAD_TOWER = 4
-
 JsonObject = dict[str, Any]
-
-
-class ClientError(Exception):
-    def __init__(self, message: str, exit_code: int = EXIT_REFUSED, details: Any = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.exit_code = exit_code
-        self.details = details
-
-
-class TowerMisbehaved(ClientError):
-    """The tower's answer cannot be trusted (wrong signer, or not what was asked for)."""
-
-    def __init__(self, message: str, details: Any = None) -> None:
-        super().__init__(message, EXIT_BAD_TOWER, details)
 
 
 # -- where the tower is ------------------------------------------------------------------------------
@@ -85,7 +65,7 @@ class TowerAddress:
         """``<tower_id>@<host>[:<port>]`` (port 9814 when left out) or ``<tower_id>@http(s)://...``."""
         tower_hex, sep, netaddr = text.partition("@")
         if not sep or not netaddr:
-            raise ClientError("a tower is given as <tower_id>@<host>[:<port>]", EXIT_USAGE)
+            raise CommandError("a tower is given as <tower_id>@<host>[:<port>]", EXIT_USAGE)
         tower_id = parse_tower_id(tower_hex)
         if "://" not in netaddr:
             host, colon, port = netaddr.rpartition(":")
@@ -98,7 +78,7 @@ def parse_tower_id(text: str) -> UserId:
     try:
         return UserId.from_hex(text)
     except ValueError:
-        raise ClientError(f"{text!r} is not a tower id (66 hex characters, a compressed public key)",
+        raise CommandError(f"{text!r} is not a tower id (66 hex characters, a compressed public key)",
                           EXIT_USAGE) from None
 
 
@@ -117,7 +97,7 @@ class UserData:
             try:
                 return bytes(PrivateKey.from_der(path.read_bytes()).secret)
             except Exception as e:
-                raise ClientError(f"cannot read the user key {path}: {e}") from None
+                raise CommandError(f"cannot read the user key {path}: {e}") from None
         secret = crypto.generate_secret_key()
         write_private_file(path, PrivateKey(secret).to_der())
         return secret
@@ -135,7 +115,7 @@ class UserData:
         try:
             info: JsonObject = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ClientError(f"not registered with tower {tower_id.hex()}: run register first",
+            raise CommandError(f"not registered with tower {tower_id.hex()}: run register first",
                               EXIT_USAGE) from None
         return info
 
@@ -155,118 +135,6 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True) + "\n"
 
 
-# -- the tower's HTTP API ----------------------------------------------------------------------------
-
-
-class TowerClient:
-    """The public endpoints, in one dialect. The User-Agent names the dialect too, as the tower uses it to
-    answer a caller it cannot identify yet (e.g. an error before registration)."""
-
-    def __init__(self, url: str, dialect: Dialect, timeout: float = 30.0) -> None:
-        self.url = url
-        self.dialect = dialect
-        self.timeout = timeout
-        agent = "teos-client (rust dialect)" if dialect is Dialect.RUST else "teos-client (python dialect)"
-        self._headers = {"User-Agent": agent}
-
-    def _post(self, path: str, body: JsonObject) -> Any:
-        return request_json("POST", self.url + path, body, self._headers, self.timeout)
-
-    def register(self, user_id: UserId) -> Any:
-        field = "user_id" if self.dialect is Dialect.RUST else "public_key"
-        return self._post("/register", {field: user_id.hex()})
-
-    def add_appointment(self, appointment: Appointment, signature: str) -> Any:
-        return self._post("/add_appointment", {"appointment": appointment.to_json(), "signature": signature})
-
-    def get_appointment(self, locator: Locator, signature: str) -> Any:
-        return self._post("/get_appointment", {"locator": locator.hex(), "signature": signature})
-
-    def get_subscription_info(self, signature: str) -> Any:
-        return self._post("/get_subscription_info", {"signature": signature})
-
-
-# -- receipts ----------------------------------------------------------------------------------------
-
-
-def _field(response: Any, name: str, kind: type) -> Any:
-    value = response.get(name) if isinstance(response, dict) else None
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise TowerMisbehaved(f"the tower's answer has no valid {name!r}", details=response)
-    return value
-
-
-def check_signed_by(message: bytes, signature: str, tower_id: UserId, what: str) -> None:
-    """Raises TowerMisbehaved unless ``signature`` over ``message`` recovers ``tower_id``."""
-    try:
-        signer = crypto.recover_public_key(message, signature)
-    except crypto.InvalidSignature as e:
-        raise TowerMisbehaved(f"the tower's {what} signature is invalid ({e}); refusing this tower") from None
-    if signer != tower_id:
-        raise TowerMisbehaved(
-            f"the {what} is signed by {signer.hex()}, not by tower {tower_id.hex()}; refusing this tower",
-            details={"expected_tower_id": tower_id.hex(), "recovered_key": signer.hex()},
-        )
-
-
-def verify_registration(response: Any, dialect: Dialect, user_id: UserId, tower_id: UserId) -> JsonObject:
-    """The registration receipt, once checked (see the module docstring)."""
-    if _field(response, "user_id", str) != user_id.hex():
-        raise TowerMisbehaved("the tower registered another user id", details=response)
-    slots = _field(response, "available_slots", int)
-    expiry = _field(response, "subscription_expiry", int)
-    start = _field(response, "subscription_start", int) if dialect is Dialect.RUST else 0
-    signature = _field(response, "subscription_signature", str)
-    try:
-        message = receipts.registration_receipt(dialect, user_id, slots, start, expiry)
-    except ValueError as e:
-        raise TowerMisbehaved(f"the registration receipt cannot be built: {e}", details=response) from None
-    check_signed_by(message, signature, tower_id, "registration receipt")
-    receipt = {"user_id": user_id.hex(), "available_slots": slots, "subscription_expiry": expiry,
-               "subscription_signature": signature}
-    if dialect is Dialect.RUST:
-        receipt["subscription_start"] = start
-    return receipt
-
-
-def verify_appointment(
-    response: Any, dialect: Dialect, appointment: Appointment, user_signature: str, tower_id: UserId
-) -> JsonObject:
-    """The appointment receipt, once checked."""
-    if _field(response, "locator", str) != appointment.locator.hex():
-        raise TowerMisbehaved("the tower answered for another locator", details=response)
-    start_block = _field(response, "start_block", int)
-    signature = _field(response, "signature", str)
-    try:
-        message = receipts.appointment_receipt(dialect, user_signature, start_block)
-    except ValueError as e:
-        raise TowerMisbehaved(f"the appointment receipt cannot be built: {e}", details=response) from None
-    check_signed_by(message, signature, tower_id, "appointment receipt")
-    return {
-        "tower_id": tower_id.hex(),
-        "appointment": appointment.to_json(),
-        "user_signature": user_signature,
-        "start_block": start_block,
-        "tower_signature": signature,
-        "available_slots": response.get("available_slots"),
-        "subscription_expiry": response.get("subscription_expiry"),
-    }
-
-
-# -- building an appointment ---------------------------------------------------------------------------
-
-
-def build_appointment(
-    dispute_txid: Txid, penalty_rawtx: bytes, to_self_delay: int, dialect: Dialect
-) -> Appointment:
-    """The appointment for a penalty: locator and blob key derived from the dispute txid per ``dialect``."""
-    return Appointment(
-        locator=locator_from_txid(dispute_txid, dialect),
-        encrypted_blob=crypto.encrypt(penalty_rawtx, dispute_txid, dialect),
-        to_self_delay=to_self_delay,
-    )
-
-
 def _appointment_inputs(args: argparse.Namespace) -> tuple[Txid, bytes, int]:
     """(dispute txid, penalty tx, to_self_delay) from a JSON file or from the flags.
 
@@ -277,28 +145,28 @@ def _appointment_inputs(args: argparse.Namespace) -> tuple[Txid, bytes, int]:
         try:
             data = json.loads(Path(args.file).read_text())
         except (OSError, ValueError) as e:
-            raise ClientError(f"cannot read the appointment file {args.file}: {e}", EXIT_USAGE) from None
+            raise CommandError(f"cannot read the appointment file {args.file}: {e}", EXIT_USAGE) from None
         if not isinstance(data, dict):
-            raise ClientError("the appointment file must hold a JSON object", EXIT_USAGE)
+            raise CommandError("the appointment file must hold a JSON object", EXIT_USAGE)
         txid_hex = data.get("tx_id", data.get("dispute_txid"))
         penalty_hex = data.get("tx", data.get("penalty_rawtx"))
         delay = data.get("to_self_delay", args.to_self_delay)
     else:
         txid_hex, penalty_hex, delay = args.dispute_txid, args.penalty_rawtx, args.to_self_delay
     if not txid_hex or not penalty_hex:
-        raise ClientError("give an appointment file, or both --dispute-txid and --penalty-rawtx", EXIT_USAGE)
+        raise CommandError("give an appointment file, or both --dispute-txid and --penalty-rawtx", EXIT_USAGE)
     try:
         txid = Txid.from_hex(txid_hex)
     except ValueError:
-        raise ClientError("the dispute txid must be 64 hex characters", EXIT_USAGE) from None
+        raise CommandError("the dispute txid must be 64 hex characters", EXIT_USAGE) from None
     try:
         penalty = bytes.fromhex(penalty_hex) if isinstance(penalty_hex, str) else b""
     except ValueError:
         penalty = b""
     if not penalty:
-        raise ClientError("the penalty transaction must be non-empty hex", EXIT_USAGE)
+        raise CommandError("the penalty transaction must be non-empty hex", EXIT_USAGE)
     if not isinstance(delay, int) or isinstance(delay, bool) or not 0 <= delay < 2**32:
-        raise ClientError("to_self_delay must be an integer in [0, 2**32 - 1]", EXIT_USAGE)
+        raise CommandError("to_self_delay must be an integer in [0, 2**32 - 1]", EXIT_USAGE)
     return txid, penalty, delay
 
 
@@ -319,6 +187,11 @@ class Context:
             return None
         return Dialect(self.data.load_tower(tower_id)["dialect"])
 
+    def client(self, address: TowerAddress, dialect: Dialect) -> TowerClient:
+        """The user's client of the tower at ``address``, identifying itself as teos-client."""
+        agent = f"teos-client ({dialect.value} dialect)"
+        return TowerClient.at(address.url, dialect, self.secret_key, timeout=self.timeout, user_agent=agent)
+
     def tower(self, spec: str | None) -> tuple[TowerAddress, TowerClient]:
         """The tower a command talks to: ``--tower`` (id, or id@host:port), else the only one registered."""
         if spec and "@" in spec:
@@ -330,25 +203,25 @@ class Context:
             else:
                 known = self.data.towers()
                 if not known:
-                    raise ClientError("not registered with any tower: run register first", EXIT_USAGE)
+                    raise CommandError("not registered with any tower: run register first", EXIT_USAGE)
                 if len(known) > 1:
                     message = f"registered with {len(known)} towers: choose one with --tower"
-                    raise ClientError(message, EXIT_USAGE)
+                    raise CommandError(message, EXIT_USAGE)
                 tower_id = known[0]
             stored = self.data.load_tower(tower_id)
             address = TowerAddress(tower_id, stored["netaddr"])
         dialect = Dialect(stored["dialect"])
         if self.dialect_flag is not None and self.dialect_flag is not dialect:
-            raise ClientError(f"registered with this tower in the {dialect.value} dialect; register again to "
-                              "change it", EXIT_USAGE)
-        return address, TowerClient(address.url, dialect, self.timeout)
+            message = f"registered with this tower in the {dialect.value} dialect; register again to switch"
+            raise CommandError(message, EXIT_USAGE)
+        return address, self.client(address, dialect)
 
 
 def cmd_register(ctx: Context, args: argparse.Namespace) -> Any:
     address = TowerAddress.parse(args.tower)
     dialect = ctx.dialect_flag or ctx.known_dialect(address.tower_id) or Dialect.RUST
-    response = TowerClient(address.url, dialect, ctx.timeout).register(ctx.user_id)
-    receipt = verify_registration(response, dialect, ctx.user_id, address.tower_id)
+    tower = ctx.client(address, dialect)
+    receipt = tower.check_registration(tower.register(), address.tower_id)
     ctx.data.save_tower(address, dialect, receipt)
     return {"tower_id": address.tower_id.hex(), "dialect": dialect.value, **receipt}
 
@@ -356,11 +229,9 @@ def cmd_register(ctx: Context, args: argparse.Namespace) -> Any:
 def cmd_add_appointment(ctx: Context, args: argparse.Namespace) -> Any:
     inputs = _appointment_inputs(args)
     address, tower = ctx.tower(args.tower)
-    appointment = build_appointment(*inputs, tower.dialect)
-    signature = crypto.sign(appointment.serialize(), ctx.secret_key)
-    response = tower.add_appointment(appointment, signature)
-    receipt = verify_appointment(response, tower.dialect, appointment, signature, address.tower_id)
-    path = ctx.data.save_appointment_receipt(address.tower_id, appointment.locator, receipt)
+    sent = tower.send_appointment(build_appointment(*inputs, tower.dialect))
+    receipt = tower.check_appointment(sent, address.tower_id)
+    path = ctx.data.save_appointment_receipt(address.tower_id, sent.locator, receipt)
     return {**receipt, "receipt_file": str(path)}
 
 
@@ -369,14 +240,16 @@ def cmd_get_appointment(ctx: Context, args: argparse.Namespace) -> Any:
     try:
         locator = Locator.from_hex(args.locator)
     except ValueError:
-        raise ClientError("a locator is 32 hex characters", EXIT_USAGE) from None
-    message = f"get appointment {locator.hex()}".encode("ascii")
-    return tower.get_appointment(locator, crypto.sign(message, ctx.secret_key))
+        raise CommandError("a locator is 32 hex characters", EXIT_USAGE) from None
+    status, answer = tower.get_appointment(locator)
+    if status != 200:
+        raise HttpError(status, answer)
+    return answer
 
 
 def cmd_get_subscription_info(ctx: Context, args: argparse.Namespace) -> Any:
     _, tower = ctx.tower(args.tower)
-    return tower.get_subscription_info(crypto.sign(b"get subscription info", ctx.secret_key))
+    return tower.get_subscription_info()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -417,22 +290,8 @@ def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO
                       Dialect(args.dialect) if args.dialect else None)
         out.write(_dumps(args.handler(ctx, args)))
         return 0
-    except ClientError as e:
-        error: JsonObject = {"error": e.message, "code": e.exit_code}
-        if e.details is not None:
-            error["details"] = e.details
-        code = e.exit_code
-    except Unreachable as e:
-        code = EXIT_UNREACHABLE
-        error = {"error": f"the tower is not reachable: {e}", "code": code}
-    except HttpError as e:
-        message = e.body.get("error") if isinstance(e.body, dict) else None
-        error = {"error": message or str(e), "code": EXIT_REFUSED, "http_status": e.status, "details": e.body}
-        code = EXIT_REFUSED
-    except BadResponse as e:
-        error, code = {"error": str(e), "code": EXIT_BAD_TOWER}, EXIT_BAD_TOWER
-    err.write(json.dumps(error, sort_keys=True) + "\n")
-    return code
+    except REPORTED as e:
+        return report(e, err, peer="the tower", bad_answer=EXIT_BAD_ANSWER, http_details=True)
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from common import crypto
 from common.appointment import slots_for
 from common.errors import ErrorKind, TeosError
 from common.types import BlockHash, Dialect, Locator, UserId, Uuid
-from teos.interfaces import ChainView
+from teos.interfaces import TipView
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, UserRecord
 from teos.storage.store import Batch, Store
@@ -84,7 +84,7 @@ class Gatekeeper:
     Implements ``teos.interfaces.SlotLedger`` and ``BlockListener`` for the engine.
     """
 
-    def __init__(self, store: Store, config: GatekeeperConfig, chain: ChainView) -> None:
+    def __init__(self, store: Store, config: GatekeeperConfig, chain: TipView) -> None:
         self.store = store
         self.config = config
         self.chain = chain

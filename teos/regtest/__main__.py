@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
+from teos.regtest import scriptcheck
 from teos.regtest.simulator import Simulator
 
 DESCRIPTION = """\
@@ -20,11 +21,20 @@ keeps it. Prints one ready line "teos-regtest ready rpcport=P zmqport=Z datadir=
 Authentication: with --rpcpassword, user/password only; without it, a cookie "__cookie__:<hex>" is
 written to DATADIR/regtest/.cookie (mode 600) and removed at a clean stop, as Bitcoin Core does.
 
-Fidelity limits: scripts and signatures are NOT validated (any witness is accepted); no real proof of
-work (bits 207fffff, the nonce is ground until the double-SHA256 block hash meets that target, which takes
-about two tries); no P2P; BIP68 relative locks and package limits are not enforced. Blocks, coinbases
-(BIP34 height, BIP141 witness commitment, 50 BTC halving every 150 blocks), txids, UTXO set, coinbase
-maturity, double spends, fees, full RBF, reorganisations and their mempool effects are real.
+Scripts and signatures: every input entering the mempool or a block is verified by Bitcoin Core's own
+interpreter (libbitcoinkernel, from the py-bitcoinkernel package, import name pbk), with Core's policy flags
+in the mempool and the consensus flags of the height in blocks; rejections carry Core's codes and messages
+(-26 "mempool-script-verify-flag-failed (<reason>), input N of ...", "non-BIP68-final"; in blocks
+"block-script-verify-flag-failed (<reason>)", "bad-txns-nonfinal"). BIP68 relative lock-times are enforced.
+Where py-bitcoinkernel cannot be loaded (it has wheels for CPython 3.11-3.13), NOTHING is verified: any
+witness is accepted, a WARNING is logged at start and getnetworkinfo lists it under "warnings".
+On this installation: {validation}.
+
+Fidelity limits: no real proof of work (bits 207fffff, the nonce is ground until the double-SHA256 block
+hash meets that target, which takes about two tries); no P2P; no sigop, non-standard input or witness
+(AreInputsStandard/IsWitnessStandard) or package limits. Blocks, coinbases (BIP34 height, BIP141 witness
+commitment, 50 BTC halving every 150 blocks), txids, UTXO set, coinbase maturity, double spends, fees, full
+RBF, reorganisations and their mempool effects are real.
 
 Fault knobs, also available at runtime as RPCs that real Bitcoin Core answers with -32601:
   sim_warmup(seconds, [message])   answer -28 "Loading block index…" for seconds (<0: until sim_warmup(0))
@@ -39,8 +49,17 @@ Fault knobs, also available at runtime as RPCs that real Bitcoin Core answers wi
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not {"-h", "--help"} & set(args):
+        validation = "run with --help to see"  # loading the kernel here would log before logging is set
+    elif scriptcheck.available():
+        validation = "scripts ARE validated (libbitcoinkernel loaded)"
+    else:
+        validation = f"scripts are NOT validated ({scriptcheck.unavailable_reason()})"
     p = argparse.ArgumentParser(
-        prog="teos-regtest", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="teos-regtest",
+        description=DESCRIPTION.format(validation=validation),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--datadir", required=True, help="data directory (chain in DATADIR/regtest/sim/)")
     p.add_argument("--rpcport", type=int, default=18443, help="RPC port on 127.0.0.1 (0: any free port)")
@@ -69,7 +88,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--latency", type=float, default=0.0, metavar="SECONDS", help="delay every RPC answer")
     p.add_argument("--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING...)")
-    return p.parse_args(argv)
+    return p.parse_args(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,9 +3,13 @@
 One ``ChainState`` plays the part of Bitcoin Core's validation and mempool (``cs_main``): every public
 method takes its lock, so RPC threads see a consistent node. What it checks for transactions: structure
 (CheckTransaction), standardness of versions, outputs and dust, finality by locktime, input existence and
-double spends, coinbase maturity (100), value in >= value out, the minimum relay fee (100 sat/kvB as in Core
-v30+), full RBF (rules 3 and 4: the replacement pays at least the replaced fees plus its own relay fee).
-What it does NOT check: scripts and signatures, BIP68 relative locks, sigop limits, package limits.
+double spends, coinbase maturity (100), BIP68 relative lock-times (``non-BIP68-final`` in the mempool,
+``bad-txns-nonfinal`` in blocks), value in >= value out, the minimum relay fee (100 sat/kvB as in Core
+v30+), full RBF (rules 3 and 4: the replacement pays at least the replaced fees plus its own relay fee), and
+every input's script and signatures (``teos.regtest.scriptcheck``: Core's own code through
+libbitcoinkernel, with Core's policy flags in the mempool and the consensus flags of the height in blocks;
+skipped, with a warning, where py-bitcoinkernel is unavailable). What it does NOT check: sigop limits,
+non-standard inputs and witnesses (AreInputsStandard, IsWitnessStandard), package limits.
 
 Blocks are made by ``generate``/``generate_block``: a BIP34 coinbase paying the halving subsidy (50 BTC,
 halving every 150 blocks) plus fees, the BIP141 witness commitment, the merkle root, time
@@ -54,7 +58,14 @@ from common.tx import (
 from common.types import BlockHash, Txid
 from teos.regtest.address import script_type
 from teos.regtest.errors import TxReject
+from teos.regtest.interpreter import (
+    SEQUENCE_LOCKTIME_DISABLE_FLAG,
+    SEQUENCE_LOCKTIME_MASK,
+    SEQUENCE_LOCKTIME_TYPE_FLAG,
+    STANDARD_FLAGS,
+)
 from teos.regtest.script import push_int
+from teos.regtest.scriptcheck import ScriptChecker, block_script_flags
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +84,7 @@ MAX_REPLACEMENT_CANDIDATES = 100
 MEMPOOL_HEIGHT = 0x7FFFFFFF
 LOCKTIME_THRESHOLD = 500_000_000
 SEQUENCE_FINAL = 0xFFFFFFFF
+SEQUENCE_LOCKTIME_GRANULARITY = 9  # time-based relative locks count units of 512 seconds
 BLOCK_VERSION = 0x20000000
 MAX_FUTURE_BLOCK_TIME = 2 * 60 * 60
 MAX_TIP_AGE = 24 * 60 * 60
@@ -283,6 +295,7 @@ class ChainState:
         self._seq = 0
         self._mempool_seq = 0
         self._journal: Journal | None = None
+        self.scripts = ScriptChecker()
 
     # -- lifecycle --------------------------------------------------------------------------------------
     @property
@@ -544,20 +557,29 @@ class ChainState:
                     self._remove_recursive(conflict)
 
     def _remove_for_reorg(self) -> None:
-        """Drops mempool txs whose inputs vanished or whose coinbase inputs became immature again."""
+        """Drops mempool txs whose inputs vanished, whose coinbase inputs became immature again, or that
+        are no longer final or BIP68-final for the next block (Core's removeForReorg)."""
         changed = True
         while changed:
             changed = False
             spend_height = self.height + 1
+            tip_mtp = self.median_time_past(self.tip)
             for txid, entry in list(self.mempool.items()):
                 if txid not in self.mempool:
                     continue
+                coins: list[Coin] = []
                 for txin in entry.tx.inputs:
                     coin = self.utxo.get(txin.outpoint) or self._mempool_coin(txin.outpoint)
                     if coin is None or (coin.coinbase and spend_height - coin.height < COINBASE_MATURITY):
-                        self._remove_recursive(txid)
-                        changed = True
                         break
+                    coins.append(coin)
+                else:
+                    if self._is_final(entry.tx, spend_height, tip_mtp) and self._sequence_locks_ok(
+                        entry.tx, [self._prev_height(c) for c in coins], spend_height, self.tip
+                    ):
+                        continue
+                self._remove_recursive(txid)
+                changed = True
 
     # -- mempool ----------------------------------------------------------------------------------------
     def _descendants(self, txid: Txid) -> list[Txid]:
@@ -662,6 +684,40 @@ class ChainState:
             return True
         return all(txin.sequence == SEQUENCE_FINAL for txin in tx.inputs)
 
+    def _prev_height(self, coin: Coin) -> int:
+        """The height BIP68 counts a coin from: its block's, or the next block's for a mempool coin."""
+        return self.height + 1 if coin.height == MEMPOOL_HEIGHT else coin.height
+
+    def _sequence_locks_ok(
+        self, tx: Transaction, prev_heights: Sequence[int], height: int, parent: BlockEntry
+    ) -> bool:
+        """BIP68 (Core's CalculateSequenceLocks + EvaluateSequenceLocks) for a block at ``height`` on
+        ``parent`` (the tip): every input's relative lock, in blocks or in 512-second units of median time
+        past counted from the block before the coin's, has passed. Version 1 transactions and inputs with
+        the disable flag have no relative lock."""
+        if tx.version < 2:
+            return True
+        min_height = -1
+        min_time = -1
+        for txin, coin_height in zip(tx.inputs, prev_heights, strict=True):
+            sequence = txin.sequence
+            if sequence & SEQUENCE_LOCKTIME_DISABLE_FLAG:
+                continue
+            value = sequence & SEQUENCE_LOCKTIME_MASK
+            if sequence & SEQUENCE_LOCKTIME_TYPE_FLAG:
+                coin_time = self.median_time_past(self.entry_at(max(coin_height - 1, 0)))
+                min_time = max(min_time, coin_time + (value << SEQUENCE_LOCKTIME_GRANULARITY) - 1)
+            else:
+                min_height = max(min_height, coin_height + value - 1)
+        return min_height < height and min_time < self.median_time_past(parent)
+
+    def _check_scripts(self, tx: Transaction, coins: dict[Outpoint, Coin], flags: int, prefix: str) -> None:
+        """Every input's script with ``flags``; raises Core's ``<prefix>-script-verify-flag-failed``."""
+        spent = [TxOut(coins[t.outpoint].value, coins[t.outpoint].script_pubkey) for t in tx.inputs]
+        failure = self.scripts.check(tx, spent, flags)
+        if failure is not None:
+            raise TxReject(f"{prefix}-script-verify-flag-failed ({failure.reason})", failure.debug(tx))
+
     def _check_standard(self, tx: Transaction) -> None:
         if not 1 <= tx.version <= 3:
             raise TxReject("version")
@@ -736,6 +792,9 @@ class ChainState:
             if any((tx.txid, n) in self.utxo for n in range(len(tx.outputs))):
                 raise TxReject("txn-already-known")
             raise TxReject("bad-txns-inputs-missingorspent", missing_inputs=True)
+        prev_heights = [self._prev_height(c) for c in map(view.get, (t.outpoint for t in tx.inputs)) if c]
+        if not self._sequence_locks_ok(tx, prev_heights, tip.height + 1, tip):
+            raise TxReject("non-BIP68-final")
         fee, coins = self._check_inputs(tx, view, tip.height + 1)
         vsize = tx.vsize
         if not bypass_limits:
@@ -771,6 +830,9 @@ class ChainState:
                     f"rejecting replacement {tx.txid}, not enough additional fees to relay; "
                     f"{format_money(fee - original_fees)} < {format_money(relay)}",
                 )
+        # PolicyScriptChecks, then ConsensusScriptChecks with the tip's flags (whose success is cached)
+        self._check_scripts(tx, coins, int(STANDARD_FLAGS), "mempool")
+        self._check_scripts(tx, coins, block_script_flags(tip.height), "mempool")
         return fee, coins, replaced
 
     def accept_to_mempool(
@@ -803,20 +865,30 @@ class ChainState:
         return Transaction(draft.version, draft.inputs, (*draft.outputs, commitment), draft.locktime)
 
     def _validate_block_txs(self, txs: Sequence[Transaction], height: int, block_time: int) -> int:
-        """Checks txs in order against the tip's UTXO set; returns their total fee."""
+        """Checks txs of a block at ``height`` on the tip, in order, as ConnectBlock does: inputs, fees
+        and BIP68 transaction by transaction, then every script with the height's consensus flags (Core
+        queues script checks and reports them after the loop). Returns the total fee."""
         view = _View(self.utxo.get)
         fees = 0
+        flags = block_script_flags(height)
+        script_checks: list[tuple[Transaction, dict[Outpoint, Coin]]] = []
         for tx in txs:
             self.check_transaction(tx)
             if tx.is_coinbase:
                 raise TxReject("bad-cb-multiple")
             if not self._is_final(tx, height, block_time):
                 raise TxReject("bad-txns-nonfinal")
-            fee, _ = self._check_inputs(tx, view, height)
+            fee, coins = self._check_inputs(tx, view, height)
             fees += fee
+            prev_heights = [coins[t.outpoint].height for t in tx.inputs]
+            if not self._sequence_locks_ok(tx, prev_heights, height, self.tip):
+                raise TxReject("bad-txns-nonfinal", f"contains a non-BIP68-final transaction {tx.txid}")
+            script_checks.append((tx, coins))
             for txin in tx.inputs:
                 view.spend(txin.outpoint)
             view.add_outputs(tx, height)
+        for tx, coins in script_checks:
+            self._check_scripts(tx, coins, flags, "block")
         return fees
 
     def _select_mempool_txs(self) -> list[Transaction]:

@@ -24,6 +24,7 @@ from common.tx import (
 )
 from common.types import BlockHash, Txid
 from teos.regtest import errors as E
+from teos.regtest import scriptcheck
 from teos.regtest.address import (
     AddressError,
     address_for_script,
@@ -373,7 +374,7 @@ class RpcDispatcher:
             "relayfee": btc(MIN_RELAY_FEE_PER_KVB),
             "incrementalfee": btc(INCREMENTAL_RELAY_FEE_PER_KVB),
             "localaddresses": [],
-            "warnings": [],
+            "warnings": [w for w in (scriptcheck.validation_warning(),) if w],
         }
 
     def getindexinfo(self, index_name: str | None) -> dict[str, Any]:
@@ -835,7 +836,7 @@ class RpcDispatcher:
             try:
                 block = c.create_block(script, txs)
             except TxReject as e:
-                raise RpcError(E.RPC_VERIFY_ERROR, f"TestBlockValidity failed: {e.reason}") from None
+                raise RpcError(E.RPC_VERIFY_ERROR, f"TestBlockValidity failed: {e.text}") from None
             if submit is False:
                 return {"hash": block.hash.hex(), "hex": block.raw.hex()}
             try:

@@ -5,8 +5,10 @@
 ``rpcpassword`` it authenticates with a cookie written to ``<datadir>/regtest/.cookie``
 (``__cookie__:<64 hex>``) and removed at ``stop()``, as Bitcoin Core does; with one, only user/password
 work. ``stop()`` is idempotent and persists the mempool; ``wait()`` blocks until a ``stop`` RPC or
-``stop()``. Fidelity limits: no script or signature validation, no real proof of work difficulty (blocks
-meet regtest's 207fffff target by a cheap nonce search), no P2P; see ``teos/regtest/chain.py``.
+``stop()``. Scripts and signatures are verified by Bitcoin Core's own code where py-bitcoinkernel can be
+loaded (``teos/regtest/scriptcheck.py``; a WARNING is logged at start where it cannot). Fidelity limits: no
+real proof of work difficulty (blocks meet regtest's 207fffff target by a cheap nonce search), no P2P; see
+``teos/regtest/chain.py``.
 
 Fault knobs (RPC methods, answered even during warm-up; Bitcoin Core answers -32601 to all of them):
 
@@ -34,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from teos.regtest import scriptcheck
 from teos.regtest.chain import ChainState
 from teos.regtest.errors import RpcError
 from teos.regtest.rpc import RpcDispatcher
@@ -99,6 +102,7 @@ class Simulator:
             return
         self._started = True
         self.started_at = time.time()
+        scriptcheck.warn_if_unavailable()  # the kernel itself loads when a script is first checked
         (self.datadir / "regtest").mkdir(parents=True, exist_ok=True)
         self.chain.load()
         self.zmq.start()

@@ -1,8 +1,13 @@
 """A key-holding regtest wallet that builds real, signed transactions against any bitcoind.
 
 Tests and the demo need transactions real Bitcoin Core would accept, not byte blobs: a "commitment"
-spending a wallet output to a P2WSH output, a "penalty" spending that output back, and transactions that
-double-spend either. ``Wallet`` holds its own secp256k1 keys (derived from a seed, so runs are repeatable),
+shaped like a Lightning commitment (BOLT 3 obscured locktime and sequence, a P2WSH ``to_local`` output
+"revocation key OR (to_self_delay CSV AND delayed key)"), the "penalty" spending ``to_local`` through the
+revocation branch, the owner's delayed claim through the CSV branch, and transactions that double-spend
+any of them; and, to prove a node refuses them, the invalid variants Core rejects: a forged signature, the
+penalty signed by the wrong key, the delayed claim made too early or with a short CSV sequence, a
+non-minimal OP_IF argument (policy only). ``Wallet`` holds its own secp256k1 keys (derived from a seed, so
+runs are repeatable),
 talks to the node only through an RPC callable ``rpc(method, *params) -> result`` (the simulator or real
 Core, no node wallet needed), and signs segwit v0 inputs with BIP143 SIGHASH_ALL signatures (DER, low-S,
 via coincurve). Every transaction is version 2, pays at least ``fee_rate`` sat/vB computed on an upper
@@ -17,26 +22,28 @@ from __future__ import annotations
 
 import hashlib
 import math
-import struct
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import coincurve
 
-from common.tx import Transaction, TxIn, TxOut, decode_transaction, hash160, sha256d
+from common.sighash import SIGHASH_ALL, bip143_sighash
+from common.tx import Transaction, TxIn, TxOut, decode_transaction, hash160
 from common.types import Txid
 from teos.regtest.address import encode_segwit, p2wpkh_script, p2wsh_script
+from teos.regtest.script import push_int
 
 RpcCallable = Callable[..., Any]
 
 COIN = 100_000_000
-SIGHASH_ALL = 1
 DEFAULT_FEE_RATE = 2.0  # sat/vB: above Core's 1 sat/vB (pre-v30) and 0.1 sat/vB (v30+) relay minimums
 DUST_LIMIT = 546  # above every segwit and legacy dust threshold at the default dust relay fee
 BURN_ADDRESS = "bcrt1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqdku202"  # P2WPKH of twenty zero bytes: nobody's key
 _DUMMY_SIG = bytes(72)  # the largest low-S DER signature (71 bytes) plus the sighash byte
+DEFAULT_TO_SELF_DELAY = 144  # blocks; a common Lightning channel setting
+OP_IF, OP_ELSE, OP_ENDIF, OP_CSV, OP_DROP, OP_CHECKSIG = 0x63, 0x67, 0x68, 0xB2, 0x75, 0xAC
 
 
 class WalletError(Exception):
@@ -91,22 +98,62 @@ class SignedTx:
         return Coin(self.tx.txid, n, out.value, out.script_pubkey)
 
 
+def _compressed(key: coincurve.PrivateKey) -> bytes:
+    return key.public_key.format(compressed=True)
+
+
+@dataclass(frozen=True)
+class ToLocal:
+    """A commitment's ``to_local`` output (BOLT 3): the revocation key spends it at once, the delayed key
+    only ``to_self_delay`` blocks after the commitment confirms::
+
+        OP_IF <revocation_pubkey> OP_ELSE <to_self_delay> OP_CHECKSEQUENCEVERIFY OP_DROP <delayed_pubkey>
+        OP_ENDIF OP_CHECKSIG
+    """
+
+    revocation_key: coincurve.PrivateKey
+    delayed_key: coincurve.PrivateKey
+    to_self_delay: int
+
+    @property
+    def script(self) -> bytes:
+        return (
+            bytes([OP_IF, 33])
+            + _compressed(self.revocation_key)
+            + bytes([OP_ELSE])
+            + push_int(self.to_self_delay)
+            + bytes([OP_CSV, OP_DROP, 33])
+            + _compressed(self.delayed_key)
+            + bytes([OP_ENDIF, OP_CHECKSIG])
+        )
+
+    @property
+    def script_pubkey(self) -> bytes:
+        return p2wsh_script(self.script)
+
+
 @dataclass(frozen=True)
 class BreachPair:
-    """A "commitment" (wallet coin -> P2WSH) and the "penalty" spending its output back to the wallet."""
+    """A revoked "commitment" (wallet coin -> ``to_local`` at output 0) and the "penalty" spending that
+    output back to the wallet through the revocation branch."""
 
     commitment: SignedTx
     penalty: SignedTx
+    to_local: ToLocal
 
 
 @dataclass(frozen=True)
 class _Signer:
+    """How to sign for one output: the key, the P2WSH script (None: P2WPKH) and the witness items between
+    the signature and the script (a branch selector such as ``b"\x01"`` for OP_IF)."""
+
     key: coincurve.PrivateKey
-    witness_script: bytes | None  # None: P2WPKH
+    witness_script: bytes | None
+    branch: tuple[bytes, ...] = ()
 
     @property
     def pubkey(self) -> bytes:
-        return self.key.public_key.format(compressed=True)
+        return _compressed(self.key)
 
     def script_code(self) -> bytes:
         if self.witness_script is None:
@@ -116,38 +163,7 @@ class _Signer:
     def witness(self, signature: bytes) -> tuple[bytes, ...]:
         if self.witness_script is None:
             return (signature, self.pubkey)
-        return (signature, self.witness_script)
-
-
-def _ser_script(script: bytes) -> bytes:
-    n = len(script)
-    if n < 0xFD:
-        return bytes([n]) + script
-    return b"\xfd" + struct.pack("<H", n) + script
-
-
-def bip143_sighash(
-    tx: Transaction, index: int, script_code: bytes, amount: int, hashtype: int = SIGHASH_ALL
-) -> bytes:
-    """The BIP143 (segwit v0) signature hash of input ``index`` for SIGHASH_ALL."""
-    prevouts = b"".join(i.prev_txid.raw + struct.pack("<I", i.prev_vout) for i in tx.inputs)
-    sequences = b"".join(struct.pack("<I", i.sequence) for i in tx.inputs)
-    outputs = b"".join(o.serialize() for o in tx.outputs)
-    txin = tx.inputs[index]
-    preimage = (
-        struct.pack("<i", tx.version)
-        + sha256d(prevouts)
-        + sha256d(sequences)
-        + txin.prev_txid.raw
-        + struct.pack("<I", txin.prev_vout)
-        + _ser_script(script_code)
-        + struct.pack("<q", amount)
-        + struct.pack("<I", txin.sequence)
-        + sha256d(outputs)
-        + struct.pack("<I", tx.locktime)
-        + struct.pack("<I", hashtype)
-    )
-    return sha256d(preimage)
+        return (signature, *self.branch, self.witness_script)
 
 
 class Wallet:
@@ -161,7 +177,7 @@ class Wallet:
         self._key_index = 0
         self._signers: dict[bytes, _Signer] = {}
         self._coins: dict[tuple[Txid, int], Coin] = {}
-        self._main = self._new_signer(witness_script=False)
+        self._main = self._new_p2wpkh()
 
     # -- keys -------------------------------------------------------------------------------------------
     def _next_key(self) -> coincurve.PrivateKey:
@@ -169,16 +185,9 @@ class Wallet:
         secret = hashlib.sha256(self.seed + b"/" + str(self._key_index).encode()).digest()
         return coincurve.PrivateKey(secret)
 
-    def _new_signer(self, witness_script: bool) -> tuple[bytes, _Signer]:
-        key = self._next_key()
-        pubkey = key.public_key.format(compressed=True)
-        if witness_script:
-            script = bytes([33]) + pubkey + b"\xac"  # <pubkey> OP_CHECKSIG
-            signer = _Signer(key, script)
-            spk = p2wsh_script(script)
-        else:
-            signer = _Signer(key, None)
-            spk = p2wpkh_script(pubkey)
+    def _new_p2wpkh(self) -> tuple[bytes, _Signer]:
+        signer = _Signer(self._next_key(), None)
+        spk = p2wpkh_script(signer.pubkey)
         self._signers[spk] = signer
         return spk, signer
 
@@ -254,21 +263,24 @@ class Wallet:
         fee: int | None = None,
         locktime: int = 0,
         sequence: int = 0xFFFFFFFD,
+        signers: Sequence[_Signer] | None = None,
     ) -> SignedTx:
         """Signs a version-2 transaction spending ``inputs`` to ``outputs``.
 
         The fee is ``fee`` when given, else ``fee_rate`` (default the wallet's) times an upper bound of
         the virtual size. With ``change`` the remainder goes back to the wallet's address; without it the
-        fee is taken from the last output. Inputs must be outputs the wallet holds keys for."""
+        fee is taken from the last output. Inputs must be outputs the wallet holds keys for, unless
+        ``signers`` says how to sign each one."""
         rate = self.fee_rate if fee_rate is None else fee_rate
         if not inputs:
             raise WalletError("no inputs")
-        signers = []
-        for coin in inputs:
-            signer = self._signers.get(coin.script_pubkey)
-            if signer is None:
-                raise WalletError(f"no key for input {coin.txid}:{coin.vout}")
-            signers.append(signer)
+        if signers is None:
+            signers = []
+            for coin in inputs:
+                signer = self._signers.get(coin.script_pubkey)
+                if signer is None:
+                    raise WalletError(f"no key for input {coin.txid}:{coin.vout}")
+                signers.append(signer)
         total_in = sum(c.value for c in inputs)
         outs = list(outputs)
         if change:
@@ -320,20 +332,81 @@ class Wallet:
         commitment_fee_rate: float | None = None,
         penalty_fee_rate: float | None = None,
         penalty_fee: int | None = None,
+        to_self_delay: int = DEFAULT_TO_SELF_DELAY,
     ) -> BreachPair:
-        """A fresh commitment (one wallet coin -> a new P2WSH ``<pubkey> OP_CHECKSIG`` output) and the
-        penalty spending that output back to the wallet. Neither is broadcast."""
+        """A fresh revoked commitment and its penalty; neither is broadcast.
+
+        The commitment spends one wallet coin to a ``to_local`` output (output 0) with BOLT 3's obscured
+        commitment number in its locktime (upper byte 0x20) and sequence (upper byte 0x80), so it is final
+        and has no relative lock; the penalty spends ``to_local`` back to the wallet with the revocation
+        key. ``conflicting(pair.penalty)`` spends it the same way."""
         with self._lock:
             (coin,) = self._take(1)
-            spk, _ = self._new_signer(witness_script=True)
-            commitment = self.build([coin], [TxOut(coin.value, spk)], fee_rate=commitment_fee_rate)
+            to_local = ToLocal(self._next_key(), self._next_key(), to_self_delay)
+            self._signers[to_local.script_pubkey] = _Signer(
+                to_local.revocation_key, to_local.script, (b"\x01",)
+            )
+            obscured = int.from_bytes(hashlib.sha256(to_local.script).digest()[:6], "big")
+            commitment = self.build(
+                [coin],
+                [TxOut(coin.value, to_local.script_pubkey)],
+                fee_rate=commitment_fee_rate,
+                locktime=(0x20 << 24) | (obscured & 0xFFFFFF),
+                sequence=(0x80 << 24) | (obscured >> 24),
+            )
             penalty = self.build(
                 [commitment.output(0)],
                 [TxOut(commitment.tx.outputs[0].value, self.script_pubkey)],
                 fee_rate=penalty_fee_rate,
                 fee=penalty_fee,
             )
-            return BreachPair(commitment, penalty)
+            return BreachPair(commitment, penalty, to_local)
+
+    def delayed_claim(
+        self,
+        pair: BreachPair,
+        fee_rate: float | None = None,
+        sequence: int | None = None,
+        false_branch: bytes = b"",
+    ) -> SignedTx:
+        """The commitment owner's claim of ``to_local`` through the CSV branch, to the wallet.
+
+        Its input's sequence is ``to_self_delay`` (so Core takes it once the commitment has that many
+        confirmations, and refuses it before with ``non-BIP68-final``). ``sequence`` overrides it (below the
+        delay the script fails OP_CHECKSEQUENCEVERIFY); ``false_branch`` is the item selecting OP_ELSE,
+        empty as policy requires (``b"\x00"`` breaks only the MINIMALIF policy rule)."""
+        to_local = pair.to_local
+        signer = _Signer(to_local.delayed_key, to_local.script, (false_branch,))
+        out = pair.commitment.output(0)
+        return self.build(
+            [out],
+            [TxOut(out.value, self.script_pubkey)],
+            fee_rate=fee_rate,
+            sequence=to_local.to_self_delay if sequence is None else sequence,
+            signers=[signer],
+        )
+
+    def penalty_signed_by_wrong_key(self, pair: BreachPair) -> SignedTx:
+        """The penalty through the revocation branch, but signed with the delayed key (Core refuses it)."""
+        signer = _Signer(pair.to_local.delayed_key, pair.to_local.script, (b"\x01",))
+        out = pair.commitment.output(0)
+        return self.build(
+            [out], [TxOut(out.value, self.script_pubkey)], fee=pair.penalty.fee, signers=[signer]
+        )
+
+    @staticmethod
+    def forged(tx: SignedTx, index: int = 0) -> SignedTx:
+        """``tx`` with input ``index``'s signature altered: still strict DER with a low S, but not a valid
+        signature of the transaction (the txid stays, the wtxid changes)."""
+        inputs = list(tx.tx.inputs)
+        witness = list(inputs[index].witness)
+        sig = bytearray(witness[0])
+        len_r = sig[3]
+        sig[3 + len_r] ^= 0x01  # the last byte of R
+        witness[0] = bytes(sig)
+        inputs[index] = replace(inputs[index], witness=tuple(witness))
+        forged = Transaction(tx.tx.version, tuple(inputs), tx.tx.outputs, tx.tx.locktime)
+        return SignedTx(forged, tx.spent, tx.fee)
 
     def conflicting(
         self,

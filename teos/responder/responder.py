@@ -17,6 +17,10 @@ Per disconnected block: a penalty confirmed in it is unconfirmed and broadcast a
 dispute transaction was in it is deleted and its appointment put back under watch (``a|`` entry) if the
 user's index entry (``i|``) still exists, so the dispute re-mined later triggers again.
 A tracker whose user's subscription lapses stays until it is resolved.
+
+Broadcasts bitcoind did not take because it did not answer are kept here and tried again
+(``retry_broadcasts``, called by the engine thread while ``pending_broadcasts`` is non-zero) until
+bitcoind answers or the tracker is gone; the rules above still rebroadcast every unconfirmed penalty.
 """
 
 from __future__ import annotations
@@ -24,15 +28,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
-from common.appointment import slots_for
-from common.types import BlockHash, Txid, UserId, Uuid
-from teos.chain.carrier import BroadcastStatus, Carrier, Receipt
+from common.types import BlockHash, Txid, Uuid
+from teos.chain.carrier import BroadcastResult, BroadcastStatus
+from teos.interfaces import Breach, SlotRefunds, slot_refunds
 from teos.storage import keys
 from teos.storage.codec import CodecError, TrackerRecord
-from teos.storage.store import Batch, Store
+from teos.storage.store import Batch
 from teos.storage.watched import put_watched
-from teos.watcher.watcher import Breach
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +46,43 @@ class ResponderOutcome:
     to_broadcast: list[TrackerRecord] = field(default_factory=list)  # after the batch is committed
     released: list[TrackerRecord] = field(default_factory=list)  # completed or abandoned: slots go back
     confirmed: list[TrackerRecord] = field(default_factory=list)  # penalties first confirmed in this block
-    delivered: int = 0  # broadcasts bitcoind took (set by ``broadcast``'s caller)
+
+    def refunds(self) -> SlotRefunds:
+        """The slots of the completed and abandoned trackers, to give back."""
+        return slot_refunds(t.appointment for t in self.released)
 
 
-def released_slots(records: Iterable[TrackerRecord]) -> dict[UserId, list[tuple[Uuid, int]]]:
-    out: dict[UserId, list[tuple[Uuid, int]]] = {}
-    for t in records:
-        out.setdefault(t.user_id, []).append((t.uuid, slots_for(len(t.appointment.encrypted_blob))))
-    return out
+class TrackerReader(Protocol):
+    """The Responder's reads of the database (``Store`` satisfies it)."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def iterate(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
+
+
+class Broadcaster(Protocol):
+    """Where penalties go (``teos.chain.carrier.Carrier`` satisfies it)."""
+
+    def send(self, raw_tx: bytes, txid: Txid) -> BroadcastResult: ...
+
+    def in_mempool_or_chain(self, txid: Txid) -> bool: ...
 
 
 class Responder:
+    """Turns breaches into trackers and follows them (see the module docstring)."""
+
     def __init__(
-        self, store: Store, carrier: Carrier, rebroadcast_after: int, irrevocable_confirmations: int
+        self,
+        store: TrackerReader,
+        carrier: Broadcaster,
+        rebroadcast_after: int,
+        irrevocable_confirmations: int,
     ) -> None:
         self._store = store
         self._carrier = carrier
         self.rebroadcast_after = rebroadcast_after
         self.irrevocable = irrevocable_confirmations
+        self._retry: dict[Uuid, TrackerRecord] = {}  # broadcasts to try again: bitcoind did not answer
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -158,27 +181,39 @@ class Responder:
 
     # -- broadcasting (after the batch is committed) ---------------------------------------------
 
-    def broadcast(self, trackers: Iterable[TrackerRecord]) -> tuple[list[TrackerRecord], int]:
-        """Broadcasts each tracker's penalty; returns those to try again soon (bitcoind unreachable)
-        and how many bitcoind took."""
-        retry = []
+    @property
+    def pending_broadcasts(self) -> int:
+        """Penalties waiting to be broadcast again because bitcoind did not answer."""
+        return len(self._retry)
+
+    def broadcast(self, trackers: Iterable[TrackerRecord]) -> int:
+        """Broadcasts each tracker's penalty and returns how many bitcoind took; those bitcoind did not
+        answer for are kept for ``retry_broadcasts``."""
         delivered = 0
         for t in trackers:
-            receipt = self._carrier.send(t.penalty_rawtx, t.penalty_txid)
-            self._log_receipt(t, receipt)
-            if receipt.status is BroadcastStatus.UNREACHABLE:
-                retry.append(t)
-            elif receipt.status.delivered:
-                delivered += 1
-        return retry, delivered
+            result = self._carrier.send(t.penalty_rawtx, t.penalty_txid)
+            self._log_result(t, result)
+            if result.status is BroadcastStatus.UNREACHABLE:
+                self._retry[t.uuid] = t
+            else:
+                self._retry.pop(t.uuid, None)
+                delivered += result.status.delivered
+        return delivered
+
+    def retry_broadcasts(self) -> int:
+        """Broadcasts again the penalties bitcoind did not answer for, if their trackers still exist;
+        returns how many bitcoind took."""
+        pending, self._retry = self._retry, {}
+        live = [t for t in pending.values() if self._store.get(keys.tracker(t.uuid)) is not None]
+        return self.broadcast(live)
 
     @staticmethod
-    def _log_receipt(t: TrackerRecord, receipt: Receipt) -> None:
-        if receipt.status.delivered:
+    def _log_result(t: TrackerRecord, result: BroadcastResult) -> None:
+        if result.status.delivered:
             log.info("penalty broadcast uuid=%s penalty_txid=%s status=%s", t.uuid, t.penalty_txid,
-                     receipt.status.value)  # fmt: skip
+                     result.status.value)  # fmt: skip
         else:
             log.warning(
                 "penalty not accepted uuid=%s penalty_txid=%s status=%s code=%s message=%s",
-                t.uuid, t.penalty_txid, receipt.status.value, receipt.code, receipt.message,
+                t.uuid, t.penalty_txid, result.status.value, result.code, result.message,
             )  # fmt: skip

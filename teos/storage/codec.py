@@ -223,7 +223,7 @@ class TrackerRecord:
 
 
 def encode_block_pointer(block_hash: BlockHash, height: int) -> bytes:
-    """Value of a ``last_block`` metadata key."""
+    """Value of ``m|last_block:*``: ``hash(32) | height(4 BE)``."""
     return block_hash.raw + struct.pack(">I", height)
 
 
@@ -231,3 +231,16 @@ def decode_block_pointer(data: bytes) -> tuple[BlockHash, int]:
     if len(data) != 36:
         raise CodecError("bad block pointer")
     return BlockHash(data[:32]), struct.unpack(">I", data[32:])[0]
+
+
+def encode_recent_block(block_hash: BlockHash, height: int, prev_hash: BlockHash | None) -> bytes:
+    """Value of ``m|recent:engine:<height>``: ``hash(32) | prev hash(32, zeros for none) | height(4 BE)``."""
+    prev = prev_hash.raw if prev_hash is not None else bytes(32)
+    return block_hash.raw + prev + struct.pack(">I", height)
+
+
+def decode_recent_block(data: bytes) -> tuple[BlockHash, int, BlockHash | None]:
+    if len(data) != 68:
+        raise CodecError("bad recent-block record")
+    prev = data[32:64]
+    return BlockHash(data[:32]), struct.unpack(">I", data[64:])[0], BlockHash(prev) if any(prev) else None

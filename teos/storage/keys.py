@@ -16,7 +16,27 @@ that they sort numerically.
     x | height(4) | user_id(33)      -> b""                 users whose data is deleted at this height
                                                             (subscription_expiry + expiry_delta)
     t | uuid(20)                     -> TrackerRecord       penalties the Responder is following
-    m | name (ascii)                 -> bytes               metadata (see META_* below)
+    m | name (ascii)                 -> bytes               metadata:
+      m | tower_key                  -> 32 bytes            the tower's secret key (also in a 0600 file)
+      m | network                    -> ascii               the chain the database was made for ("regtest")
+      m | n_appointments             -> u64 BE              number of ``i|`` entries (the Gatekeeper's)
+      m | last_block:watcher         -> hash(32)|height(4)  the last block the engine processed
+      m | last_block:responder       -> hash(32)|height(4)  legacy: written by earlier versions, always
+                                                            equal to the above; read only in its absence
+      m | recent:engine: | height(4) -> hash|prev|height    the record of recent blocks (reorgs while down)
+    c | key                          -> bytes               the atomic store's namespace (paid towers):
+                                                            teos.storage.atomic.LevelDBAtomicStore puts
+                                                            every key it is given under ``c``. The payment
+                                                            channels use, inside it:
+        c | s | channel_id(36)       -> ChannelState        teos.payments.state (channel_id: funding txid
+                                                            in internal order | vout u32 BE)
+        c | k | channel_id(36)       -> ClaimRecord         the tower's claim of that channel, once decided
+    g | channel_id(36) | nonce(4 BE) -> b""                 grant applied: the registration paid by that
+                                                            payment was added to its user. Written by the
+                                                            Gatekeeper in the same batch as the user record
+                                                            it changes, so a grant is applied at most once
+                                                            (see teos.payments.handler). Deleted with the
+                                                            channel's record once it is forgotten.
 
 Every write of an ``a|`` entry goes through ``teos.storage.watched.put_watched``, which also writes the
 ``l|`` marker. Markers are deleted only by the Watcher, when the locator's dispute appears in a block (an
@@ -42,39 +62,34 @@ USER_APPOINTMENT = b"i"
 EXPIRY = b"x"
 TRACKER = b"t"
 META = b"m"
+ATOMIC = b"c"
+GRANT = b"g"
 
 # Metadata names (values documented beside each).
 META_TOWER_KEY = b"m" + b"tower_key"  # 32-byte secp256k1 secret key (also written to a 0600 file)
-META_SCHEMA = b"m" + b"schema"  # 1 byte: the layout version of this database
 # u64 BE: number of ``i|`` entries (appointments held for users, watched or responded); written only by
 # the Gatekeeper, in the same batches as the index changes.
 META_N_APPOINTMENTS = b"m" + b"n_appointments"
 META_NETWORK = b"m" + b"network"  # ascii chain name the database was created for ("regtest", ...)
 
-SCHEMA_VERSION = 1
-
 _HEIGHT = struct.Struct(">I")
 
 
-def meta_last_block(component: str) -> bytes:
-    """Key of the last block hash a component (``watcher``, ``responder``, ``gatekeeper``) processed.
-
-    Value: 32-byte block hash (internal order) followed by the 4-byte BE height.
-    """
-    return META + b"last_block:" + component.encode("ascii")
-
-
-def meta_recent_blocks(component: str) -> bytes:
-    """Prefix of the bounded record of blocks a component processed recently, keyed by height.
-
-    Lets the engine walk back to a fork point after a restart even when bitcoind's best chain moved
-    while the tower was down. Value: hash(32) | previous hash(32) | height(4 BE), hashes in internal order.
-    """
-    return META + b"recent:" + component.encode("ascii") + b":"
+# The last block the engine processed (written in each block's batch). Value: 32-byte block hash
+# (internal order) followed by the 4-byte BE height. The name is historical: when the Watcher and the
+# Responder each kept a pointer, this was the Watcher's.
+META_LAST_BLOCK = META + b"last_block:watcher"
+# The Responder's pointer, written by earlier versions in the same batches as META_LAST_BLOCK (so always
+# equal to it); no longer written, and read only if META_LAST_BLOCK is missing.
+META_LAST_BLOCK_LEGACY = META + b"last_block:responder"
+# Prefix of the bounded record of recently processed blocks, keyed by height. Lets the engine walk back to
+# a fork point after a restart even when bitcoind's best chain moved while the tower was down.
+# Value: hash(32) | previous hash(32) | height(4 BE), hashes in internal order.
+META_RECENT_BLOCKS = META + b"recent:engine:"
 
 
-def meta_recent_block(component: str, height: int) -> bytes:
-    return meta_recent_blocks(component) + _HEIGHT.pack(height)
+def meta_recent_block(height: int) -> bytes:
+    return META_RECENT_BLOCKS + _HEIGHT.pack(height)
 
 
 def appointment(locator: Locator, uuid: Uuid) -> bytes:
@@ -129,6 +144,18 @@ def tracker(uuid: Uuid) -> bytes:
 
 def uuid_of_tracker_key(key: bytes) -> Uuid:
     return Uuid(key[1:])
+
+
+def grant(channel_id_raw: bytes, nonce: int) -> bytes:
+    """Key of the marker saying that the payment ``nonce`` of a channel (36 raw id bytes) was granted."""
+    if len(channel_id_raw) != 36:
+        raise ValueError("a channel id is 36 bytes")
+    return GRANT + channel_id_raw + _HEIGHT.pack(nonce)
+
+
+def grants_of_channel(channel_id_raw: bytes) -> bytes:
+    """Prefix of every grant marker of one channel."""
+    return GRANT + channel_id_raw
 
 
 def locator_uuid_of_appointment_key(key: bytes) -> tuple[Locator, Uuid]:

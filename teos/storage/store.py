@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import plyvel
@@ -118,11 +118,32 @@ class Store:
         with self.db.iterator(prefix=prefix, include_value=False) as it:
             return sum(1 for _ in it)
 
+    def iterate_prefixes(self, prefixes: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) under each of ``prefixes``, prefixes in sorted order, through one iterator
+        that seeks from prefix to prefix (with its blocks cached): cheaper than an iterator per prefix
+        when the prefixes are many and each holds few keys, as the Watcher's per-block lookups are."""
+        it = self.db.raw_iterator(fill_cache=True)
+        try:
+            for prefix in sorted(set(prefixes)):
+                it.seek(prefix)
+                while it.valid():
+                    key = it.key()
+                    if not key.startswith(prefix):
+                        break
+                    yield key, it.value()
+                    it.next()
+        finally:
+            it.close()
+
     def has_prefix(self, prefix: bytes) -> bool:
         with self.db.iterator(prefix=prefix, include_value=False) as it:
             for _ in it:
                 return True
         return False
+
+    def compact(self) -> None:
+        """Compacts the whole database (benchmarks measure the size of a settled database)."""
+        self.db.compact_range()
 
     # -- writes ----------------------------------------------------------------------------------
 

@@ -12,21 +12,24 @@ decrypted with that dialect's key of the dispute txid and must decode as a trans
 dropped (its ``a|`` entry deleted, its slots given back) and logged, as python-teos does.
 
 The Watcher only adds operations to the engine's batch for the block; it never commits on its own, so a
-block's effects and the "last processed block" pointer land together.
+block's effects and the "last processed block" pointer land together. It reads the database through
+``AppointmentReader`` (two read calls), never through LevelDB itself.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from common.crypto import DecryptionError, decrypt
 from common.dialects import locator_from_txid
 from common.types import BlockHash, Txid, Uuid
+from teos.interfaces import Breach, SlotRefunds, slot_refunds
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, CodecError
-from teos.storage.store import Batch, Store
+from teos.storage.store import Batch
 from teos.storage.watched import delete_watched
 from teos.watcher.locator_cache import BlockLocators, CachedTx, LocatorCache, block_locators, locator_key
 
@@ -41,25 +44,27 @@ class InvalidPenalty(ValueError):
 PenaltyDecoder = Callable[[bytes], Txid]
 
 
-@dataclass(frozen=True)
-class Breach:
-    """An appointment whose dispute transaction is in the chain, with its decrypted penalty."""
-
-    appointment: AppointmentRecord
-    dispute_txid: Txid
-    penalty_txid: Txid
-    penalty_rawtx: bytes
-    block_hash: BlockHash  # the block holding the dispute transaction
-    height: int
-
-
 @dataclass
 class WatcherOutcome:
     breaches: list[Breach] = field(default_factory=list)
     invalid: list[AppointmentRecord] = field(default_factory=list)  # dropped; their slots go back
 
+    def refunds(self) -> SlotRefunds:
+        """The slots of the dropped appointments, to give back."""
+        return slot_refunds(self.invalid)
 
-def find_appointments(store: Store, locators: Iterable[bytes]) -> tuple[list[AppointmentRecord], set[bytes]]:
+
+class AppointmentReader(Protocol):
+    """The Watcher's reads of the database (``Store`` satisfies it)."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def iterate_prefixes(self, prefixes: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]: ...
+
+
+def find_appointments(
+    store: AppointmentReader, locators: Iterable[bytes]
+) -> tuple[list[AppointmentRecord], set[bytes]]:
     """Every stored appointment whose locator (16 raw bytes) is among ``locators``, and the locators whose
     ``l|`` marker was found.
 
@@ -68,35 +73,19 @@ def find_appointments(store: Store, locators: Iterable[bytes]) -> tuple[list[App
     cached blocks. Splitting them over two threads was measured no faster (plyvel holds the GIL).
     """
     found: list[AppointmentRecord] = []
-    marked: set[bytes] = set()
-    db = store.db
-    hits = [loc for loc in sorted(set(locators)) if db.get(keys.locator_marker(loc)) is not None]
-    if not hits:
-        return found, marked
-    it = db.raw_iterator(fill_cache=True)
-    try:
-        for locator in hits:
-            marked.add(locator)
-            prefix = keys.APPOINTMENT + locator
-            it.seek(prefix)
-            while it.valid():
-                key = it.key()
-                if not key.startswith(prefix):
-                    break
-                try:
-                    found.append(AppointmentRecord.decode(it.value()))
-                except CodecError:
-                    log.error("undecodable appointment record key=%s", key.hex())
-                it.next()
-    finally:
-        it.close()
+    marked = {loc for loc in sorted(set(locators)) if store.get(keys.locator_marker(loc)) is not None}
+    for key, value in store.iterate_prefixes(keys.APPOINTMENT + loc for loc in marked):
+        try:
+            found.append(AppointmentRecord.decode(value))
+        except CodecError:
+            log.error("undecodable appointment record key=%s", key.hex())
     return found, marked
 
 
 class Watcher:
     """Checks blocks (and late appointments) against the stored appointments."""
 
-    def __init__(self, store: Store, cache: LocatorCache, decode_penalty: PenaltyDecoder) -> None:
+    def __init__(self, store: AppointmentReader, cache: LocatorCache, decode_penalty: PenaltyDecoder) -> None:
         self._store = store
         self.cache = cache
         self._decode_penalty = decode_penalty

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,21 +20,13 @@ from teos.storage.store import Batch, Store
 from teos.storage.watched import put_watched
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(interval)
-
-
 def new_user_id() -> UserId:
     return crypto.public_key(crypto.generate_secret_key())
 
 
 @dataclass
 class FakeEngineStatus:
-    """Stands in for ``Engine.status``: the test sets the heights and reachability."""
+    """Stands in for ``Progress.status``: the test sets the heights and reachability."""
 
     reachable: bool = True
     tip: int = 120
@@ -107,7 +98,7 @@ class Filler:
 
     def last_block(self, block_hash: BlockHash, height: int) -> None:
         batch = Batch()
-        batch.put(keys.meta_last_block("watcher"), encode_block_pointer(block_hash, height))
+        batch.put(keys.META_LAST_BLOCK, encode_block_pointer(block_hash, height))
         self.store.commit(batch)
 
 

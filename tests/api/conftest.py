@@ -4,26 +4,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.storage.store import Store
-from tests.api.support import FakeChain, Tower
+from tests.api.support import Tower
+from tests.support.users import chain, config, gatekeeper
 
-
-@pytest.fixture
-def chain() -> FakeChain:
-    return FakeChain()
-
-
-@pytest.fixture
-def config() -> GatekeeperConfig:
-    return GatekeeperConfig(subscription_slots=100, subscription_duration=1000, expiry_delta=6)
-
-
-@pytest.fixture
-def gatekeeper(store: Store, config: GatekeeperConfig, chain: FakeChain) -> Gatekeeper:
-    gk = Gatekeeper(store, config, chain)
-    gk.start()
-    return gk
+__all__ = ["chain", "config", "gatekeeper", "tower"]
 
 
 @pytest.fixture(params=["local", "remote"])

@@ -1,115 +1,37 @@
-"""Fakes and builders shared by the API-side tests (Gatekeeper, service, HTTP API)."""
+"""The public API app over a real store, for the API tests (over ``tests.support.users``' doubles)."""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask
 
 from common import crypto
-from common.appointment import Appointment, compute_uuid
-from common.dialects import locator_from_txid
+from common.appointment import Appointment
+from common.messages import (
+    GET_SUBSCRIPTION_INFO_MESSAGE,
+    add_appointment_body,
+    get_appointment_body,
+    get_appointment_message,
+    get_subscription_info_body,
+    register_body,
+)
 from common.tx import Transaction, TxIn, TxOut
 from common.types import Dialect, Locator, Txid, UserId
 from teos.api import create_app
 from teos.api.ipc import TOKEN_BYTES, CoreClient, CoreServer, RemoteCore
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
-from teos.service import GET_SUBSCRIPTION_INFO_MESSAGE, TowerCore, TowerService, get_appointment_message
-from teos.storage import keys
-from teos.storage.codec import AppointmentRecord, TrackerRecord
-from teos.storage.store import Batch, Store
+from teos.service import TowerCore, TowerService
+from teos.storage.store import Store
+from tests.support.users import Client, FakeChainView, random_locator
 
 
-@dataclass
-class FakeChain:
-    """A ChainView whose tip, reachability and locator cache the test sets directly."""
-
-    tip_height: int = 100
-    bitcoind_reachable: bool = True
-    cached: list[Txid] = field(default_factory=list)
-    added: list[tuple[AppointmentRecord, Txid]] = field(default_factory=list)
-
-    def add_breach(self, txid: Txid) -> None:
-        self.cached.append(txid)
-
-    def breach_in_cache(self, record: AppointmentRecord) -> Txid | None:
-        for txid in self.cached:
-            if locator_from_txid(txid, record.dialect) == record.locator:
-                return txid
-        return None
-
-    def appointment_added(self, record: AppointmentRecord, dispute_txid: Txid) -> None:
-        self.added.append((record, dispute_txid))
-
-
-@dataclass(frozen=True)
-class Client:
-    """A user key pair."""
-
-    secret_key: bytes
-
-    @classmethod
-    def new(cls) -> Client:
-        return cls(crypto.generate_secret_key())
-
-    @property
-    def user_id(self) -> UserId:
-        return crypto.public_key(self.secret_key)
-
-    def sign(self, message: bytes) -> str:
-        return crypto.sign(message, self.secret_key)
-
-
-def random_locator() -> Locator:
-    return Locator(os.urandom(16))
-
-
-def make_record(
-    user_id: UserId,
-    locator: Locator,
-    blob_len: int,
-    dialect: Dialect = Dialect.PYTHON,
-    start_block: int = 100,
-    signature: str = "sig",
-) -> AppointmentRecord:
-    return AppointmentRecord(
-        uuid=compute_uuid(locator, user_id),
-        locator=locator,
-        encrypted_blob=os.urandom(blob_len),
-        to_self_delay=20,
-        user_id=user_id,
-        user_signature=signature,
-        start_block=start_block,
-        dialect=dialect,
-    )
-
-
-def signed_appointment(client: Client, appointment: Appointment) -> dict[str, object]:
+def signed_appointment(client: Client, appointment: Appointment) -> dict[str, Any]:
     """The JSON body of an add_appointment request."""
-    return {"appointment": appointment.to_json(), "signature": client.sign(appointment.serialize())}
-
-
-def trigger(
-    store: Store, record: AppointmentRecord, dispute_txid: Txid, penalty_rawtx: bytes
-) -> TrackerRecord:
-    """Does what the engine does on a breach: the appointment becomes a tracker (index entry kept)."""
-    tracker = TrackerRecord(
-        appointment=record,
-        dispute_txid=dispute_txid,
-        penalty_txid=Txid(crypto.sha256d(penalty_rawtx)),
-        penalty_rawtx=penalty_rawtx,
-        broadcast_height=record.start_block,
-        confirmed_in=None,
-        confirmed_height=0,
-    )
-    batch = Batch()
-    batch.delete(keys.appointment(record.locator, record.uuid))
-    batch.put(keys.tracker(record.uuid), tracker.encode())
-    store.commit(batch)
-    return tracker
+    return add_appointment_body(appointment, client.sign(appointment.serialize()))
 
 
 PYTHON_UA = {"User-Agent": "python-requests/2.31.0"}
@@ -121,7 +43,7 @@ class Tower:
     """The public API app over a real store, with handles on its parts and a test client."""
 
     store: Store
-    chain: FakeChain
+    chain: FakeChainView
     gatekeeper: Gatekeeper
     service: TowerService
     app: Flask
@@ -145,7 +67,7 @@ class Tower:
     ) -> Tower:
         """The app over a Gatekeeper on ``store``; with ``remote`` its service reaches the state through
         the worker channel (a ``CoreServer`` on a real Unix socket), as in teosd's API workers."""
-        chain = chain if chain is not None else FakeChain(tip_height=tip)
+        chain = chain if chain is not None else FakeChainView(tip_height=tip)
         config = GatekeeperConfig(subscription_slots=slots, max_appointments=max_appointments)
         gatekeeper = Gatekeeper(store, config, chain)
         gatekeeper.start()
@@ -153,7 +75,7 @@ class Tower:
         if not remote:
             service = TowerService.local(gatekeeper, chain, store, secret_key)
             return cls(store, chain, gatekeeper, service, create_app(service), secret_key)
-        server = CoreServer(TowerCore(gatekeeper, chain, store), os.urandom(TOKEN_BYTES))
+        server = CoreServer(TowerCore(gatekeeper, chain, chain, store), os.urandom(TOKEN_BYTES))
         server.start()
         service = TowerService(
             RemoteCore(CoreClient(server.address, server.token)),
@@ -186,10 +108,10 @@ class Tower:
         return resp.status_code, (json.loads(resp.data) if resp.data else None)
 
     def register(self, client: Client, dialect: Dialect = Dialect.PYTHON) -> dict[str, Any]:
-        field = "public_key" if dialect is Dialect.PYTHON else "user_id"
-        status, body = self.post("/register", {field: client.user_id.hex()}, rust=dialect is Dialect.RUST)
+        body = register_body(client.user_id, dialect)
+        status, body = self.post("/register", body, rust=dialect is Dialect.RUST)
         assert status == 200, body
-        return body  # type: ignore[no-any-return]
+        return body
 
     def add(
         self, client: Client, appointment: Appointment, *, rust: bool = False, signature: str | None = None
@@ -200,11 +122,11 @@ class Tower:
         return self.post("/add_appointment", body, rust=rust)
 
     def get(self, client: Client, locator: Locator, *, rust: bool = False) -> tuple[int, Any]:
-        body = {"locator": locator.hex(), "signature": client.sign(get_appointment_message(locator))}
+        body = get_appointment_body(locator, client.sign(get_appointment_message(locator)))
         return self.post("/get_appointment", body, rust=rust)
 
     def subscription_info(self, client: Client, *, rust: bool = False) -> tuple[int, Any]:
-        body = {"signature": client.sign(GET_SUBSCRIPTION_INFO_MESSAGE)}
+        body = get_subscription_info_body(client.sign(GET_SUBSCRIPTION_INFO_MESSAGE))
         return self.post("/get_subscription_info", body, rust=rust)
 
     def signed_by_tower(self, message: bytes, signature: str) -> bool:

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from common.types import Dialect
 from teos.storage.store import Store
-from tests.api.support import Client, FakeChain, Tower, appointment
+from tests.api.support import Tower, appointment
+from tests.support.users import Client, FakeChainView
 
 ENDPOINTS = ["/register", "/add_appointment", "/get_appointment", "/get_subscription_info"]
 ALLOWED = {200, 400, 401, 404, 405, 413}
@@ -120,7 +121,7 @@ def test_global_body_cap_is_413_for_every_dialect(hostile_tower: Tower) -> None:
         assert resp.status_code == 413
 
 
-class ExplodingChain(FakeChain):
+class ExplodingChain(FakeChainView):
     """A ChainView whose tip fails, once armed, in a way no handler expects."""
 
     armed = False

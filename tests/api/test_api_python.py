@@ -18,7 +18,8 @@ from common import crypto, receipts, zbase32
 from common.appointment import Appointment
 from common.dialects import locator_from_txid
 from common.types import Dialect, Locator, Txid
-from tests.api.support import Client, Tower, appointment, penalty_transaction, signed_appointment, trigger
+from tests.api.support import Tower, appointment, penalty_transaction, signed_appointment
+from tests.support.users import Client, trigger
 
 LOC = Locator(bytes.fromhex("ddead970f8ceb7b36baf39a829126dba"))
 
@@ -32,7 +33,7 @@ class Ctx:
     def add_body(self, **appointment_fields: object) -> dict[str, Any]:
         """A signed add_appointment body whose appointment fields are then overridden."""
         body = signed_appointment(self.alice, appointment(LOC))
-        body["appointment"].update(appointment_fields)  # type: ignore[union-attr]
+        body["appointment"].update(appointment_fields)
         return body
 
 
@@ -195,7 +196,7 @@ def test_rows_35_to_40_add_update_and_second_user(ctx: Ctx) -> None:
     status, body = t.add(alice, appointment(Locator(b"\xcc" * 16), to_self_delay=2**32 - 1))  # row 39
     assert (status, body["available_slots"]) == (200, 96)
     extra = signed_appointment(alice, appointment(Locator(b"\xdd" * 16)))
-    extra["appointment"]["extra"] = "ignored"  # type: ignore[index]
+    extra["appointment"]["extra"] = "ignored"
     status, body = t.post("/add_appointment", extra)  # row 40
     assert (status, body["available_slots"]) == (200, 95)
 

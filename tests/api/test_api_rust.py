@@ -15,7 +15,8 @@ from common.types import Dialect, Locator, Txid
 from teos.api.public import guess_dialect
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord
-from tests.api.support import Client, Tower, appointment, penalty_transaction, signed_appointment, trigger
+from tests.api.support import Tower, appointment, penalty_transaction, signed_appointment
+from tests.support.users import Client, trigger
 
 
 @pytest.fixture

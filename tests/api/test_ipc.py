@@ -25,7 +25,7 @@ from teos.api.ipc import MAX_REQUEST_BYTES, TOKEN_BYTES, CoreClient, CoreServer,
 from teos.gatekeeper import Gatekeeper
 from teos.service import TowerCore
 from teos.storage.store import Store
-from tests.api.support import FakeChain
+from tests.support.users import FakeChainView
 
 TIMEOUT = 10.0
 
@@ -37,9 +37,9 @@ def observed() -> list[Observation]:
 
 @pytest.fixture
 def server(
-    gatekeeper: Gatekeeper, chain: FakeChain, store: Store, observed: list[Observation]
+    gatekeeper: Gatekeeper, chain: FakeChainView, store: Store, observed: list[Observation]
 ) -> Iterator[CoreServer]:
-    core = TowerCore(gatekeeper, chain, store)
+    core = TowerCore(gatekeeper, chain, chain, store)
     srv = CoreServer(core, os.urandom(TOKEN_BYTES), on_observations=observed.extend)
     srv.start()
     try:
@@ -73,7 +73,7 @@ def test_round_trip_of_every_use_case(server: CoreServer) -> None:
     assert info.locators == [appointment.locator] and info.user == user
 
 
-def test_errors_keep_their_kind_and_class(server: CoreServer, chain: FakeChain) -> None:
+def test_errors_keep_their_kind_and_class(server: CoreServer, chain: FakeChainView) -> None:
     core = RemoteCore(_client(server))
     _, user_id = _user()
     with pytest.raises(TeosError) as refused:
@@ -90,7 +90,7 @@ def test_errors_keep_their_kind_and_class(server: CoreServer, chain: FakeChain) 
     assert down.value.kind is ErrorKind.SERVICE_UNAVAILABLE
 
 
-def test_request_errors_stay_request_errors(server: CoreServer, chain: FakeChain) -> None:
+def test_request_errors_stay_request_errors(server: CoreServer, chain: FakeChainView) -> None:
     core = RemoteCore(_client(server))
     _, user_id = _user()
     core.register(user_id, Dialect.RUST)

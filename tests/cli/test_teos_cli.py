@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,8 +14,9 @@ import pytest
 
 from common.types import Locator
 from teos.admin import AdminServer, StoreAdminBackend
+from teos.devtools import free_port, wait_until
 from teos.storage.store import Store
-from tests.admin.support import FakeEngineStatus, Filler, new_user_id, wait_until
+from tests.admin.support import FakeEngineStatus, Filler, new_user_id
 
 TOWER_ID = new_user_id()
 NETWORK = "regtest"
@@ -122,14 +122,8 @@ def test_wrong_cookie_exits_non_zero(tower: Tower) -> None:
     assert json.loads(result.stderr)["http_status"] == 401
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_daemon_down_exits_3_with_json(tower: Tower) -> None:
-    result = tower.cli("gettowerinfo", port=_free_port())  # a cookie, but nothing listening
+    result = tower.cli("gettowerinfo", port=free_port())  # a cookie, but nothing listening
     assert result.returncode == 3 and result.stdout == ""
     assert "not reachable" in json.loads(result.stderr)["error"]
     result = tower.cli("gettowerinfo", network="signet")  # no cookie: teosd not running on that network

@@ -10,7 +10,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,10 @@ from common.dialects import locator_from_txid
 from common.types import Dialect, Txid, UserId
 from teos.cli import teos_client
 from teos.cli.teos_client import build_appointment, run
-from teos.storage.codec import AppointmentRecord
 from teos.storage.store import Store
 from tests.admin.support import serve
 from tests.common.vectors import vectors_dir
+from tests.support.users import FakeChainView
 
 VECTORS = vectors_dir()
 # A real transaction (rust-teos's published encryption vector) stands in as the penalty: the tower only
@@ -83,19 +83,6 @@ def test_rust_blob_vector_inline() -> None:
 
 
 @dataclass
-class FakeChain:
-    tip_height: int = 200
-    bitcoind_reachable: bool = True
-    added: list[AppointmentRecord] = field(default_factory=list)
-
-    def breach_in_cache(self, record: AppointmentRecord) -> Txid | None:
-        return None
-
-    def appointment_added(self, record: AppointmentRecord, dispute_txid: Txid) -> None:
-        self.added.append(record)
-
-
-@dataclass
 class RealTower:
     tower_id: UserId
     port: int
@@ -114,7 +101,7 @@ def real_tower(tmp_path: Path) -> Iterator[RealTower]:
 
     store = Store(tmp_path / "tower-db")
     store.open()
-    chain = FakeChain()
+    chain = FakeChainView(tip_height=200)
     gatekeeper = Gatekeeper(store, GatekeeperConfig(), chain)
     gatekeeper.start()
     secret = crypto.generate_secret_key()
@@ -314,7 +301,7 @@ def test_admin_sees_what_the_real_gatekeeper_wrote(tmp_path: Path) -> None:
 
     store = Store(tmp_path / "regtest" / "db")
     store.open()
-    chain = FakeChain()
+    chain = FakeChainView(tip_height=200)
     gatekeeper = Gatekeeper(store, GatekeeperConfig(), chain)
     gatekeeper.start()
     secret = crypto.generate_secret_key()

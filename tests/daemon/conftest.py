@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from teos.demo import Teosd, free_port, teosd_args
+from teos.devtools import free_port
 from tests.support.bitcoind import BitcoindHandle
+from tests.support.processes import Teosd, teosd_args
 
 TeosdFactory = Callable[..., Teosd]
 

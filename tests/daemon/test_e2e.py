@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 
+from common.client import TowerClient
 from common.types import Dialect, Locator, Txid
-from teos.demo import Teosd, TowerClient, wait_until
+from teos.devtools import wait_until
 from tests.daemon.conftest import TeosdFactory
 from tests.support.bitcoind import BitcoindHandle
+from tests.support.processes import Teosd
 
 pytestmark = pytest.mark.e2e
 

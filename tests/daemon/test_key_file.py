@@ -11,14 +11,6 @@ from teos.storage import keys
 from teos.storage.store import Store
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    s = Store(tmp_path / "db")
-    s.open()
-    yield s
-    s.close()
-
-
 def test_created_private_and_stable(tmp_path: Path, store: Store) -> None:
     path = tmp_path / "teos_sk.der"
     first = load_or_create_key(path, store, overwrite=False)

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from common.client import TowerClient
 from common.types import Dialect
-from teos.demo import Teosd, TowerClient, free_port, wait_until
+from teos.devtools import free_port, wait_until
 from tests.daemon.conftest import TeosdFactory, metric
 from tests.support.bitcoind import BitcoindHandle
+from tests.support.processes import Teosd
 
 pytestmark = pytest.mark.e2e
 

@@ -1,8 +1,8 @@
-"""Runs the engine in its own process (for crash tests): ``python -m tests.engine.harness --db PATH ...``.
+"""A tower's chain side in its own process, for crash tests: ``python -m tests.engine.harness --db PATH``.
 
-Opens the store, builds a real Gatekeeper (the SlotLedger and BlockListener) and the Engine against the
-given bitcoind, prints ``ready`` once started, and stops cleanly on SIGTERM. A test SIGKILLs it to crash
-the tower at an arbitrary point.
+Opens the store, builds a real Gatekeeper (the SlotLedger and BlockListener) and the chain side against
+the given bitcoind, wired as teosd wires them (``teos.daemon.build_chain_side``), prints ``ready`` once
+started, and stops cleanly on SIGTERM. A test SIGKILLs it to crash the tower at an arbitrary point.
 """
 
 from __future__ import annotations
@@ -14,45 +14,34 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from teos.chain.bitcoind import BitcoindClient, BitcoindConfig, RetryPolicy
-from teos.engine import Engine, EngineConfig
+from teos.chain.tip import ChainTip
+from teos.daemon import ChainSide, build_chain_side
+from teos.engine import EngineConfig
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.storage.store import Store
 
 
 @dataclass
-class _ChainRef:
-    """Lets the Gatekeeper read the tip from the engine built after it."""
-
-    target: Engine | None = None
-
-    @property
-    def bitcoind_reachable(self) -> bool:
-        return self.target is not None and self.target.bitcoind_reachable
-
-    @property
-    def tip_height(self) -> int:
-        return self.target.tip_height if self.target is not None else 0
-
-    def breach_in_cache(self, record):  # type: ignore[no-untyped-def]
-        return self.target.breach_in_cache(record) if self.target is not None else None
-
-    def appointment_added(self, record, dispute_txid) -> None:  # type: ignore[no-untyped-def]
-        if self.target is not None:
-            self.target.appointment_added(record, dispute_txid)
+class Parts:
+    gatekeeper: Gatekeeper
+    chain: ChainSide
 
 
-def build(store: Store, rpc: BitcoindConfig, zmq_url: str | None, poll: float, **overrides) -> tuple:
-    chain = _ChainRef()
-    gatekeeper = Gatekeeper(store, GatekeeperConfig(), chain)
+def build(
+    store: Store, rpc: BitcoindConfig, zmq_url: str | None, poll: float, **overrides: Any
+) -> Parts:
+    """A Gatekeeper and a chain side over ``store``, against the bitcoind at ``rpc`` (nothing started)."""
+    tip = ChainTip()
+    gatekeeper = Gatekeeper(store, GatekeeperConfig(), tip)
     config = EngineConfig(
         btc_network="regtest", poll_interval=poll, zmq_url=zmq_url, retry_max_delay=0.5,
         startup_retry=RetryPolicy(0.1, 0.5, 20.0), **overrides,
     )  # fmt: skip
-    engine = Engine(config, store, BitcoindClient(rpc), gatekeeper, [gatekeeper])
-    chain.target = engine
-    return gatekeeper, engine
+    chain = build_chain_side(config, store, BitcoindClient(rpc), tip, gatekeeper, [gatekeeper])
+    return Parts(gatekeeper, chain)
 
 
 def main() -> None:
@@ -67,19 +56,19 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     store = Store(Path(args.db))
     store.open()
-    gatekeeper, engine = build(
+    parts = build(
         store,
         BitcoindConfig("127.0.0.1", args.port, args.user, args.password, timeout=5),
         args.zmq,
         args.poll,
     )
-    gatekeeper.start()
-    engine.start()
+    parts.gatekeeper.start()
+    parts.chain.start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     print("ready", flush=True)
     done.wait()
-    engine.stop()
+    parts.chain.stop()
     store.close()
 
 

@@ -7,6 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,61 +19,84 @@ from common.appointment import compute_uuid
 from common.dialects import locator_from_txid
 from common.types import Dialect, Txid
 from teos.chain.bitcoind import BitcoindConfig
+from teos.engine import Engine
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord
 from teos.storage.store import Store
-from tests.engine.harness import build
-from tests.support.bitcoind import REPO_ROOT
+from tests.engine.harness import Parts, build
+from tests.support.bitcoind import REPO_ROOT, BitcoindHandle
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.e2e
 
 
 class Tower:
-    """A store + Gatekeeper + Engine in this process, started and stopped by the test."""
+    """A store + Gatekeeper + chain side in this process, started and stopped by the test."""
 
-    def __init__(self, node, path, poll=0.2, zmq=True, **overrides):
+    def __init__(
+        self, node: BitcoindHandle, path: Path, poll: float = 0.2, zmq: bool = True, **overrides: Any
+    ) -> None:
         self.node, self.path, self.poll, self.zmq, self.overrides = node, path, poll, zmq, overrides
-        self.store = self.gatekeeper = self.engine = None
+        self._store: Store | None = None
+        self._parts: Parts | None = None
 
-    def rpc_config(self):
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "start() first"
+        return self._store
+
+    @property
+    def gatekeeper(self) -> Any:
+        """The Gatekeeper (typed Any: the tests read fields of the user records it may return None for)."""
+        assert self._parts is not None, "start() first"
+        return self._parts.gatekeeper
+
+    @property
+    def engine(self) -> Engine:
+        assert self._parts is not None, "start() first"
+        return self._parts.chain.engine
+
+    def rpc_config(self) -> BitcoindConfig:
         return BitcoindConfig(
             "127.0.0.1", self.node.rpc_port, self.node.rpc_user, self.node.rpc_password, timeout=5
         )
 
-    def start(self):
-        self.store = Store(self.path)
-        self.store.open()
-        self.gatekeeper, self.engine = build(
-            self.store,
+    def start(self) -> Tower:
+        self._store = Store(self.path)
+        self._store.open()
+        self._parts = build(
+            self._store,
             self.rpc_config(),
             self.node.zmq_url if self.zmq else None,
             self.poll,
             **self.overrides,
         )
-        self.gatekeeper.start()
-        self.engine.start()
+        self._parts.gatekeeper.start()
+        self._parts.chain.start()
         return self
 
-    def stop(self):
-        if self.engine is not None:
-            self.engine.stop()
+    def stop(self) -> None:
+        if self._parts is not None:
+            self._parts.chain.stop()
             self.store.close()
-            self.engine = None
+            self._parts = None
 
-    def synced(self, timeout=15):
+    def synced(self, timeout: float = 15) -> None:
         tip = self.node.rpc("getblockcount")
         wait_until(lambda: self.engine.tip_height >= tip, timeout, message=f"engine not at height {tip}")
 
-    def tracker(self, record):
+    def tracker(self, record: AppointmentRecord) -> Any:
+        """The record's tracker, or None (typed Any: the tests read fields of it and compare it to None)."""
         raw = self.store.get(keys.tracker(record.uuid))
         return TrackerRecord.decode(raw) if raw is not None else None
 
-    def watched(self, record):
+    def watched(self, record: AppointmentRecord) -> bool:
         return self.store.get(keys.appointment(record.locator, record.uuid)) is not None
 
 
-def appoint(tower, pair_dispute: Txid, penalty_raw: bytes, dialect: Dialect, blob: bytes | None = None):
+def appoint(
+    tower: Tower, pair_dispute: Txid, penalty_raw: bytes, dialect: Dialect, blob: bytes | None = None
+) -> AppointmentRecord:
     """Registers a user and stores an appointment through the real Gatekeeper."""
     secret = crypto.generate_secret_key()
     user_id = crypto.public_key(secret)
@@ -85,11 +112,11 @@ def appoint(tower, pair_dispute: Txid, penalty_raw: bytes, dialect: Dialect, blo
     return record
 
 
-def in_mempool(node, txid: Txid) -> bool:
+def in_mempool(node: BitcoindHandle, txid: Txid) -> bool:
     return txid.hex() in node.rpc("getrawmempool")
 
 
-def confirmations(node, txid: Txid, block_hash: str) -> int:
+def confirmations(node: BitcoindHandle, txid: Txid, block_hash: str) -> int:
     try:
         return int(node.rpc("getrawtransaction", txid.hex(), True, block_hash).get("confirmations", 0))
     except Exception:
@@ -97,13 +124,15 @@ def confirmations(node, txid: Txid, block_hash: str) -> int:
 
 
 @pytest.fixture
-def tower(bitcoind, tmp_path):
+def tower(bitcoind: BitcoindHandle, tmp_path: Path) -> Iterator[Tower]:
     t = Tower(bitcoind, tmp_path / "db")
     yield t
     t.stop()
 
 
-def test_breach_in_both_dialects_is_responded_until_irrevocable(tower, bitcoind):
+def test_breach_in_both_dialects_is_responded_until_irrevocable(
+    tower: Tower, bitcoind: BitcoindHandle
+) -> None:
     wallet = bitcoind.wallet()
     wallet.fund(4)
     tower.start()
@@ -117,7 +146,7 @@ def test_breach_in_both_dialects_is_responded_until_irrevocable(tower, bitcoind)
         wallet.send(p.commitment)
     bitcoind.mine(1)
     for p, r in zip(pairs, records, strict=True):
-        wait_until(lambda p=p: in_mempool(bitcoind, p.penalty.txid), 15, message="penalty not broadcast")
+        wait_until(partial(in_mempool, bitcoind, p.penalty.txid), 15, message="penalty not broadcast")
         assert tower.tracker(r).penalty_txid == p.penalty.txid and not tower.watched(r)
     bitcoind.mine(1)
     tower.synced()
@@ -133,7 +162,7 @@ def test_breach_in_both_dialects_is_responded_until_irrevocable(tower, bitcoind)
         assert tower.store.get(keys.user_appointment(r.user_id, r.uuid)) is None
 
 
-def test_appointment_after_its_breach_and_breach_while_down(tower, bitcoind):
+def test_appointment_after_its_breach_and_breach_while_down(tower: Tower, bitcoind: BitcoindHandle) -> None:
     wallet = bitcoind.wallet()
     wallet.fund(3)
     tower.start()
@@ -158,7 +187,7 @@ def test_appointment_after_its_breach_and_breach_while_down(tower, bitcoind):
     assert tower.tracker(record2).dispute_txid == down.commitment.txid
 
 
-def test_invalid_blob_is_dropped_and_slots_given_back(tower, bitcoind):
+def test_invalid_blob_is_dropped_and_slots_given_back(tower: Tower, bitcoind: BitcoindHandle) -> None:
     wallet = bitcoind.wallet()
     wallet.fund(2)
     tower.start()
@@ -174,7 +203,9 @@ def test_invalid_blob_is_dropped_and_slots_given_back(tower, bitcoind):
 
 
 @pytest.mark.parametrize("depth", [1, 6, 9])
-def test_reorg_removing_the_dispute_puts_the_appointment_back(tower, bitcoind, depth):
+def test_reorg_removing_the_dispute_puts_the_appointment_back(
+    tower: Tower, bitcoind: BitcoindHandle, depth: int
+) -> None:
     wallet = bitcoind.wallet()
     wallet.fund(3)
     tower.start()
@@ -195,7 +226,7 @@ def test_reorg_removing_the_dispute_puts_the_appointment_back(tower, bitcoind, d
     assert tower.watched(record)
 
 
-def test_penalty_reorged_out_is_tracked_again(tower, bitcoind):
+def test_penalty_reorged_out_is_tracked_again(tower: Tower, bitcoind: BitcoindHandle) -> None:
     wallet = bitcoind.wallet()
     wallet.fund(2)
     tower.start()
@@ -215,7 +246,7 @@ def test_penalty_reorged_out_is_tracked_again(tower, bitcoind):
     assert tower.tracker(record).confirmed_in is not None
 
 
-def test_penalty_rejected_for_a_conflict_keeps_the_tracker(tower, bitcoind):
+def test_penalty_rejected_for_a_conflict_keeps_the_tracker(tower: Tower, bitcoind: BitcoindHandle) -> None:
     wallet = bitcoind.wallet()
     wallet.fund(2)
     tower.start()
@@ -231,7 +262,7 @@ def test_penalty_rejected_for_a_conflict_keeps_the_tracker(tower, bitcoind):
     assert tower.engine.status()["n_trackers"] == 1
 
 
-def test_zmq_messages_dropped_polling_finds_the_blocks(simulator, tmp_path):
+def test_zmq_messages_dropped_polling_finds_the_blocks(simulator: BitcoindHandle, tmp_path: Path) -> None:
     tower = Tower(simulator, tmp_path / "db", poll=0.3).start()
     try:
         wallet = simulator.wallet()
@@ -247,7 +278,7 @@ def test_zmq_messages_dropped_polling_finds_the_blocks(simulator, tmp_path):
         tower.stop()
 
 
-def test_bitcoind_stopped_and_restarted(tower, bitcoind):
+def test_bitcoind_stopped_and_restarted(tower: Tower, bitcoind: BitcoindHandle) -> None:
     wallet = bitcoind.wallet()
     wallet.fund(2)
     tower.start()
@@ -263,7 +294,7 @@ def test_bitcoind_stopped_and_restarted(tower, bitcoind):
     assert tower.tracker(record) is not None
 
 
-def test_sigkill_mid_block_loses_no_breach(bitcoind, tmp_path):
+def test_sigkill_mid_block_loses_no_breach(bitcoind: BitcoindHandle, tmp_path: Path) -> None:
     db = tmp_path / "db"
     tower = Tower(bitcoind, db).start()
     wallet = bitcoind.wallet()
@@ -275,7 +306,7 @@ def test_sigkill_mid_block_loses_no_breach(bitcoind, tmp_path):
     ]
     tower.stop()
 
-    def spawn():
+    def spawn() -> subprocess.Popen[str]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.engine.harness", "--db", str(db), "--port", str(bitcoind.rpc_port),
              "--user", bitcoind.rpc_user, "--password", bitcoind.rpc_password, "--zmq", bitcoind.zmq_url,
@@ -295,7 +326,7 @@ def test_sigkill_mid_block_loses_no_breach(bitcoind, tmp_path):
             proc.wait(10)
             proc = spawn()
         for p in pairs:
-            wait_until(lambda p=p: in_mempool(bitcoind, p.penalty.txid), 20, message="penalty missing")
+            wait_until(partial(in_mempool, bitcoind, p.penalty.txid), 20, message="penalty missing")
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
     finally:

@@ -2,36 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 
 from common import crypto
 from common.dialects import locator_from_txid
-from common.types import Dialect
+from common.tx import Transaction
+from common.types import Dialect, Txid
 from teos.chain.bitcoind import RetryPolicy, RPCError
+from teos.chain.tip import ChainTip
+from teos.daemon import ChainSide, build_chain_side
 from teos.engine import BootstrapError, Engine, EngineConfig
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord
-from teos.storage.store import Batch
+from teos.storage.store import Batch, Store
 from teos.storage.watched import put_watched
-from tests.engine.fakes import FakeChain, RecordingLedger, random_tx, store_appointment
+from tests.support.fakes import FakeChain, RecordingLedger, random_tx, store_appointment
 from tests.support.wait import wait_until
 
 
 @pytest.fixture
-def chain():
+def chain() -> FakeChain:
     return FakeChain()
 
 
 @pytest.fixture
-def ledger(store):
+def ledger(store: Store) -> RecordingLedger:
     return RecordingLedger(store)
 
 
 class Harness:
-    def __init__(self, chain, store, ledger, **overrides):
+    """The chain side as teosd wires it, over the fake chain, the store and the recording ledger."""
+
+    def __init__(self, chain: FakeChain, store: Store, ledger: RecordingLedger, **overrides: Any) -> None:
         self.chain, self.store, self.ledger = chain, store, ledger
         self.overrides = overrides
-        self.engine: Engine | None = None
+        self.parts: ChainSide | None = None
+
+    @property
+    def engine(self) -> Engine:
+        assert self.parts is not None, "start() first"
+        return self.parts.engine
 
     def start(self) -> Engine:
         config = EngineConfig(
@@ -41,24 +54,27 @@ class Harness:
             startup_retry=RetryPolicy(0.05, 0.2, 2.0),
             **self.overrides,
         )
-        self.engine = Engine(config, self.store, self.chain, self.ledger, [])
-        self.engine.start()
-        return self.engine
+        parts = build_chain_side(config, self.store, self.chain, ChainTip(), self.ledger)
+        parts.start()
+        self.parts = parts
+        return parts.engine
 
     def stop(self) -> None:
-        if self.engine is not None:
-            self.engine.stop()
-            self.engine = None
+        if self.parts is not None:
+            self.parts.stop()
+            self.parts = None
 
     def synced(self, timeout: float = 5.0) -> None:
         wait_until(lambda: self.engine.tip_height == self.chain.tip.height, timeout)
 
-    def mine(self, *txids, n: int = 1, mempool: bool = True) -> None:
+    def mine(self, *txids: Txid, n: int = 1, mempool: bool = True) -> None:
+        assert self.parts is not None, "start() first"
         self.chain.mine(*txids, n=n, mempool=mempool)
-        self.engine.wake()
+        self.parts.monitor.wake()
         self.synced()
 
-    def tracker(self, record: AppointmentRecord) -> TrackerRecord | None:
+    def tracker(self, record: AppointmentRecord) -> Any:
+        """The record's tracker, or None (typed Any: the tests read fields of it and compare it to None)."""
         raw = self.store.get(keys.tracker(record.uuid))
         return TrackerRecord.decode(raw) if raw is not None else None
 
@@ -67,19 +83,21 @@ class Harness:
 
 
 @pytest.fixture
-def h(chain, store, ledger):
+def h(chain: FakeChain, store: Store, ledger: RecordingLedger) -> Iterator[Harness]:
     harness = Harness(chain, store, ledger)
     yield harness
     harness.stop()
 
 
-def breach(store, dialect=Dialect.PYTHON, **kw):
+def breach(
+    store: Store, dialect: Dialect = Dialect.PYTHON, **kw: Any
+) -> tuple[AppointmentRecord, Transaction, Transaction]:
     dispute, penalty = random_tx(), random_tx()
     record = store_appointment(store, dispute.txid, penalty.raw, dialect, **kw)
     return record, dispute, penalty
 
 
-def test_first_start_begins_at_the_tip(h):
+def test_first_start_begins_at_the_tip(h: Harness) -> None:
     engine = h.start()
     assert engine.tip_height == h.chain.tip.height
     assert engine.bitcoind_reachable
@@ -88,7 +106,7 @@ def test_first_start_begins_at_the_tip(h):
 
 
 @pytest.mark.parametrize("dialect", [Dialect.PYTHON, Dialect.RUST])
-def test_breach_is_responded_and_completes_after_100_confirmations(h, dialect):
+def test_breach_is_responded_and_completes_after_100_confirmations(h: Harness, dialect: Dialect) -> None:
     record, dispute, penalty = breach(h.store, dialect)
     h.start()
     h.mine(dispute.txid, mempool=False)
@@ -106,7 +124,7 @@ def test_breach_is_responded_and_completes_after_100_confirmations(h, dialect):
     assert h.store.get(keys.user_appointment(record.user_id, record.uuid)) is None
 
 
-def test_both_dialects_in_one_block(h):
+def test_both_dialects_in_one_block(h: Harness) -> None:
     py, d1, p1 = breach(h.store, Dialect.PYTHON)
     rs, d2, p2 = breach(h.store, Dialect.RUST)
     h.start()
@@ -115,7 +133,7 @@ def test_both_dialects_in_one_block(h):
     assert h.tracker(rs).penalty_txid == p2.txid
 
 
-def test_locator_of_the_other_dialect_does_not_trigger(h):
+def test_locator_of_the_other_dialect_does_not_trigger(h: Harness) -> None:
     dispute, penalty = random_tx(), random_tx()
     record = store_appointment(h.store, dispute.txid, penalty.raw, Dialect.RUST)
     # A rust-dialect appointment stored under the *python* locator of the dispute (a collision).
@@ -138,7 +156,7 @@ def test_locator_of_the_other_dialect_does_not_trigger(h):
     assert h.tracker(moved) is None and h.watched(moved)
 
 
-def test_invalid_blob_is_dropped_and_slots_released(h):
+def test_invalid_blob_is_dropped_and_slots_released(h: Harness) -> None:
     dispute = random_tx()
     garbage = crypto.encrypt(b"not a transaction", dispute.txid, Dialect.PYTHON)
     record = store_appointment(h.store, dispute.txid, b"", Dialect.PYTHON, blob=garbage)
@@ -150,7 +168,7 @@ def test_invalid_blob_is_dropped_and_slots_released(h):
     assert {u for _, u, _ in h.ledger.released} == {record.uuid, wrong_key.uuid}
 
 
-def test_appointment_after_its_breach_uses_the_locator_cache(h):
+def test_appointment_after_its_breach_uses_the_locator_cache(h: Harness) -> None:
     h.start()
     dispute, penalty = random_tx(), random_tx()
     h.mine(dispute.txid, mempool=False)
@@ -165,7 +183,7 @@ def test_appointment_after_its_breach_uses_the_locator_cache(h):
     assert h.engine.breach_in_cache(late) is None
 
 
-def test_appointment_committed_before_a_crash_is_found_at_restart(h):
+def test_appointment_committed_before_a_crash_is_found_at_restart(h: Harness) -> None:
     h.start()
     dispute, penalty = random_tx(), random_tx()
     h.mine(dispute.txid, mempool=False)
@@ -176,7 +194,7 @@ def test_appointment_committed_before_a_crash_is_found_at_restart(h):
     assert penalty.txid in h.chain.mempool
 
 
-def test_breach_while_down_is_replayed(h):
+def test_breach_while_down_is_replayed(h: Harness) -> None:
     record, dispute, penalty = breach(h.store)
     h.start()
     h.stop()
@@ -190,7 +208,7 @@ def test_breach_while_down_is_replayed(h):
     assert penalty.txid in h.chain.mempool
 
 
-def test_unconfirmed_penalty_is_rebroadcast_at_start_and_after_6_blocks(h):
+def test_unconfirmed_penalty_is_rebroadcast_at_start_and_after_6_blocks(h: Harness) -> None:
     _record, dispute, penalty = breach(h.store)
     h.start()
     h.mine(dispute.txid, mempool=False)
@@ -204,7 +222,7 @@ def test_unconfirmed_penalty_is_rebroadcast_at_start_and_after_6_blocks(h):
     wait_until(lambda: h.chain.sent.count(penalty.txid) == 3, 5)
 
 
-def test_dispute_reorged_out_goes_back_under_watch(h):
+def test_dispute_reorged_out_goes_back_under_watch(h: Harness) -> None:
     record, dispute, _penalty = breach(h.store)
     h.start()
     h.mine(dispute.txid, mempool=False)
@@ -217,7 +235,7 @@ def test_dispute_reorged_out_goes_back_under_watch(h):
     assert h.tracker(record) is not None and not h.watched(record)
 
 
-def test_penalty_reorged_out_is_rebroadcast(h):
+def test_penalty_reorged_out_is_rebroadcast(h: Harness) -> None:
     record, dispute, penalty = breach(h.store)
     h.start()
     h.mine(dispute.txid, mempool=False)
@@ -233,7 +251,7 @@ def test_penalty_reorged_out_is_rebroadcast(h):
     assert penalty.txid in h.chain.mempool
 
 
-def test_reorg_deeper_than_the_cache_while_down(h):
+def test_reorg_deeper_than_the_cache_while_down(h: Harness) -> None:
     record, dispute, _penalty = breach(h.store)
     h.start()
     h.mine(n=2, mempool=False)
@@ -250,7 +268,7 @@ def test_reorg_deeper_than_the_cache_while_down(h):
     assert h.engine.status()["watcher"]["block_hash"] == h.chain.tip.hash.hex()
 
 
-def test_rejected_penalty_keeps_its_tracker(h):
+def test_rejected_penalty_keeps_its_tracker(h: Harness) -> None:
     record, dispute, penalty = breach(h.store)
     h.chain.reject[penalty.txid] = RPCError(-26, "insufficient fee, rejecting replacement")
     h.start()
@@ -261,7 +279,7 @@ def test_rejected_penalty_keeps_its_tracker(h):
     assert penalty.txid in h.chain.mempool
 
 
-def test_bitcoind_down_then_back(h):
+def test_bitcoind_down_then_back(h: Harness) -> None:
     record, dispute, _penalty = breach(h.store)
     h.start()
     h.chain.down = True
@@ -273,13 +291,13 @@ def test_bitcoind_down_then_back(h):
     assert h.tracker(record) is not None
 
 
-def test_wrong_network_is_refused(h):
+def test_wrong_network_is_refused(h: Harness) -> None:
     h.chain.chain = "main"
     with pytest.raises(BootstrapError, match="regtest"):
         h.start()
 
 
-def test_pruned_blocks_still_needed_are_refused(h):
+def test_pruned_blocks_still_needed_are_refused(h: Harness) -> None:
     h.start()
     h.stop()
     h.chain.mine(n=20, mempool=False)
@@ -288,13 +306,15 @@ def test_pruned_blocks_still_needed_are_refused(h):
         h.start()
 
 
-def test_unreachable_at_start_is_refused_after_the_retry_policy(h):
+def test_unreachable_at_start_is_refused_after_the_retry_policy(h: Harness) -> None:
     h.chain.down = True
     with pytest.raises(BootstrapError, match="did not answer"):
         h.start()
 
 
-def test_catch_up_after_downtime_logs_progress_and_status_reports_the_tip(h, caplog):
+def test_catch_up_after_downtime_logs_progress_and_status_reports_the_tip(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
     h.start()
     h.stop()
     h.chain.mine(n=40)  # mined while the tower was down

@@ -1,4 +1,9 @@
-"""The Docker image builds, where a Docker engine is available (the client alone is not enough)."""
+"""The Dockerfile as text, and its build by a Docker engine where one runs (the client alone is not enough).
+
+The image is built and run for real with podman in ``test_container.py``; these checks hold the promises
+that test cannot see from inside: the default base stays the official Python image (what ``docker build .``
+uses), and the layers stay in a cache-friendly order.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,17 @@ def test_dockerfile_runs_teosd_as_non_root_with_a_healthcheck() -> None:
     assert 'ENTRYPOINT ["teosd"]' in text  # exec form: teosd is PID 1 and gets SIGTERM
     assert "HEALTHCHECK" in text and "teos-cli" in text
     assert 'VOLUME ["/data"]' in text
+
+
+def test_dockerfile_defaults_to_the_official_python_image_and_installs_dependencies_first() -> None:
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
+    assert "ARG BASE=python:3.11-slim" in lines
+    assert "FROM ${BASE}" in lines
+    order = [next(i for i, line in enumerate(lines) if line.startswith(prefix)) for prefix in (
+        "COPY requirements.txt", "RUN pip install -r", "COPY teos", "RUN pip install --no-deps", "USER teos",
+        'VOLUME ["/data"]',
+    )]  # fmt: skip
+    assert order == sorted(order), "dependencies before the code, the code before USER and VOLUME"
 
 
 @pytest.mark.skipif(not _engine_available(), reason="no Docker engine running here (docker info failed)")

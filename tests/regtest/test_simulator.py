@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from common.tx import TxOut, decode_transaction
+from teos.regtest import scriptcheck
 from teos.regtest.simulator import Simulator
 from teos.regtest.wallet import Wallet
 from tests.regtest.conftest import Client, http_request
@@ -239,9 +240,13 @@ def test_cli_help_documents_knobs() -> None:
         "--warmup",
         "--prune-below",
         "--drop-zmq",
-        "NOT validated",
+        "mempool-script-verify-flag-failed",
+        "non-BIP68-final",
+        "NOTHING is verified",
     ):
         assert needle in out, needle
+    state = "ARE validated" if scriptcheck.available() else "are NOT validated"
+    assert f"On this installation: scripts {state}" in " ".join(out.split())
 
 
 def test_cli_ready_line_and_sigterm(tmp_path: Path) -> None:

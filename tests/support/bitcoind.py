@@ -9,9 +9,10 @@ the simulator and, when a ``bitcoind`` binary is available, against real Bitcoin
 - ``rpc_host`` (always 127.0.0.1), ``rpc_port``, ``rpc_user``, ``rpc_password``, ``rpc_url``;
   ``zmq_url``: one ``tcp://127.0.0.1:port`` endpoint publishing ``hashblock`` and ``rawtx``;
   ``datadir`` (the node's own ``-datadir``; regtest data lives in ``datadir/regtest``).
-- ``rpc(method, *params)``: one JSON-RPC call with its own small HTTP client; raises :class:`RPCError`
-  (``.code``, ``.message``) for JSON-RPC errors, :class:`HTTPStatusError` for HTTP-level refusals such as
-  401, and ``OSError`` (e.g. ConnectionRefusedError) when nothing listens.
+- ``rpc(method, *params)``: one JSON-RPC call on a connection of its own (``teos.chain.bitcoind.rpc_call``,
+  the tower's own client); raises :class:`RPCError` (``.code``, ``.message``) for JSON-RPC errors,
+  :class:`HTTPStatusError` (``.status``, ``.body``) for HTTP-level refusals such as 401, and ``OSError``
+  (e.g. ConnectionRefusedError) when nothing listens.
 - ``mine(n=1, address=None) -> list[str]``: ``generatetoaddress`` (to a throwaway address by default).
 - ``start()`` / ``stop()`` (clean, via the ``stop`` RPC) / ``kill()`` (SIGKILL): the same datadir and ports
   are reused on restart, so the chain survives and clients can reconnect.
@@ -24,78 +25,39 @@ credentials survive a restart) and log to ``datadir/node.log``.
 
 from __future__ import annotations
 
-import base64
 import http.client
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from tests.support.wait import wait_until
+from teos.chain.bitcoind import HTTPStatusError, RPCError, rpc_call
+from teos.devtools import free_port, wait_until
+from teos.regtest.wallet import Wallet
+
+__all__ = [
+    "BURN_ADDRESS",
+    "REPO_ROOT",
+    "BitcoinCoreHandle",
+    "BitcoindHandle",
+    "HTTPStatusError",
+    "RPCError",
+    "SimulatorHandle",
+    "bitcoin_core_required",
+    "core_build_dir",
+    "find_bitcoind",
+    "free_port",
+    "make_handle",
+    "rpc_call",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Mining to an address nobody holds keeps test wallets' coins apart from blocks mined for other reasons.
 BURN_ADDRESS = "bcrt1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqdku202"  # P2WPKH of twenty zero bytes
-
-
-class RPCError(Exception):
-    """A JSON-RPC error answered by the node (code and message exactly as sent)."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"RPC error {code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class HTTPStatusError(Exception):
-    """The node answered with an HTTP status and no JSON-RPC body (401 bad auth, 403, 404 path...)."""
-
-    def __init__(self, status: int, body: bytes) -> None:
-        super().__init__(f"HTTP {status}: {body[:200]!r}")
-        self.status = status
-        self.body = body
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (bind 0, read back, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rpc_call(
-    host: str, port: int, user: str, password: str, method: str, params: list[Any], timeout: float = 30.0
-) -> Any:
-    """One JSON-RPC 1.0 call as bitcoin-cli makes it; returns ``result`` or raises."""
-    body = json.dumps({"jsonrpc": "1.0", "id": "tests", "method": method, "params": params})
-    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request(
-            "POST", "/", body, {"Authorization": f"Basic {auth}", "Content-Type": "application/json"}
-        )
-        resp = conn.getresponse()
-        data = resp.read()
-    finally:
-        conn.close()
-    try:
-        reply = json.loads(data)
-    except ValueError:
-        raise HTTPStatusError(resp.status, data) from None
-    if not isinstance(reply, dict):
-        raise HTTPStatusError(resp.status, data)
-    if reply.get("error"):
-        err = reply["error"]
-        raise RPCError(int(err.get("code", 0)), str(err.get("message", "")))
-    if resp.status != 200:
-        raise HTTPStatusError(resp.status, data)
-    return reply.get("result")
 
 
 class BitcoindHandle:
@@ -114,8 +76,8 @@ class BitcoindHandle:
         self.rpc_user = rpc_user
         self.rpc_password = rpc_password
         self.process: subprocess.Popen[bytes] | None = None
-        self._wallets: dict[str, Any] = {}
-        self._log: Any = None
+        self._wallets: dict[str, Wallet] = {}
+        self._log: IO[bytes] | None = None
 
     # -- addresses -------------------------------------------------------------------------------------
     @property
@@ -136,10 +98,8 @@ class BitcoindHandle:
         result = self.rpc("generatetoaddress", n, address or BURN_ADDRESS)
         return [str(h) for h in result]
 
-    def wallet(self, name: str = "default") -> Any:
+    def wallet(self, name: str = "default") -> Wallet:
         """A :class:`teos.regtest.wallet.Wallet` bound to this node (same object for the same name)."""
-        from teos.regtest.wallet import Wallet
-
         if name not in self._wallets:
             self._wallets[name] = Wallet(self.rpc, seed=f"tests-wallet-{name}".encode())
         return self._wallets[name]

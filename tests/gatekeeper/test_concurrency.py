@@ -11,13 +11,13 @@ from common.types import Dialect, Locator
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.storage import keys
 from teos.storage.store import Store
-from tests.api.support import Client, FakeChain, make_record
+from tests.support.users import Client, FakeChainView, make_record
 
 THREADS, REQUESTS = 16, 50
 
 
 def _gatekeeper(store: Store, **config: int) -> Gatekeeper:
-    gk = Gatekeeper(store, GatekeeperConfig(**config), FakeChain())
+    gk = Gatekeeper(store, GatekeeperConfig(**config), FakeChainView())
     gk.start()
     return gk
 

@@ -6,32 +6,40 @@ import threading
 
 import pytest
 
-from teos.chain.monitor import BlockConnected, BlockDisconnected, BlockRef, ChainMonitor, Stop
-from tests.engine.fakes import FakeChain
+from teos.chain.bitcoind import Block
+from teos.chain.monitor import BlockConnected, BlockDisconnected, ChainEvent, ChainMonitor, Stop
+from teos.chain.recent import BlockRef
+from tests.support.fakes import FakeChain
 from tests.support.wait import wait_until
 
 
 class ListConsumer:
-    def __init__(self):
-        self.events = []
+    def __init__(self) -> None:
+        self.events: list[ChainEvent] = []
         self.lock = threading.Lock()
 
-    def put(self, event):
+    def put(self, event: ChainEvent) -> None:
         with self.lock:
             self.events.append(event)
 
-    def take(self):
+    def take(self) -> list[BlockConnected | BlockDisconnected]:
+        """The block events received since the last call (a ``Stop`` among them is a failure)."""
         with self.lock:
             out, self.events = self.events, []
-        return out
+        blocks = [e for e in out if not isinstance(e, Stop)]
+        assert len(blocks) == len(out), "the monitor stopped"
+        return blocks
 
 
-def ref(block):
+def ref(block: Block) -> BlockRef:
     return BlockRef(block.hash, block.height, block.prev_hash)
 
 
+Setup = tuple[FakeChain, "ListConsumer", ChainMonitor]
+
+
 @pytest.fixture
-def setup():
+def setup() -> Setup:
     chain = FakeChain(length=5)
     consumer = ListConsumer()
     monitor = ChainMonitor(chain, [consumer], poll_interval=0.05)
@@ -39,7 +47,7 @@ def setup():
     return chain, consumer, monitor
 
 
-def test_connects_new_blocks_in_order(setup):
+def test_connects_new_blocks_in_order(setup: Setup) -> None:
     chain, consumer, monitor = setup
     new = chain.mine(n=3)
     monitor.sync_once()
@@ -51,7 +59,7 @@ def test_connects_new_blocks_in_order(setup):
     assert consumer.take() == []
 
 
-def test_reorg_disconnects_tip_first_then_connects_the_new_branch(setup):
+def test_reorg_disconnects_tip_first_then_connects_the_new_branch(setup: Setup) -> None:
     chain, consumer, monitor = setup
     chain.mine(n=3)
     monitor.sync_once()
@@ -62,10 +70,11 @@ def test_reorg_disconnects_tip_first_then_connects_the_new_branch(setup):
     events = consumer.take()
     assert events[:2] == [BlockDisconnected(old[1].hash, 7), BlockDisconnected(old[0].hash, 6)]
     assert [e.hash for e in events[2:]] == new
+    assert monitor.tip is not None
     assert monitor.tip.hash == chain.tip.hash
 
 
-def test_reorg_to_a_shorter_chain(setup):
+def test_reorg_to_a_shorter_chain(setup: Setup) -> None:
     chain, consumer, monitor = setup
     chain.mine(n=3)
     monitor.sync_once()
@@ -77,7 +86,7 @@ def test_reorg_to_a_shorter_chain(setup):
     assert [e.hash for e in events] == [b.hash for b in reversed(old)] + new
 
 
-def test_walks_back_beyond_its_record_with_headers(setup):
+def test_walks_back_beyond_its_record_with_headers(setup: Setup) -> None:
     chain, consumer, monitor = setup
     chain.mine(n=10)
     monitor.reset(ref(chain.tip))  # knows only its tip: parents come from getblockheader
@@ -89,9 +98,9 @@ def test_walks_back_beyond_its_record_with_headers(setup):
     assert all(isinstance(e, BlockConnected) for e in events[8:]) and len(events) == 17
 
 
-def test_thread_polls_and_stops_with_a_stop_event(setup):
+def test_thread_polls_and_stops_with_a_stop_event(setup: Setup) -> None:
     chain, consumer, monitor = setup
-    reach = []
+    reach: list[bool] = []
     monitor._on_reachability = reach.append
     monitor.start(ref(chain.tip))
     try:
@@ -107,7 +116,7 @@ def test_thread_polls_and_stops_with_a_stop_event(setup):
     assert isinstance(consumer.events[-1], Stop)
 
 
-def test_zmq_wakes_the_walker_and_a_dead_endpoint_is_harmless():
+def test_zmq_wakes_the_walker_and_a_dead_endpoint_is_harmless() -> None:
     zmq = pytest.importorskip("zmq")
     ctx = zmq.Context.instance()
     pub = ctx.socket(zmq.PUB)
@@ -119,7 +128,7 @@ def test_zmq_wakes_the_walker_and_a_dead_endpoint_is_harmless():
     try:
         chain.mine(n=1)
 
-        def delivered():
+        def delivered() -> bool:
             pub.send_multipart([b"hashblock", chain.tip.hash.raw[::-1], b"\x00\x00\x00\x00"])
             return len(consumer.events) == 1
 

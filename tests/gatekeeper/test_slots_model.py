@@ -25,7 +25,7 @@ from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord
 from teos.storage.store import Batch, Store
-from tests.api.support import Client, FakeChain, make_record, trigger
+from tests.support.users import Client, FakeChainView, make_record, trigger
 
 SLOTS, DURATION, DELTA = 5, 20, 10
 CLIENTS = [Client.new() for _ in range(3)]
@@ -49,7 +49,7 @@ class SlotMachine(RuleBasedStateMachine):
         self.dir = tempfile.mkdtemp(prefix="teos-slots-")
         self.store = Store(self.dir)
         self.store.open()
-        self.chain = FakeChain(tip_height=10)
+        self.chain = FakeChainView(tip_height=10)
         self.config = GatekeeperConfig(
             subscription_slots=SLOTS, subscription_duration=DURATION, expiry_delta=DELTA, max_appointments=8
         )

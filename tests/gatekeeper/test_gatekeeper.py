@@ -12,7 +12,7 @@ from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.storage import keys
 from teos.storage.codec import UserRecord
 from teos.storage.store import Batch, Store
-from tests.api.support import Client, FakeChain, make_record, random_locator, trigger
+from tests.support.users import Client, FakeChainView, make_record, random_locator, trigger
 
 BLOCK = BlockHash(bytes(32))
 
@@ -28,7 +28,7 @@ def expiry_keys(store: Store) -> list[tuple[int, bytes]]:
 # -- registration ---------------------------------------------------------------------------------
 
 
-def test_first_registration_starts_at_tip(gatekeeper: Gatekeeper, store: Store, chain: FakeChain) -> None:
+def test_first_registration_starts_at_tip(gatekeeper: Gatekeeper, store: Store, chain: FakeChainView) -> None:
     alice = Client.new()
     user = gatekeeper.register(alice.user_id, Dialect.RUST)
     assert user == UserRecord(alice.user_id, Dialect.RUST, 100, 100, 1100)
@@ -37,7 +37,7 @@ def test_first_registration_starts_at_tip(gatekeeper: Gatekeeper, store: Store, 
 
 
 def test_top_up_adds_slots_and_extends_from_old_expiry(
-    gatekeeper: Gatekeeper, store: Store, chain: FakeChain
+    gatekeeper: Gatekeeper, store: Store, chain: FakeChainView
 ) -> None:
     alice = Client.new()
     gatekeeper.register(alice.user_id, Dialect.PYTHON)
@@ -47,7 +47,7 @@ def test_top_up_adds_slots_and_extends_from_old_expiry(
     assert expiry_keys(store) == [(2106, alice.user_id.raw)]  # the old deletion entry moved
 
 
-def test_top_up_after_expiry_extends_from_tip(gatekeeper: Gatekeeper, chain: FakeChain) -> None:
+def test_top_up_after_expiry_extends_from_tip(gatekeeper: Gatekeeper, chain: FakeChainView) -> None:
     alice = Client.new()
     gatekeeper.register(alice.user_id, Dialect.PYTHON)
     chain.tip_height = 1103  # expired, not yet deleted
@@ -64,7 +64,7 @@ def test_registration_in_other_dialect_is_refused(gatekeeper: Gatekeeper) -> Non
     assert gatekeeper.get_user(alice.user_id).available_slots == 100  # type: ignore[union-attr]
 
 
-def test_slot_overflow_is_resource_exhausted(store: Store, chain: FakeChain) -> None:
+def test_slot_overflow_is_resource_exhausted(store: Store, chain: FakeChainView) -> None:
     gk = Gatekeeper(store, GatekeeperConfig(subscription_slots=2**31), chain)
     gk.start()
     alice = Client.new()
@@ -138,7 +138,7 @@ def test_unknown_user_cannot_add(gatekeeper: Gatekeeper) -> None:
     assert e.value.kind is ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION
 
 
-def test_expired_user_cannot_add(gatekeeper: Gatekeeper, chain: FakeChain) -> None:
+def test_expired_user_cannot_add(gatekeeper: Gatekeeper, chain: FakeChainView) -> None:
     alice = Client.new()
     gatekeeper.register(alice.user_id, Dialect.PYTHON)
     chain.tip_height = 1100  # tip == expiry: still active
@@ -173,7 +173,7 @@ def test_tracker_without_index_is_already_triggered(gatekeeper: Gatekeeper, stor
     assert e.value.kind is ErrorKind.ALREADY_TRIGGERED
 
 
-def test_max_appointments_refuses_new_but_not_updates(store: Store, chain: FakeChain) -> None:
+def test_max_appointments_refuses_new_but_not_updates(store: Store, chain: FakeChainView) -> None:
     gk = Gatekeeper(store, GatekeeperConfig(subscription_slots=100, max_appointments=2), chain)
     gk.start()
     alice = Client.new()
@@ -189,7 +189,7 @@ def test_max_appointments_refuses_new_but_not_updates(store: Store, chain: FakeC
     assert gk.n_appointments == 2
 
 
-def test_counter_survives_restart(store: Store, config: GatekeeperConfig, chain: FakeChain) -> None:
+def test_counter_survives_restart(store: Store, config: GatekeeperConfig, chain: FakeChainView) -> None:
     gk = Gatekeeper(store, config, chain)
     gk.start()
     alice = Client.new()
@@ -215,7 +215,7 @@ def _deleting(key: bytes) -> Batch:
 
 
 def test_expired_user_deleted_at_expiry_plus_delta_keeping_trackers(
-    gatekeeper: Gatekeeper, store: Store, chain: FakeChain
+    gatekeeper: Gatekeeper, store: Store, chain: FakeChainView
 ) -> None:
     alice, bob = Client.new(), Client.new()
     gatekeeper.register(alice.user_id, Dialect.PYTHON)
@@ -257,7 +257,7 @@ def test_expiry_catches_up_on_missed_blocks(gatekeeper: Gatekeeper, store: Store
     assert expiry_keys(store) == []
 
 
-def test_top_up_before_deletion_saves_the_user(gatekeeper: Gatekeeper, chain: FakeChain) -> None:
+def test_top_up_before_deletion_saves_the_user(gatekeeper: Gatekeeper, chain: FakeChainView) -> None:
     alice = Client.new()
     gatekeeper.register(alice.user_id, Dialect.PYTHON)
     chain.tip_height = 1103

@@ -15,7 +15,7 @@ import contextlib
 import secrets
 from pathlib import Path
 
-from teos.fsutil import write_private_file
+from common.fsutil import write_private_file
 
 COOKIE_USER = "__cookie__"
 COOKIE_FILE = ".cookie"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from teos.chain.bitcoind import (
     TxInfo,
 )
 from teos.storage import keys
-from teos.storage.codec import AppointmentRecord, UserRecord
+from teos.storage.codec import AppointmentRecord, TrackerRecord, UserRecord
 from teos.storage.store import Batch, Store
 from teos.storage.watched import put_watched
 
@@ -232,3 +233,15 @@ def store_appointment(
         batch.put(keys.user(user_id), UserRecord(user_id, dialect, available_slots, 0, 10_000).encode())
     store.commit(batch)
     return record
+
+
+def tracker_v1_bytes(t: TrackerRecord) -> bytes:
+    """``t`` as version 1 of the tracker record wrote it: the v2 fields (the block holding the dispute,
+    and its height) did not exist. For the tests of the v1 -> v2 migration."""
+    inner = t.appointment.encode()
+    confirmed = b"\x01" + t.confirmed_in.raw if t.confirmed_in is not None else b"\x00"
+    return b"".join([
+        b"\x01", struct.pack(">I", len(inner)), inner, t.dispute_txid.raw, t.penalty_txid.raw,
+        struct.pack(">I", len(t.penalty_rawtx)), t.penalty_rawtx, struct.pack(">I", t.broadcast_height),
+        confirmed, struct.pack(">I", t.confirmed_height),
+    ])  # fmt: skip

@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,15 +23,18 @@ from teos.chain.bitcoind import (
     RPCError,
     retry_call,
 )
-from tests.support.bitcoind import free_port
+from teos.devtools import free_port
 
 HASH = "00" * 31 + "01"
+
+Answer = tuple[int, bytes]
+Responder = Callable[[str, list[Any], str], Answer]
 
 
 class Server:
     """Answers each call with ``responder(method, params, auth) -> (status, body bytes)``."""
 
-    def __init__(self, responder):
+    def __init__(self, responder: Responder) -> None:
         self.responder = responder
         self.calls: list[tuple[str, str]] = []
         outer = self
@@ -36,7 +42,7 @@ class Server:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self):
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 auth = base64.b64decode(self.headers["Authorization"].split()[1]).decode()
                 outer.calls.append((body["method"], auth))
@@ -46,7 +52,7 @@ class Server:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, *args):
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -54,24 +60,27 @@ class Server:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
-    def close(self):
+    def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
 
 
-def ok(result):
+def ok(result: Any) -> Answer:
     return 200, json.dumps({"result": result, "error": None, "id": 1}).encode()
 
 
-def err(code, message, status=500):
+def err(code: int, message: str, status: int = 500) -> Answer:
     return status, json.dumps({"result": None, "error": {"code": code, "message": message}, "id": 1}).encode()
 
 
-@pytest.fixture
-def serve():
-    servers = []
+Serve = Callable[[Responder], tuple[Server, BitcoindClient]]
 
-    def make(responder):
+
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    servers: list[Server] = []
+
+    def make(responder: Responder) -> tuple[Server, BitcoindClient]:
         s = Server(responder)
         servers.append(s)
         client = BitcoindClient(BitcoindConfig("127.0.0.1", s.port, "u", "p", timeout=2))
@@ -82,7 +91,7 @@ def serve():
         s.close()
 
 
-def test_results_and_typed_helpers(serve):
+def test_results_and_typed_helpers(serve: Serve) -> None:
     answers = {
         "getbestblockhash": HASH,
         "getblockcount": 7,
@@ -100,8 +109,8 @@ def test_results_and_typed_helpers(serve):
     assert server.calls[0] == ("getbestblockhash", "u:p")
 
 
-def test_rpc_errors_are_typed(serve):
-    def answer(method, params, auth):
+def test_rpc_errors_are_typed(serve: Serve) -> None:
+    def answer(method: str, params: list[Any], auth: str) -> Answer:
         if method == "getblock":
             return err(-5, "Block not found")
         if method == "getrawtransaction":
@@ -119,25 +128,25 @@ def test_rpc_errors_are_typed(serve):
     assert client.get_raw_transaction(Txid.from_hex(HASH)) is None
 
 
-def test_401_says_check_credentials(serve):
+def test_401_says_check_credentials(serve: Serve) -> None:
     _, client = serve(lambda m, p, a: (401, b""))
     with pytest.raises(BitcoindUnreachable, match="check rpcuser/rpcpassword"):
         client.get_block_count()
 
 
-def test_http_error_without_json_is_unreachable(serve):
+def test_http_error_without_json_is_unreachable(serve: Serve) -> None:
     _, client = serve(lambda m, p, a: (503, b"<html>busy</html>"))
     with pytest.raises(BitcoindUnreachable, match="HTTP 503"):
         client.get_block_count()
 
 
-def test_connection_refused_is_unreachable():
+def test_connection_refused_is_unreachable() -> None:
     client = BitcoindClient(BitcoindConfig("127.0.0.1", free_port(), "u", "p", timeout=1))
     with pytest.raises(BitcoindUnreachable):
         client.call("getblockcount")
 
 
-def test_cookie_is_read_again_after_a_reconnect(serve, tmp_path):
+def test_cookie_is_read_again_after_a_reconnect(serve: Serve, tmp_path: Path) -> None:
     cookie = tmp_path / ".cookie"
     cookie.write_text("__cookie__:first")
     server, _ = serve(lambda m, p, a: ok(1) if a == "__cookie__:second" or m == "one" else (401, b""))
@@ -149,11 +158,11 @@ def test_cookie_is_read_again_after_a_reconnect(serve, tmp_path):
     assert [a for _, a in server.calls] == ["__cookie__:first", "__cookie__:second"]
 
 
-def test_one_connection_per_thread(serve):
+def test_one_connection_per_thread(serve: Serve) -> None:
     _, client = serve(lambda m, p, a: ok(p[0]))
     results: list[int] = []
 
-    def work(i):
+    def work(i: int) -> None:
         for _ in range(20):
             results.append(client.call("echo", i))
 
@@ -165,11 +174,11 @@ def test_one_connection_per_thread(serve):
     assert sorted(results) == sorted([i for i in range(4) for _ in range(20)])
 
 
-def test_retry_backs_off_then_succeeds():
-    attempts = []
-    delays = []
+def test_retry_backs_off_then_succeeds() -> None:
+    attempts: list[int] = []
+    delays: list[float] = []
 
-    def flaky():
+    def flaky() -> str:
         attempts.append(1)
         if len(attempts) < 4:
             raise BitcoindUnreachable("down")
@@ -180,8 +189,8 @@ def test_retry_backs_off_then_succeeds():
     assert result == "ok" and delays == [0.001, 0.002, 0.004]
 
 
-def test_retry_gives_up_after_max_wait_and_is_cancellable():
-    def down():
+def test_retry_gives_up_after_max_wait_and_is_cancellable() -> None:
+    def down() -> None:
         raise BitcoindWarmingUp(-28, "Verifying blocks…")
 
     with pytest.raises(BitcoindWarmingUp):
@@ -192,10 +201,10 @@ def test_retry_gives_up_after_max_wait_and_is_cancellable():
         retry_call(down, stop, RetryPolicy(0.001, 0.002))
 
 
-def test_non_transient_errors_are_not_retried():
-    calls = []
+def test_non_transient_errors_are_not_retried() -> None:
+    calls: list[int] = []
 
-    def bad():
+    def bad() -> None:
         calls.append(1)
         raise RPCError(-5, "Block not found")
 

@@ -1,0 +1,423 @@
+"""The engine: one thread that runs each block of the best chain through the Watcher and the Responder.
+
+Threads. The monitor (``teos.chain.monitor``) walks bitcoind's best chain and puts typed events on the
+engine's ``Inbox``; the *engine thread* handles every event, one at a time, in order.
+``appointment_added`` (called by the service's threads) only queues an event on the same inbox.
+
+Order in which the parts see a connected block (on the engine thread):
+1. Watcher: adds the block to the locator cache, finds triggered appointments, checks their blobs;
+2. Responder: updates its trackers (confirmations, rebroadcasts, completions) and turns the block's
+   breaches into trackers;
+3. one atomic write: the Watcher's deletions, the Responder's trackers, the pointer and the record of
+   recent blocks (``teos.engine.pointer``); through ``SlotLedger.release`` when slots go back (completed
+   trackers, invalid blobs); then the tip (``ChainTip``) moves to the block and progress is counted;
+4. penalty broadcasts (after the write, so a crash never leaves a broadcast penalty untracked);
+5. BlockListeners (the Gatekeeper's expiry), in the order given.
+A disconnected block: Responder (penalties unconfirmed, disputes back under watch), Watcher (cache),
+write, broadcasts, listeners.
+
+Crashes. Every block's effects are one batch with the pointer, so after a crash the tower resumes from
+the last block written (``teos.engine.startup``): the blocks after it are replayed (breaches that
+happened while the tower was down are responded to), and a pointer no longer on the best chain is walked
+back to the fork point. When the thread starts it looks the cached blocks' locators up again (an
+appointment committed just before a crash may match one) and broadcasts every unconfirmed penalty again.
+
+Failures. The thread never dies: a failed step is logged and retried with backoff, and nothing of it is
+written; while bitcoind does not answer the tip says so and the engine catches up when it returns.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from common.tx import decode_transaction
+from common.types import BlockHash, Txid
+from teos.chain.bitcoind import TRANSIENT_ERRORS, RetryPolicy
+from teos.chain.monitor import BlockConnected, BlockDisconnected, ChainEvent, Stop
+from teos.chain.recent import BlockRef
+from teos.engine.startup import BootstrapError
+from teos.interfaces import BlockListener, SlotLedger, SlotRefunds
+from teos.responder.responder import Responder, ResponderOutcome
+from teos.storage.codec import AppointmentRecord, TrackerRecord
+from teos.storage.store import Batch
+from teos.watcher.watcher import Watcher
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BootstrapError", "Engine", "EngineConfig", "Inbox", "decode_penalty"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The chain side's settings (``teos.daemon.build_chain_side`` hands each part its own)."""
+
+    btc_network: str  # "main", "test", "testnet4", "signet" or "regtest", as getblockchaininfo says
+    poll_interval: float = 60.0  # seconds between getbestblockhash polls (ZMQ wakes the walker sooner)
+    zmq_url: str | None = None  # bitcoind's zmqpubhashblock endpoint
+    locator_cache_size: int = 6
+    rebroadcast_after: int = 6  # blocks without confirmation before a penalty is broadcast again
+    irrevocable_confirmations: int = 100
+    startup_retry: RetryPolicy = field(
+        default_factory=lambda: RetryPolicy(initial_delay=0.5, max_delay=10.0, max_wait=120.0)
+    )
+    retry_max_delay: float = 10.0  # cap of the backoff of the running loops
+    recent_blocks: int = 288  # depth of the record of processed blocks (reorgs while down)
+    max_pending_blocks: int = 8  # blocks the monitor may queue ahead of the engine thread
+
+
+class EngineMetrics(Protocol):
+    """Event counters the engine reports to (``teos.metrics.Metrics`` satisfies it)."""
+
+    def breach_seen(self, n: int = 1) -> None: ...
+
+    def penalty_broadcast(self, n: int = 1) -> None: ...
+
+    def penalty_confirmed(self, n: int = 1) -> None: ...
+
+
+class NoMetrics:
+    """Counts nothing: for an engine without ``/metrics`` (tests, benchmarks)."""
+
+    def breach_seen(self, n: int = 1) -> None:
+        pass
+
+    def penalty_broadcast(self, n: int = 1) -> None:
+        pass
+
+    def penalty_confirmed(self, n: int = 1) -> None:
+        pass
+
+    def block_processed(self, n: int = 1) -> None:
+        pass
+
+
+class BlockProgress(Protocol):
+    """Where the engine reports its progress (``teos.engine.progress.Progress`` satisfies it)."""
+
+    def block_processed(self, height: int) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class Committer(Protocol):
+    def commit(self, batch: Batch, sync: bool = True) -> None: ...
+
+
+class TipWriter(Protocol):
+    """The shared tip as the engine moves it (``teos.chain.tip.ChainTip`` satisfies it)."""
+
+    @property
+    def block(self) -> BlockRef | None: ...
+
+    @property
+    def bitcoind_reachable(self) -> bool: ...
+
+    def processed(self, block: BlockRef) -> None: ...
+
+    def set_reachable(self, value: bool) -> None: ...
+
+
+class PointerWriter(Protocol):
+    """The stored pointer as the engine moves it (``teos.engine.pointer.PointerStore`` satisfies it)."""
+
+    def advance(self, batch: Batch, ref: BlockRef) -> None: ...
+
+    def rewind(self, batch: Batch, disconnected: BlockRef, parent: BlockRef) -> None: ...
+
+
+class ParentLookup(Protocol):
+    """The record of recent blocks (``teos.chain.recent.RecentBlocks`` satisfies it)."""
+
+    def parent_of(self, ref: BlockRef) -> BlockRef: ...
+
+
+def decode_penalty(raw: bytes) -> Txid:
+    """The txid of a raw penalty transaction; ValueError (TxDecodeError) when it is not one."""
+    return decode_transaction(raw).txid
+
+
+@dataclass(frozen=True)
+class _AppointmentAdded:
+    record: AppointmentRecord
+    dispute_txid: Txid
+
+
+_Event = ChainEvent | _AppointmentAdded
+
+
+class Inbox:
+    """The engine thread's queue; the monitor is its producer. Block events take one of ``capacity``
+    slots, so the monitor waits (back-pressure) while the engine is that many blocks behind."""
+
+    def __init__(self, capacity: int) -> None:
+        self.queue: queue.Queue[_Event] = queue.Queue()
+        self._slots = threading.Semaphore(capacity)
+        self._closed = threading.Event()
+
+    def put(self, event: ChainEvent) -> None:
+        if isinstance(event, BlockConnected | BlockDisconnected):
+            while not self._slots.acquire(timeout=0.2):
+                if self._closed.is_set():
+                    return  # stopping: the block is replayed from the stored pointer next time
+        self.queue.put(event)
+
+    def put_appointment(self, event: _AppointmentAdded) -> None:
+        self.queue.put(event)
+
+    def block_done(self) -> None:
+        self._slots.release()
+
+    def close(self) -> None:
+        """Stops the back-pressure wait: a producer blocked in ``put`` returns."""
+        self._closed.set()
+
+    def reopen(self) -> None:
+        self._closed.clear()
+
+
+class Engine:
+    """Runs the chain's events on one thread (see the module docstring).
+
+    Besides ``start``/``stop`` it answers the user side's ``LateBreaches`` (``breach_in_cache``,
+    ``appointment_added``) and, for tools and tests holding it, reads of the tip and the status. Its
+    Watcher and Responder are its own components; everything else comes through the seams above.
+    """
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        inbox: Inbox,
+        tip: TipWriter,
+        watcher: Watcher,
+        responder: Responder,
+        pointer: PointerWriter,
+        recent: ParentLookup,
+        store: Committer,
+        ledger: SlotLedger,
+        listeners: Sequence[BlockListener],
+        progress: BlockProgress,
+        metrics: EngineMetrics,
+    ) -> None:
+        self.config = config
+        self.inbox = inbox
+        self._tip = tip
+        self._watcher = watcher
+        self._responder = responder
+        self._pointer = pointer
+        self._recent = recent
+        self._store = store
+        self._ledger = ledger
+        self._listeners = list(listeners)
+        self._progress = progress
+        self._metrics = metrics
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- what others read ------------------------------------------------------------------------
+
+    @property
+    def bitcoind_reachable(self) -> bool:
+        return self._tip.bitcoind_reachable
+
+    @property
+    def tip_height(self) -> int:
+        block = self._tip.block
+        return block.height if block is not None else 0
+
+    def status(self) -> dict[str, Any]:
+        """The progress snapshot (``teos.engine.progress``)."""
+        return self._progress.status()
+
+    def breach_in_cache(self, record: AppointmentRecord) -> Txid | None:
+        cached = self._watcher.breach_in_cache(record)
+        return cached.txid if cached is not None else None
+
+    def appointment_added(self, record: AppointmentRecord, dispute_txid: Txid) -> None:
+        self.inbox.put_appointment(_AppointmentAdded(record, dispute_txid))
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, tip: BlockRef) -> None:
+        """Starts the engine thread from ``tip``, the last block processed (``Startup.run``'s)."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self.inbox.reopen()
+        self._tip.processed(tip)
+        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self._thread.start()
+        log.info("engine started height=%d block=%s", tip.height, tip.hash)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stops the engine thread (the block in hand is finished or not written). Stop the monitor
+        first, so that no event arrives after ``Stop``."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self.inbox.close()
+        self.inbox.queue.put(Stop())
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("engine thread did not stop in time")
+        self._thread = None
+
+    def wait_processed(self, height: int, timeout: float) -> bool:
+        """Waits until the engine has processed a block at ``height`` or above (tests, tools)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.tip_height >= height:
+                return True
+            self._stop.wait(0.02)
+        return self.tip_height >= height
+
+    # -- the engine thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._with_retry("resume", self._resume)
+        while not self._stop.is_set():
+            pending = self._responder.pending_broadcasts
+            try:
+                event = self.inbox.queue.get(timeout=0.5 if pending else None)
+            except queue.Empty:
+                self._retry_broadcasts()
+                continue
+            if isinstance(event, Stop):
+                break
+            try:
+                self._with_retry(type(event).__name__, functools.partial(self._handle, event))
+            finally:
+                if isinstance(event, BlockConnected | BlockDisconnected):
+                    self.inbox.block_done()
+            if self._responder.pending_broadcasts:
+                self._retry_broadcasts()
+
+    def _with_retry(self, what: str, step: Callable[[], None]) -> None:
+        """Runs ``step`` until it succeeds or the engine stops; nothing is written by a failed step."""
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                step()
+                return
+            except TRANSIENT_ERRORS as e:
+                self._tip.set_reachable(False)
+                log.warning("%s: bitcoind unavailable, retrying in %.1fs error=%s", what, delay, e)
+            except Exception:
+                log.exception("%s failed, retrying in %.1fs", what, delay)
+            self._stop.wait(delay)
+            delay = min(delay * 2, self.config.retry_max_delay)
+
+    def _handle(self, event: _Event) -> None:
+        if isinstance(event, BlockConnected):
+            self._block_connected(event)
+        elif isinstance(event, BlockDisconnected):
+            self._block_disconnected(event)
+        elif isinstance(event, _AppointmentAdded):
+            self._appointment_added(event)
+
+    def _resume(self) -> None:
+        """Looks the cached blocks up again and broadcasts every unconfirmed penalty again."""
+        batch = Batch()
+        found = self._watcher.recheck_cached_blocks(batch)
+        responded = self._responder.handle_breaches(found.breaches, self.tip_height, frozenset(), batch)
+        if len(batch):
+            self._commit(batch, found.refunds())
+        pending = {t.uuid: t for t in self._responder.unconfirmed()}
+        for t in responded.to_broadcast:
+            pending[t.uuid] = t
+        if pending:
+            log.info("broadcasting unconfirmed penalties again n=%d", len(pending))
+        self._broadcast(pending.values())
+        block = self._tip.block
+        if block is not None:
+            self._notify(True, block.hash, block.height)
+
+    def _block_connected(self, e: BlockConnected) -> None:
+        pointer = self._tip.block
+        if pointer is not None and e.prev_hash != pointer.hash:
+            # The monitor walks from our pointer, so this means a bug; refuse rather than corrupt.
+            raise RuntimeError(f"block {e.hash} does not extend the processed tip {pointer.hash}")
+        batch = Batch()
+        txids = frozenset(e.txids)
+        found = self._watcher.block_connected(e.hash, e.height, e.txids, batch)
+        updated = self._responder.block_connected(e.hash, e.height, txids, batch)
+        created = self._responder.handle_breaches(found.breaches, e.height, txids, batch)
+        ref = BlockRef(e.hash, e.height, e.prev_hash)
+        self._pointer.advance(batch, ref)
+        self._commit(batch, found.refunds(), updated)
+        self._tip.processed(ref)
+        self._progress.block_processed(e.height)
+        if found.breaches:
+            self._metrics.breach_seen(len(found.breaches))
+        confirmed = len(updated.confirmed) + len(created.confirmed)
+        if confirmed:
+            self._metrics.penalty_confirmed(confirmed)
+        self._broadcast([*updated.to_broadcast, *created.to_broadcast])
+        self._notify(True, e.hash, e.height)
+
+    def _block_disconnected(self, e: BlockDisconnected) -> None:
+        pointer = self._tip.block
+        if pointer is None or e.hash != pointer.hash:
+            raise RuntimeError(f"disconnected block {e.hash} is not the processed tip")
+        parent = self._recent.parent_of(pointer)
+        batch = Batch()
+        outcome = self._responder.block_disconnected(e.hash, e.height, batch)
+        self._watcher.block_disconnected(e.hash)
+        self._pointer.rewind(batch, pointer, parent)
+        self._commit(batch, {}, outcome)
+        self._tip.processed(parent)
+        log.info("block disconnected height=%d block=%s", e.height, e.hash)
+        self._broadcast(outcome.to_broadcast)
+        self._notify(False, e.hash, e.height)
+
+    def _appointment_added(self, e: _AppointmentAdded) -> None:
+        batch = Batch()
+        found = self._watcher.appointment_added(e.record, batch)
+        if not len(batch):
+            return
+        created = self._responder.handle_breaches(found.breaches, self.tip_height, frozenset(), batch)
+        self._commit(batch, found.refunds())
+        if found.breaches:
+            self._metrics.breach_seen(len(found.breaches))
+        self._broadcast(created.to_broadcast)
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    def _commit(self, batch: Batch, refunds: SlotRefunds, outcome: ResponderOutcome | None = None) -> None:
+        """Commits ``batch``; when slots go back, through the ledger, which adds them to the same write."""
+        released = {user: list(items) for user, items in refunds.items()}
+        if outcome is not None:
+            for user, items in outcome.refunds().items():
+                released.setdefault(user, []).extend(items)
+        if released:
+            self._ledger.release(batch, released)
+        else:
+            self._store.commit(batch)
+
+    def _broadcast(self, trackers: Iterable[TrackerRecord]) -> None:
+        delivered = self._responder.broadcast(trackers)
+        if delivered:
+            self._metrics.penalty_broadcast(delivered)
+
+    def _retry_broadcasts(self) -> None:
+        delivered = self._responder.retry_broadcasts()
+        if delivered:
+            self._metrics.penalty_broadcast(delivered)
+        if self._responder.pending_broadcasts:
+            self._stop.wait(min(1.0, self.config.retry_max_delay))
+
+    def _notify(self, connected: bool, block_hash: BlockHash, height: int) -> None:
+        for listener in self._listeners:
+            try:
+                if connected:
+                    listener.block_connected(block_hash, height)
+                else:
+                    listener.block_disconnected(block_hash, height)
+            except Exception:  # a listener's failure must not stop the tower from watching
+                log.exception("block listener failed height=%d listener=%r", height, listener)

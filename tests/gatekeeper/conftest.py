@@ -1,0 +1,3 @@
+from tests.support.users import chain, config, gatekeeper
+
+__all__ = ["chain", "config", "gatekeeper"]
