@@ -134,6 +134,7 @@ def steps(n: int, repeat: int) -> None:
     from teos.gatekeeper import Gatekeeper, GatekeeperConfig
     from teos.service import TowerCore, TowerService
     from teos.storage.codec import UserRecord
+    from teos.storage.index import LocatorIndex
     from teos.storage.store import Store
 
     user_key = crypto.generate_secret_key()
@@ -205,8 +206,10 @@ def steps(n: int, repeat: int) -> None:
             def appointment_added(self, record: Any, txid: Any) -> None:
                 pass
 
+        index = LocatorIndex(store)
+        index.start()
         gatekeeper = Gatekeeper(store, GatekeeperConfig(subscription_slots=10**6, max_appointments=10**9),
-                                _View())  # fmt: skip
+                                _View(), index)  # fmt: skip
         gatekeeper.start()
         core = TowerCore(gatekeeper, _View(), _View(), store)
         threads = 16
@@ -248,6 +251,7 @@ def steps(n: int, repeat: int) -> None:
         add(f"core add_appointment, {threads} threads (group commit)", cpu,
             f"wall {wall:.0f} us per appointment")  # fmt: skip
         gatekeeper.stop()
+        index.stop()
         store.close()
 
 

@@ -3,12 +3,14 @@
 Each part receives, through its constructor, only the narrow seams it uses (small Protocols, see
 ``teos.interfaces`` and each part's module); nothing reaches through another part. Order of ``start``:
 logging -> store (``<datadir>/<network>/db``, LevelDB; its network checked) -> tower key -> bitcoind client
--> the tip (``ChainTip``, shared by both sides) -> Gatekeeper -> the chain side (``build_chain_side``:
+-> the tip (``ChainTip``, shared by both sides) -> the locator index (``teos.storage.index``: loaded, or
+built once on an older database) -> Gatekeeper -> the chain side (``build_chain_side``:
 Watcher, Responder, monitor, engine; its start-up checks bitcoind's network and pruning) -> TowerCore
 and its worker channel (``teos.api.ipc.CoreServer``) -> admin API -> API workers (granian). Stopping goes
 the other way: granian stops accepting and each worker finishes the requests in hand (each request's
 write is either synced or not started, never partial), then the worker channel closes, then the chain
-side stops and joins its threads (a block's effects are one atomic batch), then the store is closed.
+side stops and joins its threads (a block's effects are one atomic batch), then the index folds its
+journal, then the store is closed.
 SIGTERM and SIGINT trigger that and teosd exits 0; a second signal during shutdown changes nothing.
 
 Serving: the public API runs in ``--apiworkers`` processes (one per core by default) under granian, a
@@ -70,6 +72,7 @@ from teos.logs import GRANIAN_LOGGING, setup_logging
 from teos.responder.responder import Responder
 from teos.service import DEFAULT_MAX_BLOB_BYTES, TowerCore
 from teos.storage import keys
+from teos.storage.index import LocatorIndex
 from teos.storage.store import Batch, StorageError, Store
 from teos.watcher.locator_cache import LocatorCache
 from teos.watcher.watcher import Watcher
@@ -207,6 +210,7 @@ def build_chain_side(
     bitcoind: Bitcoind,
     tip: ChainTip,
     ledger: SlotLedger,
+    index: LocatorIndex,
     listeners: Sequence[BlockListener] = (),
     metrics: ChainMetrics | None = None,
 ) -> ChainSide:
@@ -214,9 +218,9 @@ def build_chain_side(
     monitor feeding the engine's inbox, one record of recent blocks for both, the tip for everyone."""
     counters: ChainMetrics = metrics if metrics is not None else NoMetrics()
     cache = LocatorCache(config.locator_cache_size)
-    watcher = Watcher(store, cache, decode_penalty)
+    watcher = Watcher(store, cache, decode_penalty, index)
     responder = Responder(
-        store, Carrier(bitcoind), config.rebroadcast_after, config.irrevocable_confirmations
+        store, Carrier(bitcoind), config.rebroadcast_after, config.irrevocable_confirmations, index
     )
     recent = RecentBlocks(bitcoind, config.recent_blocks)
     inbox = Inbox(config.max_pending_blocks)
@@ -225,7 +229,7 @@ def build_chain_side(
         retry_max_delay=config.retry_max_delay, recent=recent,
     )  # fmt: skip
     pointer = PointerStore(store, config.recent_blocks)
-    progress = Progress(tip, monitor, store, counters)
+    progress = Progress(tip, monitor, index, counters)
     startup = Startup(
         StartupConfig(config.btc_network, config.startup_retry),
         bitcoind, bitcoind, pointer, store, cache, tip,
@@ -248,6 +252,7 @@ class Daemon:
         self.bitcoind: BitcoindClient | None = None
         self.tip = ChainTip()
         self.metrics: Metrics | None = None
+        self.index: LocatorIndex | None = None
         self.gatekeeper: Gatekeeper | None = None
         self.chain: ChainSide | None = None
         self.core: TowerCore | None = None
@@ -284,17 +289,19 @@ class Daemon:
             host=c.btc_rpc_connect, port=c.btc_rpc_port, user=c.btc_rpc_user, password=c.btc_rpc_password,
             cookie_file=None if c.btc_rpc_user else c.btc_rpc_cookie,
         ))
+        index = self.index = LocatorIndex(store)
+        index.start()
         gatekeeper = self.gatekeeper = Gatekeeper(store, GatekeeperConfig(
             subscription_slots=c.subscription_slots, subscription_duration=c.subscription_duration,
             expiry_delta=c.expiry_delta, max_appointments=c.max_appointments,
             min_to_self_delay=c.min_to_self_delay,
-        ), self.tip)
+        ), self.tip, index)
         chain = self.chain = build_chain_side(
             EngineConfig(
                 btc_network=c.chain_name, poll_interval=c.poll_interval, zmq_url=c.zmq_hashblock or None,
                 locator_cache_size=c.locator_cache_size, rebroadcast_after=c.rebroadcast_after,
             ),
-            store, bitcoind, self.tip, gatekeeper, [gatekeeper], metrics,
+            store, bitcoind, self.tip, gatekeeper, index, [gatekeeper], metrics,
         )
         gatekeeper.start()
         try:
@@ -312,15 +319,17 @@ class Daemon:
             log_file=str(c.log_file) if c.log_file else None, parent_pid=os.getpid(),
         )
         self.server = self._make_server()
-        self._start_admin(store, chain.progress, tower_id, metrics)
+        self._start_admin(store, chain.progress, tower_id, metrics, index)
 
-    def _start_admin(self, store: Store, progress: Progress, tower_id: UserId, metrics: Metrics) -> None:
+    def _start_admin(
+        self, store: Store, progress: Progress, tower_id: UserId, metrics: Metrics, index: LocatorIndex
+    ) -> None:
         """The admin API (teos-cli, /metrics, /ready) on rpcbind:rpcport, behind the datadir's cookie."""
         from teos.admin import AdminServer, AdminServerError, StoreAdminBackend
 
         c = self.config
         backend = StoreAdminBackend(
-            store, progress.status, tower_id, stop_callback=lambda: os.kill(os.getpid(), signal.SIGTERM)
+            store, progress.status, tower_id, lambda: os.kill(os.getpid(), signal.SIGTERM), index
         )
         admin = AdminServer(backend, c.network_dir, host=c.rpc_bind, port=c.rpc_port, metrics=metrics)
         try:
@@ -378,6 +387,8 @@ class Daemon:
             self.chain.stop()
         if self.gatekeeper is not None:
             self.gatekeeper.stop()
+        if self.index is not None:
+            self.index.stop()  # folds its journal: the next start reads snapshots only
         if self.bitcoind is not None:
             with contextlib.suppress(Exception):
                 self.bitcoind.close()

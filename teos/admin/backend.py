@@ -3,8 +3,9 @@
 ``StoreAdminBackend`` reads LevelDB through the documented key layout (``teos.storage.keys``) and the records
 of ``teos.storage.codec``; it never writes. Nothing is held in memory per entry:
 
-- counts walk the keys of one prefix with a key-only iterator (values are never read; about 0.15 s for a
-  million keys), so they are exact and need no counter kept in sync by the writers;
+- counts come from the counters the writers keep in the batch of each change (``teos.storage.index``):
+  reading them is O(1), where walking the keys took about 0.7 s per million appointments, for every
+  ``gettowerinfo`` and every ``/metrics`` scrape;
 - listings come in pages: the caller passes the last key it got (``cursor``, the key without its prefix
   byte, in hex) and a ``limit``; a page reads at most ``limit + 1`` entries.
 
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 from common.types import Locator, UserId
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, CodecError, TrackerRecord, UserRecord, decode_block_pointer
+from teos.storage.index import APPOINTMENTS, TRACKERS, USERS
 from teos.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -132,6 +134,17 @@ def _int_or_none(value: object) -> int | None:
 # -- the implementation over the store --------------------------------------------------------------
 
 
+class TowerCounts(Protocol):
+    """The counts ``tower_info`` shows, kept as the state changes (``teos.storage.index.LocatorIndex``):
+    reading them costs nothing, whatever the number of appointments."""
+
+    def count(self, name: str) -> int: ...
+
+    def __len__(self) -> int:
+        """Appointments under watch."""
+        ...
+
+
 class StoreAdminBackend:
     """``AdminBackend`` reading the tower's LevelDB (see the module docstring).
 
@@ -147,11 +160,13 @@ class StoreAdminBackend:
         engine_status: Callable[[], Mapping[str, Any]],
         tower_id: UserId,
         stop_callback: Callable[[], None],
+        counts: TowerCounts,
         *,
         max_blocks_behind: int = 1,
         max_tip_age: float = 600.0,
     ) -> None:
         self._store = store
+        self._counts = counts
         self._engine_status = engine_status
         self._tower_id = tower_id
         self._stop_callback = stop_callback
@@ -206,14 +221,13 @@ class StoreAdminBackend:
             last = self._stored_pointer()
         tip = _int_or_none(status.get("tip_height_seen"))
         ready, reason = self.readiness(status)
-        n_appointments_raw = self._store.get(keys.META_N_APPOINTMENTS)
+        counts = self._counts
         return {
             "tower_id": self._tower_id.hex(),
-            "n_registered_users": self._store.count(keys.USER),
-            "n_watcher_appointments": self._store.count(keys.APPOINTMENT),
-            "n_responder_trackers": self._store.count(keys.TRACKER),
-            "n_appointments": (int.from_bytes(n_appointments_raw, "big") if n_appointments_raw is not None
-                               else self._store.count(keys.USER_APPOINTMENT)),
+            "n_registered_users": counts.count(USERS),
+            "n_watcher_appointments": len(counts),
+            "n_responder_trackers": counts.count(TRACKERS),
+            "n_appointments": counts.count(APPOINTMENTS),
             "bitcoind_reachable": status.get("bitcoind_reachable") is True,
             "tip_height": tip if tip is not None and tip >= 0 else None,
             "last_processed_block": last,

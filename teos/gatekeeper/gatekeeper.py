@@ -1,7 +1,8 @@
 """The Gatekeeper: who may use the tower, and how much of it.
 
 It owns the users' subscriptions (``u|``), their appointment index (``i|``), the expiry schedule (``x|``)
-and the tower-wide count of stored appointments (``m|n_appointments``). Every change of a user's state is a
+and the tower-wide counts of users and stored appointments (counters of ``teos.storage.index``, changed
+in the batch of the change they count). Every change of a user's state is a
 read-modify-write of the user record under that user's lock, committed as ONE synced batch together with
 the appointment it pays for; a request returns only once that batch is on disk.
 
@@ -9,8 +10,8 @@ Locks: a fixed array of stripes chosen by the user id (bounded memory whatever t
 A user's stripe is held across the synced write, so the next request of the same user reads what the
 previous one wrote; requests of different users still share one fsync through the store's group commit.
 Operations over several users (``release``) take their stripes in index order, so they cannot deadlock.
-The appointment counter has its own small lock held only around ``Store.submit``, so counter values reach
-the disk in the order they were computed.
+The appointment cap is enforced on an in-memory count (with its own small lock) that includes the
+appointments being written, so concurrent requests cannot overshoot it.
 
 Slot rules: an appointment costs ``slots_for(len(blob))``; an update of the same uuid is charged or
 refunded the difference; a user never goes below zero. The slots of an appointment stay spent while the
@@ -30,6 +31,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from common import crypto
 from common.appointment import slots_for
@@ -38,8 +40,9 @@ from common.types import BlockHash, Dialect, Locator, UserId, Uuid
 from teos.interfaces import TipView
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, UserRecord
+from teos.storage.index import APPOINTMENTS, USERS
 from teos.storage.store import Batch, Store
-from teos.storage.watched import put_watched
+from teos.storage.watched import IndexJournal, delete_watched, put_watched
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,12 @@ class GatekeeperConfig:
             raise ValueError("expiry_delta and min_to_self_delay must not be negative")
 
 
+class Tally(IndexJournal, Protocol):
+    """The locator index as the Gatekeeper uses it: changes staged in its batches, and the counts."""
+
+    def count(self, name: str) -> int: ...
+
+
 def subscription_expired(user: UserRecord) -> TeosError:
     message = f"Your subscription expired at {user.subscription_expiry}"
     return TeosError(ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION, message)
@@ -84,10 +93,11 @@ class Gatekeeper:
     Implements ``teos.interfaces.SlotLedger`` and ``BlockListener`` for the engine.
     """
 
-    def __init__(self, store: Store, config: GatekeeperConfig, chain: TipView) -> None:
+    def __init__(self, store: Store, config: GatekeeperConfig, chain: TipView, index: Tally) -> None:
         self.store = store
         self.config = config
         self.chain = chain
+        self.index = index
         self._stripes = [threading.Lock() for _ in range(N_STRIPES)]
         self._counter_lock = threading.Lock()
         self._n_appointments = 0
@@ -96,15 +106,10 @@ class Gatekeeper:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Loads the appointment counter (counting the index once if the database predates it)."""
+        """Takes the appointment count from the index's counters (the index is started before)."""
         if self._started:
             return
-        raw = self.store.get(keys.META_N_APPOINTMENTS)
-        if raw is not None and len(raw) == 8:
-            self._n_appointments = int.from_bytes(raw, "big")
-        else:
-            self._n_appointments = sum(1 for _ in self.store.iterate(keys.USER_APPOINTMENT))
-            log.info("appointment counter rebuilt n=%d", self._n_appointments)
+        self._n_appointments = self.index.count(APPOINTMENTS)
         self._started = True
 
     def stop(self) -> None:
@@ -132,15 +137,12 @@ class Gatekeeper:
                 self._stripes[s].release()
 
     def _commit(self, batch: Batch, counter_delta: int, *, cap: int | None = None) -> None:
-        """Commits ``batch`` (synced); with a counter change, the counter is written in the same batch.
+        """Commits ``batch`` (synced); a change of the appointment count is staged in the same batch.
 
-        The counter lock is held only around ``submit`` so counter values reach the disk in order; the
-        wait for the fsync happens outside it. With ``cap``, the batch is refused (RESOURCE_EXHAUSTED) if
-        the counter would exceed it. If the write fails, the in-memory change is undone.
+        With ``cap``, the batch is refused (RESOURCE_EXHAUSTED) if the count, writes in progress included,
+        would exceed it. If the write fails, the in-memory count is given back.
         """
-        if counter_delta == 0:
-            ticket = self.store.submit(batch)
-        else:
+        if counter_delta:
             with self._counter_lock:
                 if cap is not None and self._n_appointments + counter_delta > cap:
                     raise TeosError(
@@ -148,10 +150,9 @@ class Gatekeeper:
                         "The tower is not accepting new appointments (storage limit reached)",
                     )
                 self._n_appointments += counter_delta
-                batch.put(keys.META_N_APPOINTMENTS, self._n_appointments.to_bytes(8, "big"))
-                ticket = self.store.submit(batch)
+            self.index.stage(batch, counts={APPOINTMENTS: counter_delta})
         try:
-            ticket.wait()
+            self.store.submit(batch).wait()
         except BaseException:
             if counter_delta:
                 with self._counter_lock:
@@ -233,6 +234,8 @@ class Gatekeeper:
                 raise TeosError(ErrorKind.RESOURCE_EXHAUSTED, "Subscription maximum slots count reached")
             batch.put(keys.user(user_id), user.encode())
             batch.put(keys.expiry(user.subscription_expiry + cfg.expiry_delta, user_id), b"")
+            if old is None:
+                self.index.stage(batch, counts={USERS: 1})
             self._commit(batch, 0)
         log.info(
             "user registered user_id=%s slots=%d expiry=%d new=%s",
@@ -263,9 +266,9 @@ class Gatekeeper:
             index_key = keys.user_appointment(user_id, record.uuid)
             appointment_key = keys.appointment(record.locator, record.uuid)
             is_new = self.store.get(index_key) is None
+            old_raw = self.store.get(appointment_key)
             old_slots = 0
             if not is_new:
-                old_raw = self.store.get(appointment_key)
                 if old_raw is None:
                     # Indexed but no longer watched: its penalty is being (or has been) tracked.
                     raise TeosError(
@@ -281,7 +284,7 @@ class Gatekeeper:
                 raise TeosError(ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION, NOT_ENOUGH_SLOTS)
             user = replace(user, available_slots=min(U32_MAX, user.available_slots - delta))
             batch = Batch()
-            put_watched(batch, record)
+            put_watched(batch, record, self.index, new=old_raw is None)
             batch.put(keys.user(user_id), user.encode())
             if is_new:
                 batch.put(index_key, record.locator.raw)
@@ -349,8 +352,11 @@ class Gatekeeper:
             if user is not None and user.subscription_expiry + self.config.expiry_delta == deletion_height:
                 for key, value in self.store.iterate(keys.user_appointments(user_id)):
                     batch.delete(key)
-                    batch.delete(keys.appointment(Locator(value), keys.uuid_of_user_appointment_key(key)))
+                    locator, uuid = Locator(value), keys.uuid_of_user_appointment_key(key)
+                    if self.store.get(keys.appointment(locator, uuid)) is not None:  # else responded
+                        delete_watched(batch, locator, uuid, self.index)
                     removed += 1
                 batch.delete(keys.user(user_id))
+                self.index.stage(batch, counts={USERS: -1})
                 log.info("user expired and deleted user_id=%s appointments=%d", user_id, removed)
             self._commit(batch, -removed)

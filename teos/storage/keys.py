@@ -6,10 +6,9 @@ fixed-size parts follow, so prefix scans and ordering work on raw bytes. Heights
 that they sort numerically.
 
     a | locator(16) | uuid(20)       -> AppointmentRecord   appointments under watch, found by locator
-    l | locator(16)                  -> b""                 marker: some ``a|locator|*`` may exist. An exact
-                                                            key, so the Watcher's per-block lookups are
-                                                            point reads that LevelDB's bloom filter answers
-                                                            without touching disk for the (usual) misses.
+    f | ...                          -> ...                 the locator index and the counters (users,
+                                                            appointments, trackers): snapshots and a journal
+                                                            of deltas, layout in ``teos.storage.index``
     u | user_id(33)                  -> UserRecord          registered users
     i | user_id(33) | uuid(20)       -> locator(16)         a user's appointments (watched or responded),
                                                             until they complete or the user is deleted
@@ -19,7 +18,6 @@ that they sort numerically.
     m | name (ascii)                 -> bytes               metadata:
       m | tower_key                  -> 32 bytes            the tower's secret key (also in a 0600 file)
       m | network                    -> ascii               the chain the database was made for ("regtest")
-      m | n_appointments             -> u64 BE              number of ``i|`` entries (the Gatekeeper's)
       m | last_block:watcher         -> hash(32)|height(4)  the last block the engine processed
       m | last_block:responder       -> hash(32)|height(4)  legacy: written by earlier versions, always
                                                             equal to the above; read only in its absence
@@ -38,15 +36,13 @@ that they sort numerically.
                                                             (see teos.payments.handler). Deleted with the
                                                             channel's record once it is forgotten.
 
-Every write of an ``a|`` entry goes through ``teos.storage.watched.put_watched``, which also writes the
-``l|`` marker. Markers are deleted only by the Watcher, when the locator's dispute appears in a block (an
-appointment added concurrently for that locator then finds the breach in the locator cache and is handled
-there). Markers of appointments that expired stay behind: a stale marker only costs one prefix seek when
-its locator's dispute is ever mined.
+Every write of an ``a|`` entry goes through ``teos.storage.watched``, which stages the change in the locator
+index in the same batch. The Watcher asks the index (in memory, 2 bytes per appointment) which of a
+block's locators may be watched and seeks ``a|locator`` for those only; the Gatekeeper reads ``u|user_id``
+per request; expiry walks ``x|`` up to the tip; ``gettowerinfo`` and ``/metrics`` read the index's counters.
 
-Nothing is held in RAM per appointment: the Watcher asks for ``l|locator`` (then ``a|locator``) for each
-locator derived from a block's txids; the Gatekeeper reads ``u|user_id`` per request; expiry walks
-``x|`` up to the tip.
+Left by earlier versions, deleted when the index is first built: ``l | locator(16) -> b""`` (a marker the
+Watcher read per locator) and ``m | n_appointments`` (the count of ``i|`` entries, now a counter).
 """
 
 from __future__ import annotations
@@ -56,7 +52,8 @@ import struct
 from common.types import Locator, UserId, Uuid
 
 APPOINTMENT = b"a"
-LOCATOR_MARKER = b"l"
+LOCATOR_MARKER = b"l"  # legacy (see above)
+INDEX = b"f"
 USER = b"u"
 USER_APPOINTMENT = b"i"
 EXPIRY = b"x"
@@ -67,9 +64,7 @@ GRANT = b"g"
 
 # Metadata names (values documented beside each).
 META_TOWER_KEY = b"m" + b"tower_key"  # 32-byte secp256k1 secret key (also written to a 0600 file)
-# u64 BE: number of ``i|`` entries (appointments held for users, watched or responded); written only by
-# the Gatekeeper, in the same batches as the index changes.
-META_N_APPOINTMENTS = b"m" + b"n_appointments"
+META_N_APPOINTMENTS = b"m" + b"n_appointments"  # legacy (see above)
 META_NETWORK = b"m" + b"network"  # ascii chain name the database was created for ("regtest", ...)
 
 _HEIGHT = struct.Struct(">I")
@@ -99,12 +94,6 @@ def appointment(locator: Locator, uuid: Uuid) -> bytes:
 def appointments_by_locator(locator: Locator) -> bytes:
     """Prefix of every appointment (of any user) for ``locator``."""
     return APPOINTMENT + locator.raw
-
-
-def locator_marker(locator: Locator | bytes) -> bytes:
-    """Exact key telling that appointments for ``locator`` (16 raw bytes) may be under watch."""
-    raw = locator.raw if isinstance(locator, Locator) else locator
-    return LOCATOR_MARKER + raw
 
 
 def user(user_id: UserId) -> bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import plyvel
@@ -23,12 +23,19 @@ class StorageError(RuntimeError):
 
 
 class Batch:
-    """An ordered list of puts and deletes, applied atomically by ``Store.commit``."""
+    """An ordered list of puts and deletes, applied atomically by ``Store.commit``.
 
-    __slots__ = ("ops",)
+    ``after_commit(fn)`` registers what to do in memory once the batch is written (the locator index and
+    its counters, ``teos.storage.index``): ``Store`` calls each function, in order, after a successful
+    write and before ``commit`` (or ``Ticket.wait``) returns; a batch that fails, or that is never
+    committed, runs none of them.
+    """
+
+    __slots__ = ("_after", "ops")
 
     def __init__(self) -> None:
         self.ops: list[tuple[bytes, bytes | None]] = []
+        self._after: list[Callable[[], None]] = []
 
     def put(self, key: bytes, value: bytes) -> None:
         self.ops.append((key, value))
@@ -38,6 +45,19 @@ class Batch:
 
     def extend(self, other: Batch) -> None:
         self.ops.extend(other.ops)
+        self._after.extend(other._after)
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        self._after.append(fn)
+
+    def committed(self) -> None:
+        """Runs the ``after_commit`` functions (once); the store calls it after the write."""
+        after, self._after = self._after, []
+        for fn in after:
+            try:
+                fn()
+            except Exception:  # the write stands; what failed in memory is logged, never raised
+                log.exception("after-commit step failed")
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -46,15 +66,17 @@ class Batch:
 class Ticket:
     """A batch queued with ``Store.submit``; ``wait()`` returns once it is on disk."""
 
-    __slots__ = ("_gen", "_store")
+    __slots__ = ("_batch", "_gen", "_store")
 
-    def __init__(self, store: Store, gen: int) -> None:
+    def __init__(self, store: Store, gen: int, batch: Batch) -> None:
         self._store = store
         self._gen = gen
+        self._batch = batch
 
     def wait(self) -> None:
         """Blocks until the batch is synced; raises StorageError if its write failed."""
         self._store._wait(self._gen)
+        self._batch.committed()
 
 
 class Store:
@@ -113,6 +135,11 @@ class Store:
         with self.db.iterator(start=start, stop=stop) as it:
             yield from it
 
+    def iterate_keys(self, prefix: bytes) -> Iterator[bytes]:
+        """Every key starting with ``prefix``, in key order (values are never read)."""
+        with self.db.iterator(prefix=prefix, include_value=False) as it:
+            yield from it
+
     def count(self, prefix: bytes) -> int:
         """Number of keys starting with ``prefix`` (walks keys only, never values)."""
         with self.db.iterator(prefix=prefix, include_value=False) as it:
@@ -155,6 +182,7 @@ class Store:
         """
         if not sync:
             self._write([batch], sync=False)
+            batch.committed()
             return
         self.submit(batch).wait()
 
@@ -166,7 +194,7 @@ class Store:
         """
         with self._cv:
             self._pending.append(batch)
-            return Ticket(self, self._pending_gen)
+            return Ticket(self, self._pending_gen, batch)
 
     def _wait(self, gen: int) -> None:
         with self._cv:

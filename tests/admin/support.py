@@ -16,6 +16,7 @@ from common.appointment import compute_uuid
 from common.types import BlockHash, Dialect, Locator, Txid, UserId
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord, UserRecord, encode_block_pointer
+from teos.storage.index import APPOINTMENTS, TRACKERS, USERS, LocatorIndex
 from teos.storage.store import Batch, Store
 from teos.storage.watched import put_watched
 
@@ -56,6 +57,7 @@ class Filler:
     """Writes users, appointments and trackers the way the Gatekeeper/Watcher/Responder lay them out."""
 
     store: Store
+    index: LocatorIndex
 
     def user(
         self, user_id: UserId | None = None, dialect: Dialect = Dialect.RUST, slots: int = 100
@@ -64,6 +66,8 @@ class Filler:
         rec = UserRecord(user_id=uid, dialect=dialect, available_slots=slots, subscription_start=100,
                          subscription_expiry=4420)
         batch = Batch()
+        if self.store.get(keys.user(uid)) is None:
+            self.index.stage(batch, counts={USERS: 1})
         batch.put(keys.user(uid), rec.encode())
         self.store.commit(batch)
         return uid
@@ -80,8 +84,9 @@ class Filler:
         records = [self.appointment_record(user_id, locator) for _ in range(n)]
         batch = Batch()
         for rec in records:
-            put_watched(batch, rec)
+            put_watched(batch, rec, self.index, new=True)
             batch.put(keys.user_appointment(user_id, rec.uuid), rec.locator.raw)
+        self.index.stage(batch, counts={APPOINTMENTS: len(records)})
         self.store.commit(batch)
         return records
 
@@ -93,6 +98,7 @@ class Filler:
         batch = Batch()
         batch.put(keys.tracker(rec.uuid), rec.encode())
         batch.put(keys.user_appointment(user_id, rec.uuid), rec.locator.raw)
+        self.index.stage(batch, counts={TRACKERS: 1, APPOINTMENTS: 1})
         self.store.commit(batch)
         return rec
 

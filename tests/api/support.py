@@ -25,6 +25,7 @@ from teos.api import create_app
 from teos.api.ipc import TOKEN_BYTES, CoreClient, CoreServer, RemoteCore
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.service import TowerCore, TowerService
+from teos.storage.index import LocatorIndex
 from teos.storage.store import Store
 from tests.support.users import Client, FakeChainView, random_locator
 
@@ -48,11 +49,13 @@ class Tower:
     service: TowerService
     app: Flask
     secret_key: bytes
+    index: LocatorIndex
     core_server: CoreServer | None = None
 
     def close(self) -> None:
         if self.core_server is not None:
             self.core_server.stop()
+        self.index.stop()
 
     @classmethod
     def build(
@@ -69,12 +72,14 @@ class Tower:
         the worker channel (a ``CoreServer`` on a real Unix socket), as in teosd's API workers."""
         chain = chain if chain is not None else FakeChainView(tip_height=tip)
         config = GatekeeperConfig(subscription_slots=slots, max_appointments=max_appointments)
-        gatekeeper = Gatekeeper(store, config, chain)
+        index = LocatorIndex(store)
+        index.start()
+        gatekeeper = Gatekeeper(store, config, chain, index)
         gatekeeper.start()
         secret_key = crypto.generate_secret_key()
         if not remote:
             service = TowerService.local(gatekeeper, chain, store, secret_key)
-            return cls(store, chain, gatekeeper, service, create_app(service), secret_key)
+            return cls(store, chain, gatekeeper, service, create_app(service), secret_key, index)
         server = CoreServer(TowerCore(gatekeeper, chain, chain, store), os.urandom(TOKEN_BYTES))
         server.start()
         service = TowerService(
@@ -82,7 +87,7 @@ class Tower:
             secret_key,
             min_to_self_delay=config.min_to_self_delay,
         )
-        return cls(store, chain, gatekeeper, service, create_app(service), secret_key, server)
+        return cls(store, chain, gatekeeper, service, create_app(service), secret_key, index, server)
 
     @property
     def tower_id(self) -> UserId:

@@ -242,7 +242,7 @@ def test_rows_54_to_56_breach_then_responded_then_already_triggered(ctx: Ctx) ->
     uuid = compute_uuid(appt.locator, alice.user_id)
     raw = record(keys.appointment(appt.locator, uuid))
     assert raw is not None
-    tracker = trigger(t.store, AppointmentRecord.decode(raw), dispute, penalty.raw)
+    tracker = trigger(t.store, t.index, AppointmentRecord.decode(raw), dispute, penalty.raw)
     status, body = t.get(alice, appt.locator)  # row 55
     assert status == 200
     shown = {

@@ -131,7 +131,7 @@ def test_responded_appointment_shows_the_tracker(tower: Tower, carol: Client) ->
     assert tower.add(carol, appt, rust=True)[0] == 200
     raw = tower.store.get(keys.appointment(appt.locator, compute_uuid(appt.locator, carol.user_id)))
     assert raw is not None
-    tracker = trigger(tower.store, AppointmentRecord.decode(raw), dispute, penalty.raw)
+    tracker = trigger(tower.store, tower.index, AppointmentRecord.decode(raw), dispute, penalty.raw)
     status, body = tower.get(carol, appt.locator, rust=True)
     assert (status, body) == (200, {"appointment": {"dispute_txid": dispute.hex(),
                                                     "penalty_txid": tracker.penalty_txid.hex(),

@@ -71,13 +71,12 @@ class Tower:
             self.poll,
             **self.overrides,
         )
-        self._parts.gatekeeper.start()
-        self._parts.chain.start()
+        self._parts.start()
         return self
 
     def stop(self) -> None:
         if self._parts is not None:
-            self._parts.chain.stop()
+            self._parts.stop()
             self.store.close()
             self._parts = None
 

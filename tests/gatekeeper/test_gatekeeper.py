@@ -11,6 +11,7 @@ from common.types import BlockHash, Dialect, Txid
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.storage import keys
 from teos.storage.codec import UserRecord
+from teos.storage.index import USERS, LocatorIndex
 from teos.storage.store import Batch, Store
 from tests.support.users import Client, FakeChainView, make_record, random_locator, trigger
 
@@ -64,8 +65,8 @@ def test_registration_in_other_dialect_is_refused(gatekeeper: Gatekeeper) -> Non
     assert gatekeeper.get_user(alice.user_id).available_slots == 100  # type: ignore[union-attr]
 
 
-def test_slot_overflow_is_resource_exhausted(store: Store, chain: FakeChainView) -> None:
-    gk = Gatekeeper(store, GatekeeperConfig(subscription_slots=2**31), chain)
+def test_slot_overflow_is_resource_exhausted(store: Store, chain: FakeChainView, index: LocatorIndex) -> None:
+    gk = Gatekeeper(store, GatekeeperConfig(subscription_slots=2**31), chain, index)
     gk.start()
     alice = Client.new()
     gk.register(alice.user_id, Dialect.RUST)
@@ -150,31 +151,37 @@ def test_expired_user_cannot_add(gatekeeper: Gatekeeper, chain: FakeChainView) -
     assert "expired" in e.value.message
 
 
-def test_triggered_appointment_cannot_be_updated(gatekeeper: Gatekeeper, store: Store) -> None:
+def test_triggered_appointment_cannot_be_updated(
+    gatekeeper: Gatekeeper, store: Store, index: LocatorIndex
+) -> None:
     alice = Client.new()
     gatekeeper.register(alice.user_id, Dialect.PYTHON)
     record = make_record(alice.user_id, random_locator(), 10)
     gatekeeper.add_appointment(record)
-    trigger(store, record, Txid(os.urandom(32)), b"\x02" * 60)
+    trigger(store, index, record, Txid(os.urandom(32)), b"\x02" * 60)
     with pytest.raises(TeosError) as e:
         gatekeeper.add_appointment(make_record(alice.user_id, record.locator, 10))
     assert e.value.kind is ErrorKind.ALREADY_TRIGGERED
     assert gatekeeper.get_user(alice.user_id).available_slots == 99  # type: ignore[union-attr]
 
 
-def test_tracker_without_index_is_already_triggered(gatekeeper: Gatekeeper, store: Store) -> None:
+def test_tracker_without_index_is_already_triggered(
+    gatekeeper: Gatekeeper, store: Store, index: LocatorIndex
+) -> None:
     """A user deleted and registered again cannot re-add an appointment whose penalty is still tracked."""
     alice = Client.new()
     gatekeeper.register(alice.user_id, Dialect.PYTHON)
     record = make_record(alice.user_id, random_locator(), 10)
-    trigger(store, record, Txid(os.urandom(32)), b"\x02" * 60)
+    trigger(store, index, record, Txid(os.urandom(32)), b"\x02" * 60)
     with pytest.raises(TeosError) as e:
         gatekeeper.add_appointment(record)
     assert e.value.kind is ErrorKind.ALREADY_TRIGGERED
 
 
-def test_max_appointments_refuses_new_but_not_updates(store: Store, chain: FakeChainView) -> None:
-    gk = Gatekeeper(store, GatekeeperConfig(subscription_slots=100, max_appointments=2), chain)
+def test_max_appointments_refuses_new_but_not_updates(
+    store: Store, chain: FakeChainView, index: LocatorIndex
+) -> None:
+    gk = Gatekeeper(store, GatekeeperConfig(subscription_slots=100, max_appointments=2), chain, index)
     gk.start()
     alice = Client.new()
     gk.register(alice.user_id, Dialect.PYTHON)
@@ -189,33 +196,39 @@ def test_max_appointments_refuses_new_but_not_updates(store: Store, chain: FakeC
     assert gk.n_appointments == 2
 
 
-def test_counter_survives_restart(store: Store, config: GatekeeperConfig, chain: FakeChainView) -> None:
-    gk = Gatekeeper(store, config, chain)
+def test_counter_survives_restart(
+    store: Store, config: GatekeeperConfig, chain: FakeChainView, index: LocatorIndex
+) -> None:
+    gk = Gatekeeper(store, config, chain, index)
     gk.start()
     alice = Client.new()
     gk.register(alice.user_id, Dialect.PYTHON)
     for _ in range(3):
         gk.add_appointment(make_record(alice.user_id, random_locator(), 10))
-    again = Gatekeeper(store, config, chain)
+    index.stop(fold=False)  # as after a crash
+    reloaded = LocatorIndex(store)
+    reloaded.start()
+    again = Gatekeeper(store, config, chain, reloaded)
     again.start()
     assert again.n_appointments == 3
-    store.commit(_deleting(keys.META_N_APPOINTMENTS))  # a database without the counter: counted once
-    rebuilt = Gatekeeper(store, config, chain)
-    rebuilt.start()
-    assert rebuilt.n_appointments == 3
-
-
-def _deleting(key: bytes) -> Batch:
+    reloaded.stop()
     batch = Batch()
-    batch.delete(key)
-    return batch
+    for key in list(store.iterate_keys(keys.INDEX)):
+        batch.delete(key)
+    store.commit(batch)  # a database from before the index and its counters: counted once
+    rebuilt_index = LocatorIndex(store)
+    rebuilt_index.start()
+    rebuilt = Gatekeeper(store, config, chain, rebuilt_index)
+    rebuilt.start()
+    assert rebuilt.n_appointments == 3 and rebuilt_index.count(USERS) == 1
+    rebuilt_index.stop()
 
 
 # -- expiry ---------------------------------------------------------------------------------------
 
 
 def test_expired_user_deleted_at_expiry_plus_delta_keeping_trackers(
-    gatekeeper: Gatekeeper, store: Store, chain: FakeChainView
+    gatekeeper: Gatekeeper, store: Store, chain: FakeChainView, index: LocatorIndex
 ) -> None:
     alice, bob = Client.new(), Client.new()
     gatekeeper.register(alice.user_id, Dialect.PYTHON)
@@ -226,7 +239,7 @@ def test_expired_user_deleted_at_expiry_plus_delta_keeping_trackers(
     gatekeeper.add_appointment(watched)
     gatekeeper.add_appointment(responded)
     gatekeeper.add_appointment(make_record(bob.user_id, random_locator(), 10))
-    trigger(store, responded, Txid(os.urandom(32)), b"\x02" * 60)
+    trigger(store, index, responded, Txid(os.urandom(32)), b"\x02" * 60)
     assert gatekeeper.n_appointments == 3
 
     gatekeeper.block_connected(BLOCK, 1105)  # expiry 1100 + delta 6 = 1106
@@ -269,12 +282,14 @@ def test_top_up_before_deletion_saves_the_user(gatekeeper: Gatekeeper, chain: Fa
 # -- release (SlotLedger) -------------------------------------------------------------------------
 
 
-def test_release_refunds_once_and_commits_engine_batch(gatekeeper: Gatekeeper, store: Store) -> None:
+def test_release_refunds_once_and_commits_engine_batch(
+    gatekeeper: Gatekeeper, store: Store, index: LocatorIndex
+) -> None:
     alice = Client.new()
     gatekeeper.register(alice.user_id, Dialect.PYTHON)
     record = make_record(alice.user_id, random_locator(), 4097)  # 3 slots
     gatekeeper.add_appointment(record)
-    trigger(store, record, Txid(os.urandom(32)), b"\x02" * 60)
+    trigger(store, index, record, Txid(os.urandom(32)), b"\x02" * 60)
     batch = Batch()
     batch.delete(keys.tracker(record.uuid))
     gatekeeper.release(batch, {alice.user_id: [(record.uuid, 3)]})

@@ -26,8 +26,9 @@ from teos.chain.bitcoind import (
 )
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord, UserRecord
+from teos.storage.index import APPOINTMENTS, USERS, LocatorIndex
 from teos.storage.store import Batch, Store
-from teos.storage.watched import put_watched
+from teos.storage.watched import IndexJournal, put_watched
 
 
 def random_tx(n_out: int = 1) -> Transaction:
@@ -171,6 +172,7 @@ class RecordingLedger:
     """A SlotLedger over the real store: deletes the index entries, gives slots back, commits."""
 
     store: Store
+    index: LocatorIndex
     released: list[tuple[UserId, Uuid, int]] = field(default_factory=list)
 
     def release(self, batch: Batch, released: Mapping[UserId, Sequence[tuple[Uuid, int]]]) -> None:
@@ -182,6 +184,7 @@ class RecordingLedger:
                 if self.store.get(keys.user_appointment(user_id, uuid)) is None:
                     continue
                 batch.delete(keys.user_appointment(user_id, uuid))
+                self.index.stage(batch, counts={APPOINTMENTS: -1})
                 self.released.append((user_id, uuid, slots))
                 refund += slots
             if user is not None and refund:
@@ -205,6 +208,7 @@ class Stored:
 
 def store_appointment(
     store: Store,
+    index: IndexJournal,
     dispute_txid: Txid,
     penalty_raw: bytes,
     dialect: Dialect,
@@ -212,7 +216,7 @@ def store_appointment(
     blob: bytes | None = None,
     available_slots: int = 100,
 ) -> AppointmentRecord:
-    """Writes an appointment as the service would: ``a|``, ``i|`` and the user's record."""
+    """Writes an appointment as the service would: ``a|``, ``i|``, the user's record, and the counts."""
     secret = secret or crypto.generate_secret_key()
     user_id = crypto.public_key(secret)
     locator = locator_from_txid(dispute_txid, dialect)
@@ -227,10 +231,14 @@ def store_appointment(
         dialect=dialect,
     )
     batch = Batch()
-    put_watched(batch, record)
+    new = store.get(keys.appointment(locator, record.uuid)) is None
+    put_watched(batch, record, index, new=new)
+    if store.get(keys.user_appointment(user_id, record.uuid)) is None:
+        index.stage(batch, counts={APPOINTMENTS: 1})
     batch.put(keys.user_appointment(user_id, record.uuid), locator.raw)
     if store.get(keys.user(user_id)) is None:
         batch.put(keys.user(user_id), UserRecord(user_id, dialect, available_slots, 0, 10_000).encode())
+        index.stage(batch, counts={USERS: 1})
     store.commit(batch)
     return record
 

@@ -1,37 +1,42 @@
 """The locators under watch, in memory: a block's 8000 lookups cost the same at ten thousand appointments as
 at ten million, and only candidates touch LevelDB.
 
-What is kept. For every appointment under watch (every ``a|locator|...`` entry), a 32-bit *fingerprint* of
-its locator: ``(int(locator) * K mod 2**128) >> 96`` with ``K`` a random odd 128-bit number drawn once per
-database. The top 16 bits pick one of 65536 buckets; each bucket is a sorted ``array('H')`` of the low
-16 bits (duplicates allowed: two users may watch one locator). That is 2 bytes per appointment (about 25 MB
+What is kept. For every appointment under watch (every ``a|locator|...`` entry), a 48-bit *fingerprint* of
+its locator: ``(int(locator) * K mod 2**128) >> 80`` with ``K`` a random odd 128-bit number drawn once per
+database. The top 16 bits pick one of 65536 buckets; each bucket is a sorted ``array('I')`` of the low
+32 bits (duplicates allowed: two users may watch one locator). That is 4 bytes per appointment (about 44 MB
 at ten million, buckets included). ``candidates(locators)`` answers which of a block's locators *may* be
 watched: never a false negative; a false positive (another locator with the same fingerprint) costs one
-LevelDB seek, about ``n / 2**32`` per lookup (19 per 4000-tx block at ten million). The key is secret and
+LevelDB seek, about ``n / 2**48`` per lookup (0.0003 per 4000-tx block at ten million). Why 48 bits: a seek
+at ten million appointments costs a millisecond or more (it reads a block in every level of LevelDB), and
+with 32-bit fingerprints (2 bytes stored) the 19 false positives of each block cost more than the rest of
+the block together. The key is secret and
 mixes all 16 bytes, so a user choosing locators cannot pile them into one bucket or make a block's
 locators collide with them (the multiply-shift family is universal).
 
 How it survives restarts and crashes. Every change is staged into the very batch that makes it (an
 appointment written or deleted): ``stage`` adds one *journal* record, the change as deltas, to the batch,
-and the change is applied in memory only once that batch is written (``apply``). A batch that fails, or
-that its builder abandons (the engine retries a block from scratch after any error), is never applied and
-leaves no record, so memory and disk cannot drift apart. Deltas commute, so concurrent batches may commit
-and be applied in any order. Between a batch's write and its ``apply`` the index may lack an appointment
-just added; callers cover that window as they covered it before the index existed (the API looks at the
-locator cache again after its write, and the engine thread applies its own changes before the next
+and the change is applied in memory only once that batch is written (``Batch.after_commit``). A batch that
+fails, or that its builder abandons (the engine retries a block from scratch after any error), is never
+applied and leaves no record, so memory and disk cannot drift apart. Deltas commute, so concurrent batches
+may commit and be applied in any order. Between a batch's write and its ``apply`` the index may lack an
+appointment just added; callers cover that window as they covered it before the index existed (the API looks
+at the locator cache again after its write, and the engine thread applies its own changes before the next
 block). Removals applied late only cost a LevelDB seek on a stale fingerprint. From time to time the journal
 is *folded*: a single folder reads the committed records and the bucket snapshots they touch, writes the new
 snapshots and deletes those records in one batch (records of batches still in flight are simply folded next
-time). At start the snapshots and the remaining records rebuild the index exactly: about 20 MB of
-reads at ten million appointments. The same journal carries named counters (users, trackers, ...), so
-status figures are kept in the batch of the change they count and cost nothing to read.
+time). At start the snapshots and the remaining records rebuild the index exactly: about 20 MB of reads at
+ten million appointments. The same journal carries named counters (users, trackers, ...), so status figures
+are kept in the batch of the change they count and cost nothing to read.
 
 Key layout (all under ``f``; see ``teos.storage.keys``):
 
     f | m                     -> version(1) | fingerprint key K (16, big-endian) | folded-up-to seq (8 BE)
-    f | s | bucket (2 BE)     -> the bucket's fingerprints, sorted, u16 little-endian each
+    f | s | bucket (2 BE)     -> the bucket's fingerprints' low 32 bits, sorted, u32 little-endian each
     f | c | name (ascii)      -> i64 BE: a counter's value as of the folded records
-    f | j | seq (8 BE)        -> a journal record: u32 n, n x u32 added fingerprints, u32 n, n x u32 removed,
+    f | legacy                -> b"": the ``l|`` markers and ``m|n_appointments`` of an older database are
+                                 still to be deleted (written with the build, deleted once they are)
+    f | j | seq (8 BE)        -> a journal record: u32 n, n x u64 added fingerprints, u32 n, n x u64 removed,
                                  u8 n, n x (u8 length, name, i64 delta); big-endian
 """
 
@@ -44,25 +49,39 @@ import struct
 import sys
 import threading
 from bisect import bisect_left, insort
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from teos.storage import keys
 from teos.storage.store import Batch, Store
 
 log = logging.getLogger(__name__)
 
-PREFIX = b"f"
+PREFIX = keys.INDEX
 META = PREFIX + b"m"
 SNAPSHOT = PREFIX + b"s"
 COUNTER = PREFIX + b"c"
 JOURNAL = PREFIX + b"j"
+LEGACY = PREFIX + b"legacy"  # present while what the index replaces is still to be deleted
 VERSION = 1
 
 BUCKETS = 1 << 16
+LOW_BITS = 32  # stored per entry, below the 16 bits of the bucket
+_LOW = (1 << LOW_BITS) - 1
+_SHIFT = 128 - 16 - LOW_BITS
+_TYPE = "I"
+assert array.array(_TYPE).itemsize == 4
 _MASK128 = (1 << 128) - 1
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+_U64 = struct.Struct(">Q")
 _I64 = struct.Struct(">q")
+
+# The counters the tower keeps (``count(name)``), each changed in the batch of the change it counts.
+USERS = "users"  # registered users (``u|`` entries): the Gatekeeper
+APPOINTMENTS = "appointments"  # appointments held for users, watched or responded (``i|``): the Gatekeeper
+TRACKERS = "trackers"  # penalties followed (``t|``): the Responder
+# (appointments under watch, ``a|`` entries, are ``len(index)``.)
 
 FOLD_EVERY = 20_000  # journal records written before the folder is woken
 FOLD_CHUNK = 50_000  # records folded per batch
@@ -73,30 +92,30 @@ class IndexCorrupt(RuntimeError):
 
 
 def fingerprint(key: int, locator: bytes) -> int:
-    """The 32-bit fingerprint of a 16-byte locator under ``key`` (see the module docstring)."""
-    return ((int.from_bytes(locator, "big") * key) & _MASK128) >> 96
+    """The 48-bit fingerprint of a 16-byte locator under ``key`` (see the module docstring)."""
+    return ((int.from_bytes(locator, "big") * key) & _MASK128) >> _SHIFT
 
 
 class FingerprintSet:
-    """A multiset of 32-bit fingerprints in 65536 sorted ``array('H')`` buckets. Not thread-safe."""
+    """A multiset of 48-bit fingerprints in 65536 sorted ``array('I')`` buckets. Not thread-safe."""
 
     __slots__ = ("_buckets", "_size")
 
     def __init__(self) -> None:
-        self._buckets = [array.array("H") for _ in range(BUCKETS)]
+        self._buckets = [array.array(_TYPE) for _ in range(BUCKETS)]
         self._size = 0
 
     def __len__(self) -> int:
         return self._size
 
     def add(self, h: int) -> None:
-        insort(self._buckets[h >> 16], h & 0xFFFF)
+        insort(self._buckets[h >> LOW_BITS], h & _LOW)
         self._size += 1
 
     def discard(self, h: int) -> bool:
         """Removes one occurrence of ``h``; False if there was none."""
-        b = self._buckets[h >> 16]
-        low = h & 0xFFFF
+        b = self._buckets[h >> LOW_BITS]
+        low = h & _LOW
         i = bisect_left(b, low)
         if i < len(b) and b[i] == low:
             del b[i]
@@ -105,8 +124,8 @@ class FingerprintSet:
         return False
 
     def count(self, h: int) -> int:
-        b = self._buckets[h >> 16]
-        low = h & 0xFFFF
+        b = self._buckets[h >> LOW_BITS]
+        low = h & _LOW
         i = bisect_left(b, low)
         n = 0
         while i + n < len(b) and b[i + n] == low:
@@ -124,21 +143,21 @@ class FingerprintSet:
         return self._buckets
 
     def load_bucket(self, index: int, data: bytes) -> None:
-        """Replaces bucket ``index`` with its stored form (sorted u16 little-endian, as written by
+        """Replaces bucket ``index`` with its stored form (sorted u32 little-endian, as written by
         ``encode_bucket``; LevelDB's checksums guard it, so the order is not checked again)."""
-        if len(data) % 2:
-            raise IndexCorrupt(f"bucket {index} has an odd length")
+        if len(data) % 4:
+            raise IndexCorrupt(f"bucket {index} is not a whole number of entries")
         b = decode_bucket(data)
         self._size += len(b) - len(self._buckets[index])
         self._buckets[index] = b
 
     def fingerprints(self) -> list[int]:
         """Every fingerprint (with repeats), sorted: for checks against a full walk."""
-        return [(i << 16) | low for i, b in enumerate(self._buckets) for low in b]
+        return [(i << LOW_BITS) | low for i, b in enumerate(self._buckets) for low in b]
 
 
 def decode_bucket(data: bytes) -> array.array[int]:
-    b = array.array("H")
+    b = array.array(_TYPE)
     b.frombytes(data)
     if sys.byteorder == "big":
         b.byteswap()
@@ -147,7 +166,7 @@ def decode_bucket(data: bytes) -> array.array[int]:
 
 def encode_bucket(b: array.array[int]) -> bytes:
     if sys.byteorder == "big":
-        b = array.array("H", b)
+        b = array.array(_TYPE, b)
         b.byteswap()
     return b.tobytes()
 
@@ -161,8 +180,8 @@ class Delta:
     counts: tuple[tuple[str, int], ...] = ()
 
     def encode(self) -> bytes:
-        parts = [_U32.pack(len(self.added)), *(_U32.pack(h) for h in self.added),
-                 _U32.pack(len(self.removed)), *(_U32.pack(h) for h in self.removed),
+        parts = [_U32.pack(len(self.added)), *(_U64.pack(h) for h in self.added),
+                 _U32.pack(len(self.removed)), *(_U64.pack(h) for h in self.removed),
                  bytes([len(self.counts)])]  # fmt: skip
         for name, value in self.counts:
             raw = name.encode("ascii")
@@ -174,11 +193,11 @@ class Delta:
         try:
             pos = 0
             (n,) = _U32.unpack_from(data, pos)
-            added = struct.unpack_from(f">{n}I", data, pos + 4)
-            pos += 4 + 4 * n
+            added = struct.unpack_from(f">{n}Q", data, pos + 4)
+            pos += 4 + 8 * n
             (n,) = _U32.unpack_from(data, pos)
-            removed = struct.unpack_from(f">{n}I", data, pos + 4)
-            pos += 4 + 4 * n
+            removed = struct.unpack_from(f">{n}Q", data, pos + 4)
+            pos += 4 + 8 * n
             counts = []
             n = data[pos]
             pos += 1
@@ -211,13 +230,48 @@ def _encode_meta(key: int, folded: int) -> bytes:
     return bytes([VERSION]) + key.to_bytes(16, "big") + _U64.pack(folded)
 
 
+def _watched_locators(store: Store) -> Iterator[bytes]:
+    """The locator of every ``a|`` entry (one per appointment under watch)."""
+    for key in store.iterate_keys(keys.APPOINTMENT):
+        yield key[1:17]
+
+
+def _layout_counts(store: Store) -> dict[str, int]:
+    """The counters of a database that predates them, counted once from its keys."""
+    return {
+        USERS: store.count(keys.USER),
+        APPOINTMENTS: store.count(keys.USER_APPOINTMENT),
+        TRACKERS: store.count(keys.TRACKER),
+    }
+
+
+def _drop_legacy(store: Store, chunk: int = 100_000) -> None:
+    """Deletes what the index replaces: the ``l|`` markers and the ``m|n_appointments`` counter, then the
+    ``f|legacy`` flag that says this is still to do (so a crash midway does it again at the next start,
+    and a start without the flag never scans for markers: a range of deleted keys is slow to walk)."""
+    batch = Batch()
+    dropped = 0
+    for key in store.iterate_keys(keys.LOCATOR_MARKER):
+        batch.delete(key)
+        dropped += 1
+        if len(batch) >= chunk:
+            store.commit(batch, sync=False)
+            batch = Batch()
+    batch.delete(keys.META_N_APPOINTMENTS)
+    batch.delete(LEGACY)
+    store.commit(batch)
+    if dropped:
+        log.info("legacy locator markers deleted n=%d", dropped)
+
+
 class LocatorIndex:
     """The persisted index and counters (see the module docstring).
 
     ``start(existing, initial_counts)`` loads it; on a database that has none yet it is built once from
     ``existing()`` (the locator of every watched appointment, one per ``a|`` entry) and
     ``initial_counts()``, and stored. ``stage`` / ``apply`` are called by whoever writes appointments,
-    with the batch they commit. ``candidates`` is what the Watcher asks. ``stop`` folds the journal so the
+    with the batch they commit (the batch applies it once written). ``candidates`` is what the Watcher
+    asks. ``stop`` folds the journal so the
     next start reads snapshots only.
     """
 
@@ -239,16 +293,24 @@ class LocatorIndex:
 
     def start(
         self,
-        existing: Callable[[], Iterable[bytes]] = lambda: (),
-        initial_counts: Callable[[], Mapping[str, int]] = dict,
+        existing: Callable[[], Iterable[bytes]] | None = None,
+        initial_counts: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
+        """Loads the index, or builds it on a database that has none (by default from the key layout:
+        the ``a|`` entries, and the counts of ``u|``, ``i|`` and ``t|``; the legacy ``l|`` markers and
+        ``m|n_appointments`` counter it replaces are then deleted)."""
         if self._folder is not None:
             return
         meta = self._store.get(META)
         if meta is None:
-            self._build(existing(), initial_counts())
+            self._build(
+                existing() if existing is not None else _watched_locators(self._store),
+                initial_counts() if initial_counts is not None else _layout_counts(self._store),
+            )
         else:
             self._load(meta)
+        if self._store.get(LEGACY) is not None:  # written with the build, deleted once this is done
+            _drop_legacy(self._store)
         self._stopping.clear()
         self._folder = threading.Thread(target=self._run_folder, name="index-folder", daemon=True)
         self._folder.start()
@@ -278,6 +340,7 @@ class LocatorIndex:
         for name, value in counts.items():
             batch.put(_counter_key(name), _I64.pack(value))
         batch.put(META, _encode_meta(key, 0))
+        batch.put(LEGACY, b"")
         self._store.commit(batch)
         with self._lock:
             self._key, self._set, self._counts, self._seq = key, fresh, dict(counts), 1
@@ -301,7 +364,7 @@ class LocatorIndex:
                 fresh.add(h)
             for h in delta.removed:
                 if not fresh.discard(h):
-                    log.error("locator index: journal removes an absent fingerprint fp=%08x", h)
+                    log.error("locator index: journal removes an absent fingerprint fp=%012x", h)
             for name, value in delta.counts:
                 counts[name] = counts.get(name, 0) + value
             records += 1
@@ -327,18 +390,21 @@ class LocatorIndex:
         return fingerprint(self._key, locator)
 
     def candidates(self, locators: Iterable[bytes]) -> list[bytes]:
-        """The locators (16 raw bytes each) that may be under watch: a superset of those that are."""
-        key = self._key
+        """The locators that may be under watch: a superset of those that are. Each is 16 raw bytes,
+        optionally after a one-byte tag (the block locators' dialect code): only the last 16 bytes count,
+        since the product is taken mod 2**128. This is the Watcher's hot loop (8000 calls a block)."""
+        key, mask, shift, low_bits, low_mask = self._key, _MASK128, _SHIFT, LOW_BITS, _LOW
+        from_bytes, bisect = int.from_bytes, bisect_left
         out: list[bytes] = []
         append = out.append
         with self._lock:
             buckets = self._set.buckets()
             for locator in locators:
-                h = ((int.from_bytes(locator, "big") * key) & _MASK128) >> 96
-                b = buckets[h >> 16]
+                h = ((from_bytes(locator, "big") * key) & mask) >> shift
+                b = buckets[h >> low_bits]
                 if b:
-                    low = h & 0xFFFF
-                    i = bisect_left(b, low)
+                    low = h & low_mask
+                    i = bisect(b, low)
                     if i < len(b) and b[i] == low:
                         append(locator)
         return out
@@ -356,7 +422,7 @@ class LocatorIndex:
         removed: Sequence[bytes] = (),
         counts: Mapping[str, int] | None = None,
     ) -> Delta:
-        """Adds the change's journal record to ``batch``; call ``apply`` with the result once it is written.
+        """Adds the change's journal record to ``batch``; it is applied in memory once the batch is written.
 
         ``added``/``removed`` are the locators of ``a|`` entries the batch writes (new ones only, not
         updates of an existing entry) and deletes (existing ones only). ``counts`` are counter deltas.
@@ -370,6 +436,7 @@ class LocatorIndex:
                 seq = self._seq
                 self._seq += 1
             batch.put(_journal_key(seq), delta.encode())
+            batch.after_commit(lambda: self.apply(delta))
         return delta
 
     def apply(self, delta: Delta) -> None:
@@ -388,7 +455,7 @@ class LocatorIndex:
                 if self._unfolded >= self._fold_every:
                     self._wake.set()
         for h in missing:
-            log.error("locator index: removal of an appointment it does not hold fp=%08x", h)
+            log.error("locator index: removal of an appointment it does not hold fp=%012x", h)
 
     # -- folding ---------------------------------------------------------------------------------------
 
@@ -430,15 +497,15 @@ class LocatorIndex:
             last = max(last, _U64.unpack(k[2:])[0])
             delta = Delta.decode(v)
             for h in delta.added:
-                changes.setdefault(h >> 16, ([], []))[0].append(h & 0xFFFF)
+                changes.setdefault(h >> LOW_BITS, ([], []))[0].append(h & _LOW)
             for h in delta.removed:
-                changes.setdefault(h >> 16, ([], []))[1].append(h & 0xFFFF)
+                changes.setdefault(h >> LOW_BITS, ([], []))[1].append(h & _LOW)
             for name, value in delta.counts:
                 counts[name] = counts.get(name, 0) + value
         batch = Batch()
         for index, (adds, removes) in changes.items():
             stored = self._store.get(_snapshot_key(index))
-            bucket = decode_bucket(stored) if stored is not None else array.array("H")
+            bucket = decode_bucket(stored) if stored is not None else array.array(_TYPE)
             for low in adds:
                 insort(bucket, low)
             for low in removes:
@@ -446,8 +513,8 @@ class LocatorIndex:
                 if i < len(bucket) and bucket[i] == low:
                     del bucket[i]
                 else:
-                    log.error("locator index: folding removes an absent fingerprint fp=%08x",
-                              (index << 16) | low)  # fmt: skip
+                    log.error("locator index: folding removes an absent fingerprint fp=%012x",
+                              (index << LOW_BITS) | low)  # fmt: skip
             if bucket:
                 batch.put(_snapshot_key(index), encode_bucket(bucket))
             else:
