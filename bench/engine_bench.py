@@ -14,7 +14,8 @@ For each size, in separate processes:
    - ``gettowerinfo`` (the admin backend's ``tower_info``) and a ``/metrics`` scrape (``Metrics.render``);
    - ``Watcher.block_connected`` on blocks of random txids (median of ``--runs``): with no match (8000
      locator lookups), and with 10 real breaches (penalties that decrypt and decode);
-   - bytes on disk per appointment (after a compaction) and the anonymous RSS after the blocks;
+   - bytes on disk per appointment (after a compaction), and over its blob (the goal: <= 150), and the
+     anonymous RSS after the blocks;
 3. *catch-up* (at ``--catch-up-size`` only): the engine, stopped at a block, restarts ``--catch-up-blocks``
    blocks of ``--block-txs`` behind the tip and catches up, twice from the same state: once from an
    in-process chain whose blocks are ready-made objects (pure processing), once from
@@ -59,8 +60,9 @@ from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, UserRecord
 from teos.storage.index import APPOINTMENTS, LocatorIndex
+from teos.storage.migrate import migrate
 from teos.storage.store import Batch, Store
-from teos.storage.watched import put_watched
+from teos.storage.watched import add_held, put_watched, usernum_of
 from teos.watcher.locator_cache import LocatorCache
 from teos.watcher.watcher import Watcher
 
@@ -104,19 +106,23 @@ def timed(fn: Callable[[], T], runs: int = 3) -> tuple[float, T]:
 
 
 def fill(store: Store, n: int, rng: random.Random) -> list[UserId]:
+    """The layout teosd writes (users numbered 0..N_USERS-1); the index is built at the first start."""
     users = [crypto.public_key(crypto.generate_secret_key()) for _ in range(N_USERS)]
     batch = Batch()
-    for u in users:
-        batch.put(keys.user(u), UserRecord(u, Dialect.RUST, 10_000, 0, 10_000).encode())
+    for usernum, u in enumerate(users):
+        batch.put(keys.user(u), UserRecord(u, Dialect.RUST, 10_000, 0, 10_000, usernum).encode())
+        batch.put(keys.user_number(usernum), u.raw)
+    batch.put(keys.META_NEXT_USERNUM, N_USERS.to_bytes(8, "big"))
+    batch.put(keys.META_SCHEMA, bytes([keys.SCHEMA]))
     for i in range(n):
-        user = users[i % N_USERS]
+        usernum = i % N_USERS
+        user = users[usernum]
         dialect = Dialect.RUST if i % 2 else Dialect.PYTHON
         locator = locator_from_txid(random_txid(rng), dialect)
-        uuid = compute_uuid(locator, user)
-        record = AppointmentRecord(uuid, locator, rng.randbytes(rng.randint(200, 300)), 20, user,
-                                   signature(rng), 100, dialect)  # fmt: skip
-        batch.put(keys.appointment(locator, uuid), record.encode())  # the index is built at first start
-        batch.put(keys.user_appointment(user, uuid), locator.raw)
+        record = AppointmentRecord(compute_uuid(locator, user), locator, rng.randbytes(rng.randint(200, 300)),
+                                   20, user, signature(rng), 100, dialect)  # fmt: skip
+        batch.put(keys.appointment(locator, usernum), record.encode_body())
+        batch.put(keys.user_appointment(usernum, locator), b"")
         if len(batch) >= 100_000:
             store.commit(batch, sync=False)
             batch = Batch()
@@ -138,8 +144,10 @@ def add_breaches(
         uuid = compute_uuid(locator, user)
         blob = crypto.encrypt(penalty_tx(rng).raw, dispute, dialect)
         record = AppointmentRecord(uuid, locator, blob, 20, user, signature(rng), 100, dialect)
-        put_watched(batch, record, index, new=True)
-        batch.put(keys.user_appointment(user, uuid), locator.raw)
+        usernum = usernum_of(store, user)
+        assert usernum is not None
+        put_watched(batch, record, usernum, index, new=True)
+        add_held(batch, usernum, locator)
         disputes.append(dispute)
     index.stage(batch, counts={APPOINTMENTS: k})
     store.commit(batch, sync=False)
@@ -170,6 +178,7 @@ class Tower:
     def __init__(self, path: Path, chain: Any) -> None:
         self.store = Store(path)
         self.store.open()
+        migrate(self.store)  # a database of an earlier layout (kept with --workdir): as teosd does
         self.index = LocatorIndex(self.store)
         self.index.start()
         tip = ChainTip()
@@ -237,6 +246,7 @@ def measure(path: Path, n: int, block_txs: int, runs: int) -> dict[str, float]:
     rss_after = rss_mb("RssAnon")
     index.stop()
     store.compact()
+    watched, blobs = blob_bytes(store)
     store.close()
     disk = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     return {
@@ -250,7 +260,25 @@ def measure(path: Path, n: int, block_txs: int, runs: int) -> dict[str, float]:
         "rss_anon_ready_mb": rss_ready,
         "rss_anon_after_mb": rss_after,
         "disk_bytes_per_appointment": disk / n,
+        "disk_over_blob_bytes": (disk - blobs) / watched,
     }
+
+
+def blob_bytes(store: Store) -> tuple[int, int]:
+    """How many appointments are watched and the sum of their blobs' lengths (read from the bodies:
+    head, dialect, two varints, the signature, then the blob's length)."""
+    n = total = 0
+    for _, body in store.iterate(keys.APPOINTMENT):
+        pos = keys.read_varint(body, keys.read_varint(body, 2)[1])[1]
+        if body[0] == 4:
+            pos += 65
+        else:
+            length, pos = keys.read_varint(body, pos)
+            pos += length
+        blob, _ = keys.read_varint(body, pos)
+        n += 1
+        total += blob
+    return n, total
 
 
 # -- catch-up ---------------------------------------------------------------------------------------------
@@ -409,12 +437,13 @@ def main() -> None:
 def print_table(rows: dict[int, dict[str, float]], catch: dict[str, float] | None, block_txs: int) -> None:
     print()
     print(f"{'appointments':>12} {'block ms':>9} {'10 breaches ms':>15} {'towerinfo ms':>13} "
-          f"{'/metrics ms':>12} {'restart s':>10} {'anon RSS MB':>12} {'(after) MB':>11} {'disk B/appt':>12}")
+          f"{'/metrics ms':>12} {'restart s':>10} {'anon RSS MB':>12} {'(after) MB':>11} {'disk B/appt':>12} "
+          f"{'over blob B':>12}")
     for size, r in rows.items():
         print(f"{size:>12} {r['block_no_match_ms']:>9.1f} {r['block_10_breaches_ms']:>15.1f} "
               f"{r['towerinfo_ms']:>13.1f} {r['metrics_ms']:>12.1f} {r['restart_ready_s']:>10.3f} "
               f"{r['rss_anon_ready_mb']:>12.1f} {r['rss_anon_after_mb']:>11.1f} "
-              f"{r['disk_bytes_per_appointment']:>12.0f}")  # fmt: skip
+              f"{r['disk_bytes_per_appointment']:>12.0f} {r['disk_over_blob_bytes']:>12.0f}")  # fmt: skip
     smallest = min(rows)
     for size in sorted(rows):
         if size == smallest:

@@ -3,15 +3,15 @@
 Each part receives, through its constructor, only the narrow seams it uses (small Protocols, see
 ``teos.interfaces`` and each part's module); nothing reaches through another part. Order of ``start``:
 logging -> store (``<datadir>/<network>/db``, LevelDB; its network checked) -> tower key -> bitcoind client
--> the tip (``ChainTip``, shared by both sides) -> the locator index (``teos.storage.index``: loaded, or
-built once on an older database) -> Gatekeeper -> the chain side (``build_chain_side``:
-Watcher, Responder, monitor, engine; its start-up checks bitcoind's network and pruning) -> TowerCore
-and its worker channel (``teos.api.ipc.CoreServer``) -> admin API -> API workers (granian). Stopping goes
-the other way: granian stops accepting and each worker finishes the requests in hand (each request's
-write is either synced or not started, never partial), then the worker channel closes, then the chain
-side stops and joins its threads (a block's effects are one atomic batch), then the index folds its
-journal, then the store is closed.
-SIGTERM and SIGINT trigger that and teosd exits 0; a second signal during shutdown changes nothing.
+-> the tip (``ChainTip``, shared by both sides) -> an older database's layout migrated
+(``teos.storage.migrate``) -> the locator index (``teos.storage.index``: loaded, or built once on an older
+database) -> Gatekeeper -> the chain side (``build_chain_side``: Watcher, Responder, monitor, engine; its
+start-up checks bitcoind's network and pruning) -> TowerCore and its worker channel
+(``teos.api.ipc.CoreServer``) -> admin API -> API workers (granian). Stopping goes the other way: granian
+stops accepting and each worker finishes the requests in hand (each request's write is either synced or not
+started, never partial), then the worker channel closes, then the chain side stops and joins its threads (a
+block's effects are one atomic batch), then the index folds its journal, then the store is closed. SIGTERM
+and SIGINT trigger that and teosd exits 0; a second signal during shutdown changes nothing.
 
 Serving: the public API runs in ``--apiworkers`` processes (one per core by default) under granian, a
 production WSGI server (HTTP in Rust, the Flask app in Python threads). Each worker parses and validates
@@ -73,6 +73,7 @@ from teos.responder.responder import Responder
 from teos.service import DEFAULT_MAX_BLOB_BYTES, TowerCore
 from teos.storage import keys
 from teos.storage.index import LocatorIndex
+from teos.storage.migrate import MigrationError, migrate
 from teos.storage.store import Batch, StorageError, Store
 from teos.watcher.locator_cache import LocatorCache
 from teos.watcher.watcher import Watcher
@@ -289,6 +290,10 @@ class Daemon:
             host=c.btc_rpc_connect, port=c.btc_rpc_port, user=c.btc_rpc_user, password=c.btc_rpc_password,
             cookie_file=None if c.btc_rpc_user else c.btc_rpc_cookie,
         ))
+        try:
+            migrate(store)  # an older database's layout, once (logged); nothing else has read it yet
+        except MigrationError as e:
+            raise FatalError(f"{e} (database {c.db_path})") from e
         index = self.index = LocatorIndex(store)
         index.start()
         gatekeeper = self.gatekeeper = Gatekeeper(store, GatekeeperConfig(

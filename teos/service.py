@@ -42,6 +42,7 @@ from teos.interfaces import ChainView, LateBreaches, TipView
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord, UserRecord
 from teos.storage.store import Store
+from teos.storage.watched import get_watched
 
 log = logging.getLogger(__name__)
 
@@ -211,11 +212,11 @@ class TowerCore:
     def get_appointment(self, user_id: UserId, locator: Locator) -> AppointmentState:
         """The user's appointment at ``locator``: watched, or responded (its tracker). Raises
         APPOINTMENT_NOT_FOUND if the user holds none there."""
-        self._active_user(user_id, "User cannot be authenticated")
+        user = self._active_user(user_id, "User cannot be authenticated")
         uuid = compute_uuid(locator, user_id)
-        raw = self.store.get(keys.appointment(locator, uuid))
-        if raw is not None:
-            return AppointmentState(BEING_WATCHED, appointment=AppointmentRecord.decode(raw))
+        watched = get_watched(self.store, locator, user)
+        if watched is not None:
+            return AppointmentState(BEING_WATCHED, appointment=watched)
         raw = self.store.get(keys.tracker(uuid))
         if raw is not None:
             return AppointmentState(DISPUTE_RESPONDED, tracker=TrackerRecord.decode(raw))

@@ -22,11 +22,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from common.appointment import compute_uuid
 from common.types import Locator, UserId
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, CodecError, TrackerRecord, UserRecord, decode_block_pointer
 from teos.storage.index import APPOINTMENTS, TRACKERS, USERS
 from teos.storage.store import Store
+from teos.storage.watched import held, user_of_number, watched_at
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ SECTION_RESPONDER = "responder"
 SECTIONS = (SECTION_WATCHER, SECTION_RESPONDER)
 
 # Key prefix and key length (without the prefix byte) of each listing.
-_APPOINTMENT_KEY_LEN = Locator.SIZE + 20
+_APPOINTMENT_KEY_LEN = (Locator.SIZE + 1, Locator.SIZE + 10)  # locator | usernum (a varint)
 _TRACKER_KEY_LEN = 20
 _USER_KEY_LEN = UserId.SIZE
 
@@ -244,10 +246,10 @@ class StoreAdminBackend:
     def _page(
         self,
         prefix: bytes,
-        key_len: int,
+        key_len: int | tuple[int, int],
         cursor: str | None,
         limit: int,
-        to_json: Callable[[bytes], JsonObject],
+        to_json: Callable[[bytes, bytes], JsonObject],
     ) -> Page:
         if not 1 <= limit <= MAX_PAGE_LIMIT:
             raise AdminError(f"limit must be between 1 and {MAX_PAGE_LIMIT}")
@@ -257,9 +259,10 @@ class StoreAdminBackend:
                 after = bytes.fromhex(cursor)
             except ValueError:
                 raise AdminError("cursor must be hex") from None
-            if len(after) != key_len:
-                raise AdminError(f"cursor must be {key_len} bytes")
-            # Keys under a prefix all have the same length, so the next one is >= cursor || 0x00.
+            low, high = key_len if isinstance(key_len, tuple) else (key_len, key_len)
+            if not low <= len(after) <= high:
+                raise AdminError(f"cursor must be {low if low == high else f'{low} to {high}'} bytes")
+            # The key after ``cursor`` in byte order is at least ``cursor || 0x00``.
             start = prefix + after + b"\x00"
         stop = bytes([prefix[0] + 1])
         items: list[JsonObject] = []
@@ -268,7 +271,7 @@ class StoreAdminBackend:
             if len(items) == limit:
                 return Page(items, last_key[1:].hex())
             try:
-                items.append(to_json(value))
+                items.append(to_json(key, value))
             except (CodecError, ValueError) as e:
                 log.error("admin: undecodable record key=%s error=%s", key.hex(), e)
                 items.append({"key": key.hex(), "error": f"undecodable record: {e}"})
@@ -277,11 +280,10 @@ class StoreAdminBackend:
 
     def appointments(self, section: str, cursor: str | None, limit: int) -> Page:
         if section == SECTION_WATCHER:
-            return self._page(keys.APPOINTMENT, _APPOINTMENT_KEY_LEN, cursor, limit,
-                              lambda v: appointment_json(AppointmentRecord.decode(v)))
+            return self._page(keys.APPOINTMENT, _APPOINTMENT_KEY_LEN, cursor, limit, self._watched_json)
         if section == SECTION_RESPONDER:
             return self._page(keys.TRACKER, _TRACKER_KEY_LEN, cursor, limit,
-                              lambda v: tracker_json(TrackerRecord.decode(v)))
+                              lambda _, v: tracker_json(TrackerRecord.decode(v)))
         raise AdminError(f"unknown section {section!r} (expected one of {', '.join(SECTIONS)})")
 
     def appointments_by_locator(self, locator: Locator) -> JsonObject:
@@ -290,8 +292,10 @@ class StoreAdminBackend:
         Watched ones are found by prefix; trackers are keyed by uuid, so they are found by streaming the
         ``t|`` entries (few: one per breach still being followed).
         """
-        watched = [appointment_json(AppointmentRecord.decode(v))
-                   for _, v in self._store.iterate(keys.appointments_by_locator(locator))]
+        watched = [
+            appointment_json(record) if record is not None else {"key": key.hex(), "error": "undecodable"}
+            for key, record, _ in watched_at(self._store, [locator.raw])
+        ]
         trackers = [tracker_json(t) for t in self._trackers() if t.locator == locator]
         return {"locator": locator.hex(), "watcher_appointments": watched, "responder_trackers": trackers}
 
@@ -303,19 +307,29 @@ class StoreAdminBackend:
                 log.error("admin: undecodable tracker key=%s error=%s", key.hex(), e)
 
     def users(self, cursor: str | None, limit: int) -> Page:
-        return self._page(keys.USER, _USER_KEY_LEN, cursor, limit, lambda v: user_json(UserRecord.decode(v)))
+        return self._page(keys.USER, _USER_KEY_LEN, cursor, limit,
+                          lambda _, v: user_json(UserRecord.decode(v)))  # fmt: skip
 
     def user(self, user_id: UserId) -> JsonObject | None:
         raw = self._store.get(keys.user(user_id))
         if raw is None:
             return None
-        info = user_json(UserRecord.decode(raw))
-        # A user's index is bounded by their slots, so it is listed whole.
+        record = UserRecord.decode(raw)
+        info = user_json(record)
+        # A user's index is bounded by their slots, so it is listed whole (in uuid order, as before).
+        locators = held(self._store, record.usernum) if record.usernum is not None else []
         info["appointments"] = [
-            {"uuid": keys.uuid_of_user_appointment_key(k).hex(), "locator": Locator(v).hex()}
-            for k, v in self._store.iterate(keys.user_appointments(user_id))
+            {"uuid": uuid.hex(), "locator": locator.hex()}
+            for uuid, locator in sorted((compute_uuid(loc, user_id), loc) for loc in locators)
         ]
         return info
+
+    def _watched_json(self, key: bytes, value: bytes) -> JsonObject:
+        locator, usernum = keys.parse_appointment(key)
+        user_id = user_of_number(self._store, usernum)
+        if user_id is None:
+            raise CodecError(f"user number {usernum} names nobody")
+        return appointment_json(AppointmentRecord.decode_body(value, locator, user_id))
 
     def stop(self) -> None:
         log.info("stop requested through the admin API")

@@ -1,6 +1,7 @@
 """The Gatekeeper: who may use the tower, and how much of it.
 
-It owns the users' subscriptions (``u|``), their appointment index (``i|``), the expiry schedule (``x|``)
+It owns the users' subscriptions (``u|``) and numbers (``n|``), their appointment index (``h|``), the
+expiry schedule (``x|``)
 and the tower-wide counts of users and stored appointments (counters of ``teos.storage.index``, changed
 in the batch of the change they count). Every change of a user's state is a
 read-modify-write of the user record under that user's lock, committed as ONE synced batch together with
@@ -34,7 +35,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from common import crypto
-from common.appointment import slots_for
+from common.appointment import compute_uuid, slots_for
 from common.errors import ErrorKind, TeosError
 from common.types import BlockHash, Dialect, Locator, UserId, Uuid
 from teos.interfaces import TipView
@@ -42,7 +43,18 @@ from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, UserRecord
 from teos.storage.index import APPOINTMENTS, USERS
 from teos.storage.store import Batch, Store
-from teos.storage.watched import IndexJournal, delete_watched, put_watched
+from teos.storage.watched import (
+    IndexJournal,
+    add_held,
+    delete_watched,
+    forget_number,
+    held,
+    holds,
+    is_watched,
+    number_user,
+    put_watched,
+    remove_held,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +68,7 @@ NOT_ENOUGH_SLOTS = "Invalid signature or user does not have enough slots availab
 class GatekeeperConfig:
     """Subscription policy.
 
-    ``max_appointments`` caps the appointments stored tower-wide (entries of the ``i|`` index, watched or
+    ``max_appointments`` caps the appointments stored tower-wide (entries of the ``h|`` index, watched or
     responded). The default of one million keeps the database near 1 GB with typical (< 1 KB) blobs;
     beyond it new appointments are refused with RESOURCE_EXHAUSTED rather than letting the disk fill
     (updates of existing appointments are still accepted).
@@ -101,15 +113,20 @@ class Gatekeeper:
         self._stripes = [threading.Lock() for _ in range(N_STRIPES)]
         self._counter_lock = threading.Lock()
         self._n_appointments = 0
+        self._number_lock = threading.Lock()
+        self._next_usernum = 0
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Takes the appointment count from the index's counters (the index is started before)."""
+        """Takes the appointment count from the index's counters (the index is started before) and the
+        next user number from ``m|next_usernum``."""
         if self._started:
             return
         self._n_appointments = self.index.count(APPOINTMENTS)
+        raw = self.store.get(keys.META_NEXT_USERNUM)
+        self._next_usernum = int.from_bytes(raw, "big") if raw is not None else 0
         self._started = True
 
     def stop(self) -> None:
@@ -185,10 +202,10 @@ class Gatekeeper:
 
     def user_appointments(self, user_id: UserId) -> list[tuple[Uuid, Locator]]:
         """The user's appointments (watched or responded) as (uuid, locator), in uuid order."""
-        return [
-            (keys.uuid_of_user_appointment_key(k), Locator(v))
-            for k, v in self.store.iterate(keys.user_appointments(user_id))
-        ]
+        user = self.get_user(user_id)
+        if user is None or user.usernum is None:
+            return []
+        return sorted((compute_uuid(loc, user_id), loc) for loc in held(self.store, user.usernum))
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -216,6 +233,7 @@ class Gatekeeper:
                     available_slots=cfg.subscription_slots,
                     subscription_start=tip,
                     subscription_expiry=tip + cfg.subscription_duration,
+                    usernum=-1,  # given below, once the record is known to fit
                 )
             else:
                 if old.dialect is not dialect:
@@ -232,11 +250,13 @@ class Gatekeeper:
                 batch.delete(keys.expiry(old.subscription_expiry + cfg.expiry_delta, user_id))
             if user.available_slots > U32_MAX or user.subscription_expiry + cfg.expiry_delta > U32_MAX:
                 raise TeosError(ErrorKind.RESOURCE_EXHAUSTED, "Subscription maximum slots count reached")
-            batch.put(keys.user(user_id), user.encode())
             batch.put(keys.expiry(user.subscription_expiry + cfg.expiry_delta, user_id), b"")
             if old is None:
                 self.index.stage(batch, counts={USERS: 1})
-            self._commit(batch, 0)
+                user = self._commit_new_user(batch, user)
+            else:
+                batch.put(keys.user(user_id), user.encode())
+                self._commit(batch, 0)
         log.info(
             "user registered user_id=%s slots=%d expiry=%d new=%s",
             user_id,
@@ -244,6 +264,21 @@ class Gatekeeper:
             user.subscription_expiry,
             old is None,
         )
+        return user
+
+    def _commit_new_user(self, batch: Batch, user: UserRecord) -> UserRecord:
+        """Numbers a new user and commits its registration. Numbers are handed out and written
+        (``m|next_usernum``) under one lock held across ``Store.submit``, so the stored next number never
+        goes back and no number is given twice, even across a crash; one lost with a failed write is
+        skipped."""
+        with self._number_lock:
+            user = replace(user, usernum=self._next_usernum)
+            self._next_usernum += 1
+            batch.put(keys.user(user.user_id), user.encode())
+            number_user(batch, self._next_usernum - 1, user.user_id)
+            batch.put(keys.META_NEXT_USERNUM, self._next_usernum.to_bytes(8, "big"))
+            ticket = self.store.submit(batch)
+        ticket.wait()
         return user
 
     # -- appointments ----------------------------------------------------------------------------
@@ -263,10 +298,9 @@ class Gatekeeper:
             if user is None:
                 raise TeosError(ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION, NOT_ENOUGH_SLOTS)
             self.check_active(user)
-            index_key = keys.user_appointment(user_id, record.uuid)
-            appointment_key = keys.appointment(record.locator, record.uuid)
-            is_new = self.store.get(index_key) is None
-            old_raw = self.store.get(appointment_key)
+            usernum = _number(user)
+            is_new = not holds(self.store, usernum, record.locator)
+            old_raw = self.store.get(keys.appointment(record.locator, usernum))
             old_slots = 0
             if not is_new:
                 if old_raw is None:
@@ -274,7 +308,8 @@ class Gatekeeper:
                     raise TeosError(
                         ErrorKind.ALREADY_TRIGGERED, "The provided appointment has already been triggered"
                     )
-                old_slots = slots_for(len(AppointmentRecord.decode(old_raw).encrypted_blob))
+                old_slots = slots_for(len(AppointmentRecord.decode_body(old_raw, record.locator, user_id)
+                                          .encrypted_blob))  # fmt: skip
             elif self.store.get(keys.tracker(record.uuid)) is not None:
                 raise TeosError(
                     ErrorKind.ALREADY_TRIGGERED, "The provided appointment has already been triggered"
@@ -284,21 +319,21 @@ class Gatekeeper:
                 raise TeosError(ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION, NOT_ENOUGH_SLOTS)
             user = replace(user, available_slots=min(U32_MAX, user.available_slots - delta))
             batch = Batch()
-            put_watched(batch, record, self.index, new=old_raw is None)
+            put_watched(batch, record, usernum, self.index, new=old_raw is None)
             batch.put(keys.user(user_id), user.encode())
             if is_new:
-                batch.put(index_key, record.locator.raw)
+                add_held(batch, usernum, record.locator)
             self._commit(batch, 1 if is_new else 0, cap=self.config.max_appointments)
         return user
 
     # -- SlotLedger ------------------------------------------------------------------------------
 
-    def release(self, batch: Batch, released: Mapping[UserId, Sequence[tuple[Uuid, int]]]) -> None:
+    def release(self, batch: Batch, released: Mapping[UserId, Sequence[tuple[Locator, int]]]) -> None:
         """Gives back the slots of completed trackers and commits ``batch`` with it (see SlotLedger).
 
-        Only index entries that still exist are refunded, so a uuid released twice, or one whose user was
-        deleted (and perhaps registered again since), gives nothing back. If the appointment is still
-        stored (the engine drops an invalid one in ``batch``), the refund is what its stored blob was
+        Only index entries that still exist are refunded, so an appointment released twice, or one whose
+        user was deleted (and perhaps registered again since), gives nothing back. If the appointment is
+        still stored (the engine drops an invalid one in ``batch``), the refund is what its stored blob was
         charged, which differs from the engine's figure if the user updated it in the meantime.
         """
         users = list(released)
@@ -306,20 +341,20 @@ class Gatekeeper:
             removed = 0
             for user_id in users:
                 user = self.get_user(user_id)
-                if user is None:
+                if user is None or user.usernum is None:
                     continue
+                usernum = user.usernum
                 refund = 0
-                seen: set[Uuid] = set()
-                for uuid, slots in released[user_id]:
-                    index_key = keys.user_appointment(user_id, uuid)
-                    locator = self.store.get(index_key)
-                    if uuid in seen or locator is None:
+                seen: set[Locator] = set()
+                for locator, slots in released[user_id]:
+                    if locator in seen or not holds(self.store, usernum, locator):
                         continue
-                    seen.add(uuid)
-                    batch.delete(index_key)
-                    stored = self.store.get(keys.appointment(Locator(locator), uuid))
+                    seen.add(locator)
+                    remove_held(batch, usernum, locator)
+                    stored = self.store.get(keys.appointment(locator, usernum))
                     if stored is not None:
-                        slots = slots_for(len(AppointmentRecord.decode(stored).encrypted_blob))
+                        slots = slots_for(len(AppointmentRecord.decode_body(stored, locator, user_id)
+                                              .encrypted_blob))  # fmt: skip
                     refund += max(0, slots)
                     removed += 1
                 if seen:
@@ -350,13 +385,21 @@ class Gatekeeper:
             user = self.get_user(user_id)
             removed = 0
             if user is not None and user.subscription_expiry + self.config.expiry_delta == deletion_height:
-                for key, value in self.store.iterate(keys.user_appointments(user_id)):
-                    batch.delete(key)
-                    locator, uuid = Locator(value), keys.uuid_of_user_appointment_key(key)
-                    if self.store.get(keys.appointment(locator, uuid)) is not None:  # else responded
-                        delete_watched(batch, locator, uuid, self.index)
+                usernum = _number(user)
+                for locator in held(self.store, usernum):
+                    remove_held(batch, usernum, locator)
+                    if is_watched(self.store, locator, usernum):  # else responded
+                        delete_watched(batch, locator, usernum, self.index)
                     removed += 1
                 batch.delete(keys.user(user_id))
+                forget_number(batch, usernum)
                 self.index.stage(batch, counts={USERS: -1})
                 log.info("user expired and deleted user_id=%s appointments=%d", user_id, removed)
             self._commit(batch, -removed)
+
+
+def _number(user: UserRecord) -> int:
+    """The user's number (every stored user has one once the database is migrated)."""
+    if user.usernum is None:
+        raise TeosError(ErrorKind.UNEXPECTED, "user without a number: the database was not migrated")
+    return user.usernum

@@ -14,8 +14,8 @@ Per connected block, for every tracker (trackers are few: only breaches in fligh
   nothing of the penalty (its inputs were spent by something else): abandoned, logged, slots released.
 
 Per disconnected block: a penalty confirmed in it is unconfirmed and broadcast again; a tracker whose
-dispute transaction was in it is deleted and its appointment put back under watch (``a|`` entry) if the
-user's index entry (``i|``) still exists, so the dispute re-mined later triggers again.
+dispute transaction was in it is deleted and its appointment put back under watch (``w|`` entry) if the
+user's index entry (``h|``) still exists, so the dispute re-mined later triggers again.
 A tracker whose user's subscription lapses stays until it is resolved.
 
 Broadcasts bitcoind did not take because it did not answer are kept here and tried again
@@ -37,7 +37,7 @@ from teos.storage import keys
 from teos.storage.codec import CodecError, TrackerRecord
 from teos.storage.index import TRACKERS
 from teos.storage.store import Batch
-from teos.storage.watched import IndexJournal, put_watched
+from teos.storage.watched import IndexJournal, holds, is_watched, put_watched, usernum_of
 
 log = logging.getLogger(__name__)
 
@@ -185,13 +185,14 @@ class Responder:
 
     def _back_under_watch(self, t: TrackerRecord, batch: Batch) -> None:
         self._delete(t, batch)
-        if self._store.get(keys.user_appointment(t.user_id, t.uuid)) is None:
+        usernum = usernum_of(self._store, t.user_id)
+        if usernum is None or not holds(self._store, usernum, t.locator):
             # The user was deleted (subscription over) while the penalty was tracked: nobody to watch for.
             log.info("dispute reorged out, user's appointment gone: dropped uuid=%s", t.uuid)
             return
         log.info("dispute reorged out: appointment back under watch uuid=%s locator=%s", t.uuid, t.locator)
-        new = self._store.get(keys.appointment(t.locator, t.uuid)) is None
-        put_watched(batch, t.appointment, self._index, new=new)
+        new = not is_watched(self._store, t.locator, usernum)
+        put_watched(batch, t.appointment, usernum, self._index, new=new)
 
     # -- broadcasting (after the batch is committed) ---------------------------------------------
 

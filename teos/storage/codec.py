@@ -8,7 +8,7 @@ prefixed with their length (u16 or u32 big-endian).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common import zbase32
 from common.appointment import compute_uuid
@@ -39,6 +39,10 @@ class _Reader:
 
     def var(self) -> bytes:
         return self.take(self.u32())
+
+    def varint(self) -> int:
+        value, self._pos = _read_varint(self._data, self._pos)
+        return value
 
     def end(self) -> None:
         if self._pos != len(self._data):
@@ -138,12 +142,17 @@ class AppointmentRecord:
             raise CodecError("unknown appointment record version")
         if len(data) < 2 + 16 + 33:
             raise CodecError("record truncated")
-        dialect = Dialect.from_code(data[1])
-        locator = Locator(data[2:18])
-        user_id = UserId(data[18:51])
-        to_self_delay, pos = _read_varint(data, 51)
+        return cls._decode_rest(data, 51, version == 2, Dialect.from_code(data[1]), Locator(data[2:18]),
+                                UserId(data[18:51]))  # fmt: skip
+
+    @classmethod
+    def _decode_rest(
+        cls, data: bytes, pos: int, raw_signature: bool, dialect: Dialect, locator: Locator, user_id: UserId
+    ) -> AppointmentRecord:
+        """The fields after the locator and the user id: to_self_delay, start_block, signature, blob."""
+        to_self_delay, pos = _read_varint(data, pos)
         start_block, pos = _read_varint(data, pos)
-        if version == 2:
+        if raw_signature:
             if pos + 65 > len(data):
                 raise CodecError("record truncated")
             signature = zbase32.encode(data[pos : pos + 65])
@@ -172,6 +181,34 @@ class AppointmentRecord:
             start_block=start_block,
             dialect=dialect,
         )
+
+    def encode_body(self) -> bytes:
+        """What an ``w|locator|usernum`` entry holds: v2/v3 without the locator and the user id (the key
+        and the user number give them; the uuid is derived from both). First byte 4 (signature as its 65
+        bytes) or 5 (signature as text)."""
+        signature = _raw_signature(self.user_signature)
+        if signature is not None:
+            head, sig = 4, signature
+        else:
+            text = self.user_signature.encode("ascii")
+            head, sig = 5, _varint(len(text)) + text
+        return b"".join(
+            [
+                bytes([head, self.dialect.code]),
+                _varint(self.to_self_delay),
+                _varint(self.start_block),
+                sig,
+                _varint(len(self.encrypted_blob)),
+                self.encrypted_blob,
+            ]
+        )
+
+    @classmethod
+    def decode_body(cls, data: bytes, locator: Locator, user_id: UserId) -> AppointmentRecord:
+        """The record of an ``w|`` entry, given what its key and its user number say."""
+        if len(data) < 2 or data[0] not in (4, 5):
+            raise CodecError("unknown appointment body version" if data else "record truncated")
+        return cls._decode_rest(data, 2, data[0] == 4, Dialect.from_code(data[1]), locator, user_id)
 
     def _encode_v1(self) -> bytes:
         return b"".join(
@@ -219,42 +256,49 @@ def _raw_signature(text: str) -> bytes | None:
 
 @dataclass(frozen=True)
 class UserRecord:
-    """A registered user's subscription. ``available_slots`` is what remains to spend."""
+    """A registered user's subscription. ``available_slots`` is what remains to spend; ``usernum`` is the
+    user's number in the keys of its appointments (``teos.storage.keys``; None only in records from
+    before numbers, which the migration numbers, and in records a test builds without storing them).
 
-    VERSION = 1
+    v1: version | dialect | user_id(33) | available_slots u32 | start u32 | expiry u32; v2 adds the usernum
+    (varint) at the end.
+    """
+
+    VERSION = 2
 
     user_id: UserId
     dialect: Dialect
     available_slots: int
     subscription_start: int
     subscription_expiry: int
+    usernum: int | None = field(default=None, compare=False)  # where it is stored, not what it says
 
     def encode(self) -> bytes:
         return b"".join(
             [
-                bytes([self.VERSION, self.dialect.code]),
+                bytes([1 if self.usernum is None else 2, self.dialect.code]),
                 self.user_id.raw,
                 _u32(self.available_slots),
                 _u32(self.subscription_start),
                 _u32(self.subscription_expiry),
+                b"" if self.usernum is None else _varint(self.usernum),
             ]
         )
 
     @classmethod
     def decode(cls, data: bytes) -> UserRecord:
         r = _Reader(data)
-        if r.u8() != cls.VERSION:
+        version = r.u8()
+        if version not in (1, 2):
             raise CodecError("unknown user record version")
         dialect = Dialect.from_code(r.u8())
-        rec = cls(
-            user_id=UserId(r.take(33)),
-            dialect=dialect,
-            available_slots=r.u32(),
-            subscription_start=r.u32(),
-            subscription_expiry=r.u32(),
-        )
+        user_id = UserId(r.take(33))
+        slots, start, expiry = r.u32(), r.u32(), r.u32()
+        usernum = None
+        if version == 2:
+            usernum = r.varint()
         r.end()
-        return rec
+        return cls(user_id, dialect, slots, start, expiry, usernum)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The locators under watch, in memory: a block's 8000 lookups cost the same at ten thousand appointments as
 at ten million, and only candidates touch LevelDB.
 
-What is kept. For every appointment under watch (every ``a|locator|...`` entry), a 48-bit *fingerprint* of
+What is kept. For every appointment under watch (every ``w|locator|...`` entry), a 48-bit *fingerprint* of
 its locator: ``(int(locator) * K mod 2**128) >> 80`` with ``K`` a random odd 128-bit number drawn once per
 database. The top 16 bits pick one of 65536 buckets; each bucket is a sorted ``array('I')`` of the low
 32 bits (duplicates allowed: two users may watch one locator). That is 4 bytes per appointment (about 44 MB
@@ -79,9 +79,9 @@ _I64 = struct.Struct(">q")
 
 # The counters the tower keeps (``count(name)``), each changed in the batch of the change it counts.
 USERS = "users"  # registered users (``u|`` entries): the Gatekeeper
-APPOINTMENTS = "appointments"  # appointments held for users, watched or responded (``i|``): the Gatekeeper
+APPOINTMENTS = "appointments"  # appointments held for users, watched or responded (``h|``): the Gatekeeper
 TRACKERS = "trackers"  # penalties followed (``t|``): the Responder
-# (appointments under watch, ``a|`` entries, are ``len(index)``.)
+# (appointments under watch, ``w|`` entries, are ``len(index)``.)
 
 FOLD_EVERY = 20_000  # journal records written before the folder is woken
 FOLD_CHUNK = 50_000  # records folded per batch
@@ -231,7 +231,7 @@ def _encode_meta(key: int, folded: int) -> bytes:
 
 
 def _watched_locators(store: Store) -> Iterator[bytes]:
-    """The locator of every ``a|`` entry (one per appointment under watch)."""
+    """The locator of every ``w|`` entry (one per appointment under watch)."""
     for key in store.iterate_keys(keys.APPOINTMENT):
         yield key[1:17]
 
@@ -261,6 +261,7 @@ def _drop_legacy(store: Store, chunk: int = 100_000) -> None:
     batch.delete(LEGACY)
     store.commit(batch)
     if dropped:
+        store.compact(keys.LOCATOR_MARKER, bytes([keys.LOCATOR_MARKER[0] + 1]))  # their space, given back
         log.info("legacy locator markers deleted n=%d", dropped)
 
 
@@ -268,7 +269,7 @@ class LocatorIndex:
     """The persisted index and counters (see the module docstring).
 
     ``start(existing, initial_counts)`` loads it; on a database that has none yet it is built once from
-    ``existing()`` (the locator of every watched appointment, one per ``a|`` entry) and
+    ``existing()`` (the locator of every watched appointment, one per ``w|`` entry) and
     ``initial_counts()``, and stored. ``stage`` / ``apply`` are called by whoever writes appointments,
     with the batch they commit (the batch applies it once written). ``candidates`` is what the Watcher
     asks. ``stop`` folds the journal so the
@@ -297,7 +298,7 @@ class LocatorIndex:
         initial_counts: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         """Loads the index, or builds it on a database that has none (by default from the key layout:
-        the ``a|`` entries, and the counts of ``u|``, ``i|`` and ``t|``; the legacy ``l|`` markers and
+        the ``w|`` entries, and the counts of ``u|``, ``h|`` and ``t|``; the legacy ``l|`` markers and
         ``m|n_appointments`` counter it replaces are then deleted)."""
         if self._folder is not None:
             return
@@ -424,7 +425,7 @@ class LocatorIndex:
     ) -> Delta:
         """Adds the change's journal record to ``batch``; it is applied in memory once the batch is written.
 
-        ``added``/``removed`` are the locators of ``a|`` entries the batch writes (new ones only, not
+        ``added``/``removed`` are the locators of ``w|`` entries the batch writes (new ones only, not
         updates of an existing entry) and deletes (existing ones only). ``counts`` are counter deltas.
         """
         counted = tuple((name, value) for name, value in (counts or {}).items() if value)

@@ -2,14 +2,14 @@
 
 For every transaction of a connected block it derives both dialects' locators and asks the locator index
 (``teos.storage.index``, in memory: 2 bytes per appointment) which of them may be watched; only those
-candidates are looked up in LevelDB (``a|locator`` seeks, sorted). The cost of a block is therefore
+candidates are looked up in LevelDB (``w|locator`` seeks, sorted). The cost of a block is therefore
 proportional to its transactions, not to the number of appointments stored.
 
 A stored appointment matches only through the locator of its *own* dialect (a python-teos locator that
 happens to equal some other transaction's rust-teos locator is no breach). On a match the blob is
 decrypted with that dialect's key of the dispute txid and must decode as a transaction: the result is a
 ``Breach`` for the Responder. An appointment whose blob does not decrypt or decode can never help: it is
-dropped (its ``a|`` entry deleted, its slots given back) and logged, as python-teos does.
+dropped (its ``w|`` entry deleted, its slots given back) and logged, as python-teos does.
 
 The Watcher only adds operations to the engine's batch for the block; it never commits on its own, so a
 block's effects and the "last processed block" pointer land together (appointments it consumes leave the
@@ -29,9 +29,9 @@ from common.dialects import locator_from_txid
 from common.types import BlockHash, Txid, Uuid
 from teos.interfaces import Breach, SlotRefunds, slot_refunds
 from teos.storage import keys
-from teos.storage.codec import AppointmentRecord, CodecError
+from teos.storage.codec import AppointmentRecord
 from teos.storage.store import Batch
-from teos.storage.watched import IndexJournal, delete_watched
+from teos.storage.watched import IndexJournal, delete_watched, is_watched, usernum_of, watched_at
 from teos.watcher.locator_cache import BlockLocators, CachedTx, LocatorCache, block_locators, locator_key
 
 log = logging.getLogger(__name__)
@@ -71,21 +71,21 @@ class WatchIndex(IndexJournal, Protocol):
 
 def find_appointments(
     store: AppointmentReader, index: WatchIndex, locators: Iterable[bytes]
-) -> list[AppointmentRecord]:
+) -> list[tuple[AppointmentRecord, int]]:
     """Every stored appointment whose locator (16 raw bytes, after an optional one-byte tag) is among
-    ``locators``.
+    ``locators``, with its user's number.
 
     The index answers for each locator in memory (never a false negative; a false positive, about
-    ``n / 2**32`` per locator, costs one seek); only its candidates are seeked as ``a|locator``, sorted,
+    ``n / 2**48`` per locator, costs one seek); only its candidates are seeked as ``w|locator``, sorted,
     through one iterator.
     """
-    found: list[AppointmentRecord] = []
+    found: list[tuple[AppointmentRecord, int]] = []
     candidates = index.candidates(locators)
-    for key, value in store.iterate_prefixes(keys.APPOINTMENT + loc[-16:] for loc in candidates):
-        try:
-            found.append(AppointmentRecord.decode(value))
-        except CodecError:
+    for key, record, usernum in watched_at(store, (loc[-16:] for loc in candidates)):
+        if record is None:
             log.error("undecodable appointment record key=%s", key.hex())
+            continue
+        found.append((record, usernum))
     return found
 
 
@@ -134,12 +134,13 @@ class Watcher:
         """Handles an appointment whose breach is in the cache, if it is still stored and the dispute
         transaction is still in a cached block (a reorg may have removed it meanwhile)."""
         outcome = WatcherOutcome()
-        if self._store.get(keys.appointment(record.locator, record.uuid)) is None:
-            return outcome  # already handled (by a block, or an earlier event)
+        usernum = usernum_of(self._store, record.user_id)
+        if usernum is None or not is_watched(self._store, record.locator, usernum):
+            return outcome  # already handled (by a block, or an earlier event), or the user is gone
         cached = self.cache.find(record.locator, record.dialect)
         if cached is None:
             return outcome  # no longer in the cache: stays under watch
-        self._examine(record, cached, batch, outcome, set())
+        self._examine(record, usernum, cached, batch, outcome, set())
         return outcome
 
     def breach_in_cache(self, record: AppointmentRecord) -> CachedTx | None:
@@ -157,33 +158,34 @@ class Watcher:
     ) -> WatcherOutcome:
         outcome = WatcherOutcome()
         records = find_appointments(self._store, self._index, locators)  # keys: dialect code | locator
-        for record in records:
+        for record, usernum in records:
             txid = locators.get(locator_key(record.dialect, record.locator))
             if txid is None or locator_from_txid(txid, record.dialect) != record.locator:
                 # Matched through the other dialect's locator only: not this user's breach; the
                 # appointment stays under watch.
                 continue
-            self._examine(record, CachedTx(txid, block_hash, height), batch, outcome,
+            self._examine(record, usernum, CachedTx(txid, block_hash, height), batch, outcome,
                           set() if consumed is None else consumed)  # fmt: skip
         return outcome
 
     def _examine(
         self,
         record: AppointmentRecord,
+        usernum: int,
         tx: CachedTx,
         batch: Batch,
         outcome: WatcherOutcome,
         consumed: set[bytes],
     ) -> None:
-        """Takes ``record`` off watch and turns it into a breach (or drops it). ``consumed``: the ``a|``
+        """Takes ``record`` off watch and turns it into a breach (or drops it). ``consumed``: the ``w|``
         keys this batch already took off watch (an appointment is consumed once per batch)."""
         if locator_from_txid(tx.txid, record.dialect) != record.locator:
             return
-        key = keys.appointment(record.locator, record.uuid)
+        key = keys.appointment(record.locator, usernum)
         if key in consumed:
             return
         consumed.add(key)
-        delete_watched(batch, record.locator, record.uuid, self._index)
+        delete_watched(batch, record.locator, usernum, self._index)
         try:
             rawtx = decrypt(record.encrypted_blob, tx.txid, record.dialect)
             penalty_txid = self._decode_penalty(rawtx)

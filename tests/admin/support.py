@@ -15,10 +15,11 @@ from common import crypto
 from common.appointment import compute_uuid
 from common.types import BlockHash, Dialect, Locator, Txid, UserId
 from teos.storage import keys
-from teos.storage.codec import AppointmentRecord, TrackerRecord, UserRecord, encode_block_pointer
-from teos.storage.index import APPOINTMENTS, TRACKERS, USERS, LocatorIndex
+from teos.storage.codec import AppointmentRecord, TrackerRecord, encode_block_pointer
+from teos.storage.index import APPOINTMENTS, TRACKERS, LocatorIndex
 from teos.storage.store import Batch, Store
-from teos.storage.watched import put_watched
+from teos.storage.watched import add_held, put_watched, usernum_of
+from tests.support.fakes import register_user
 
 
 def new_user_id() -> UserId:
@@ -63,14 +64,15 @@ class Filler:
         self, user_id: UserId | None = None, dialect: Dialect = Dialect.RUST, slots: int = 100
     ) -> UserId:
         uid = user_id or new_user_id()
-        rec = UserRecord(user_id=uid, dialect=dialect, available_slots=slots, subscription_start=100,
-                         subscription_expiry=4420)
-        batch = Batch()
-        if self.store.get(keys.user(uid)) is None:
-            self.index.stage(batch, counts={USERS: 1})
-        batch.put(keys.user(uid), rec.encode())
-        self.store.commit(batch)
+        register_user(self.store, self.index, uid, dialect, slots, start=100, expiry=4420)
         return uid
+
+    def _usernum(self, user_id: UserId) -> int:
+        usernum = usernum_of(self.store, user_id)
+        if usernum is None:  # the appointments of a user the test did not register: numbered now
+            usernum = register_user(self.store, self.index, user_id, Dialect.RUST).usernum
+        assert usernum is not None
+        return usernum
 
     def appointment_record(self, user_id: UserId, locator: Locator | None = None) -> AppointmentRecord:
         loc = locator or Locator(os.urandom(16))
@@ -82,10 +84,11 @@ class Filler:
         self, user_id: UserId, n: int, locator: Locator | None = None
     ) -> list[AppointmentRecord]:
         records = [self.appointment_record(user_id, locator) for _ in range(n)]
+        usernum = self._usernum(user_id)
         batch = Batch()
         for rec in records:
-            put_watched(batch, rec, self.index, new=True)
-            batch.put(keys.user_appointment(user_id, rec.uuid), rec.locator.raw)
+            put_watched(batch, rec, usernum, self.index, new=True)
+            add_held(batch, usernum, rec.locator)
         self.index.stage(batch, counts={APPOINTMENTS: len(records)})
         self.store.commit(batch)
         return records
@@ -95,9 +98,10 @@ class Filler:
                             dispute_txid=Txid(os.urandom(32)), penalty_txid=Txid(os.urandom(32)),
                             penalty_rawtx=os.urandom(150), broadcast_height=118,
                             confirmed_in=BlockHash(os.urandom(32)), confirmed_height=119)
+        usernum = self._usernum(user_id)
         batch = Batch()
         batch.put(keys.tracker(rec.uuid), rec.encode())
-        batch.put(keys.user_appointment(user_id, rec.uuid), rec.locator.raw)
+        add_held(batch, usernum, rec.locator)
         self.index.stage(batch, counts={TRACKERS: 1, APPOINTMENTS: 1})
         self.store.commit(batch)
         return rec

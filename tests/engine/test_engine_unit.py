@@ -19,7 +19,7 @@ from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord
 from teos.storage.index import LocatorIndex
 from teos.storage.store import Batch, Store
-from teos.storage.watched import delete_watched, put_watched
+from teos.storage.watched import delete_watched, find_watched, put_watched, user_holds, usernum_of
 from tests.support.fakes import FakeChain, RecordingLedger, random_tx, store_appointment
 from tests.support.wait import wait_until
 
@@ -81,7 +81,7 @@ class Harness:
         return TrackerRecord.decode(raw) if raw is not None else None
 
     def watched(self, record: AppointmentRecord) -> bool:
-        return self.store.get(keys.appointment(record.locator, record.uuid)) is not None
+        return find_watched(self.store, record.user_id, record.locator) is not None
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_breach_is_responded_and_completes_after_100_confirmations(h: Harness, d
     h.mine()
     assert h.tracker(record) is None
     assert h.ledger.released == [(record.user_id, record.uuid, 1)]
-    assert h.store.get(keys.user_appointment(record.user_id, record.uuid)) is None
+    assert not user_holds(h.store, record.user_id, record.locator)
 
 
 def test_both_dialects_in_one_block(h: Harness) -> None:
@@ -149,9 +149,11 @@ def test_locator_of_the_other_dialect_does_not_trigger(h: Harness) -> None:
         0,
         Dialect.RUST,
     )
+    usernum = usernum_of(h.store, record.user_id)
+    assert usernum is not None
     b = Batch()
-    delete_watched(b, record.locator, record.uuid, h.index)
-    put_watched(b, moved, h.index, new=True)
+    delete_watched(b, record.locator, usernum, h.index)
+    put_watched(b, moved, usernum, h.index, new=True)
     h.store.commit(b)
     h.start()
     h.mine(dispute.txid, mempool=False)

@@ -25,10 +25,9 @@ from common.errors import ErrorKind, TeosError
 from common.types import BlockHash, Dialect, Locator, Txid, Uuid
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.storage import keys
-from teos.storage.codec import AppointmentRecord
 from teos.storage.index import APPOINTMENTS, TRACKERS, USERS, LocatorIndex
 from teos.storage.store import Batch, Store
-from teos.storage.watched import delete_watched
+from teos.storage.watched import delete_watched, find_watched
 from tests.support.users import Client, FakeChainView, make_record, trigger
 
 SLOTS, DURATION, DELTA = 5, 20, 10
@@ -62,7 +61,8 @@ class SlotMachine(RuleBasedStateMachine):
         self.gk = Gatekeeper(self.store, self.config, self.chain, self.index)
         self.gk.start()
         self.users: dict[int, ModelUser] = {}
-        self.trackers: dict[Uuid, tuple[int, int]] = {}  # uuid -> (client index, slots)
+        self.trackers: dict[Uuid, tuple[int, int, Locator]] = {}  # uuid -> (client index, slots, locator)
+        self.numbers: dict[int, int] = {}  # client index -> its last user number
 
     def teardown(self) -> None:
         self.index.stop()
@@ -76,6 +76,8 @@ class SlotMachine(RuleBasedStateMachine):
     def register(self, c: int) -> None:
         tip = self.chain.tip_height
         record = self.gk.register(CLIENTS[c].user_id, Dialect.PYTHON)
+        assert record.usernum is not None
+        self.numbers[c] = record.usernum
         m = self.users.get(c)
         if m is None:
             self.users[c] = m = ModelUser(SLOTS, tip, tip + DURATION, SLOTS)
@@ -117,12 +119,12 @@ class SlotMachine(RuleBasedStateMachine):
     def engine_triggers(self, c: int, loc: int) -> None:
         m = self.users.get(c)
         uuid = compute_uuid(LOCATORS[loc], CLIENTS[c].user_id)
-        raw = self.store.get(keys.appointment(LOCATORS[loc], uuid))
-        if m is None or raw is None:
+        record = find_watched(self.store, CLIENTS[c].user_id, LOCATORS[loc])
+        if m is None or record is None:
             return
-        trigger(self.store, self.index, AppointmentRecord.decode(raw), Txid(os.urandom(32)), b"\x02" * 60)
+        trigger(self.store, self.index, record, Txid(os.urandom(32)), b"\x02" * 60)
         m.responded[uuid] = m.watched.pop(uuid)
-        self.trackers[uuid] = (c, m.responded[uuid])
+        self.trackers[uuid] = (c, m.responded[uuid], LOCATORS[loc])
 
     @rule(c=st.integers(0, 2), loc=st.integers(0, 3), stale_slots=st.integers(0, 3))
     def engine_drops_invalid(self, c: int, loc: int, stale_slots: int) -> None:
@@ -133,8 +135,8 @@ class SlotMachine(RuleBasedStateMachine):
         if m is None or uuid not in m.watched:
             return
         batch = Batch()
-        delete_watched(batch, LOCATORS[loc], uuid, self.index)
-        self.gk.release(batch, {CLIENTS[c].user_id: [(uuid, stale_slots)]})
+        delete_watched(batch, LOCATORS[loc], self.numbers[c], self.index)
+        self.gk.release(batch, {CLIENTS[c].user_id: [(LOCATORS[loc], stale_slots)]})
         m.slots += m.watched.pop(uuid)
 
     @rule(data=st.data())
@@ -142,11 +144,11 @@ class SlotMachine(RuleBasedStateMachine):
         if not self.trackers:
             return
         uuid = data.draw(st.sampled_from(sorted(self.trackers)))
-        c, slots = self.trackers.pop(uuid)
+        c, slots, locator = self.trackers.pop(uuid)
         batch = Batch()
         batch.delete(keys.tracker(uuid))
         self.index.stage(batch, counts={TRACKERS: -1})
-        self.gk.release(batch, {CLIENTS[c].user_id: [(uuid, slots)]})
+        self.gk.release(batch, {CLIENTS[c].user_id: [(locator, slots)]})
         m = self.users.get(c)
         if m is not None and uuid in m.responded:
             m.slots += m.responded.pop(uuid)
@@ -167,7 +169,9 @@ class SlotMachine(RuleBasedStateMachine):
             m = self.users.get(c)
             if m is None:
                 assert stored is None
-                assert not self.store.has_prefix(keys.user_appointments(client.user_id))
+                if c in self.numbers:  # deleted: nothing left under its number
+                    assert not self.store.has_prefix(keys.user_appointments(self.numbers[c]))
+                    assert self.store.get(keys.user_number(self.numbers[c])) is None
                 continue
             assert stored is not None
             assert stored.available_slots == m.slots >= 0
@@ -199,6 +203,7 @@ class SlotMachine(RuleBasedStateMachine):
             TRACKERS: self.store.count(keys.TRACKER),
         }
         assert {name: self.index.count(name) for name in walk} == walk
+        assert self.store.count(keys.USER_NUMBER) == walk[USERS]  # every user numbered, no number left over
         watched = [key[1:17] for key in self.store.iterate_keys(keys.APPOINTMENT)]
         assert sorted(self.index.fingerprints()) == sorted(self.index.fingerprint(loc) for loc in watched)
 

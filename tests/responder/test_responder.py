@@ -17,7 +17,7 @@ from teos.storage import keys
 from teos.storage.codec import TrackerRecord
 from teos.storage.index import LocatorIndex
 from teos.storage.store import Batch, Store
-from teos.storage.watched import delete_watched
+from teos.storage.watched import delete_watched, find_watched, remove_held, usernum_of
 from tests.support.fakes import random_tx, store_appointment, tracker_v1_bytes
 
 REBROADCAST_AFTER = 6
@@ -74,7 +74,9 @@ def respond(
 ) -> None:
     """The engine's steps for a block holding ``breach``'s dispute: trackers, one commit, broadcasts."""
     batch = Batch()
-    delete_watched(batch, breach.appointment.locator, breach.appointment.uuid, index)
+    usernum = usernum_of(store, breach.appointment.user_id)
+    assert usernum is not None
+    delete_watched(batch, breach.appointment.locator, usernum, index)
     outcome = responder.handle_breaches([breach], breach.height, txids | {breach.dispute_txid}, batch)
     store.commit(batch)
     responder.broadcast(outcome.to_broadcast)
@@ -127,7 +129,7 @@ def test_confirmed_then_completed_after_irrevocable_confirmations(
         assert connect(responder, store, height).released == []
     done = connect(responder, store, 101 + IRREVOCABLE - 1)  # the IRREVOCABLE-th confirmation
     assert [t.uuid for t in done.released] == [breach.appointment.uuid]
-    assert done.refunds() == {breach.appointment.user_id: [(breach.appointment.uuid, 1)]}
+    assert done.refunds() == {breach.appointment.user_id: [(breach.appointment.locator, 1)]}
     assert tracker(store, breach) is None
 
 
@@ -166,7 +168,7 @@ def test_a_reorged_dispute_puts_the_appointment_back_under_watch(
     store.commit(batch)
     assert outcome.to_broadcast == [] and tracker(store, breach) is None
     record = breach.appointment
-    assert store.get(keys.appointment(record.locator, record.uuid)) == record.encode()
+    assert find_watched(store, record.user_id, record.locator) == record
     assert index.candidates([record.locator.raw]) == [record.locator.raw]  # the Watcher finds it again
 
 
@@ -175,14 +177,16 @@ def test_a_reorged_dispute_of_a_deleted_user_is_dropped(
 ) -> None:
     breach = a_breach(store, index)
     respond(responder, store, index, breach)
+    usernum = usernum_of(store, breach.appointment.user_id)
+    assert usernum is not None
     deleted = Batch()
-    deleted.delete(keys.user_appointment(breach.appointment.user_id, breach.appointment.uuid))
+    remove_held(deleted, usernum, breach.appointment.locator)
     store.commit(deleted)
     batch = Batch()
     responder.block_disconnected(block_hash(100), 100, batch)
     store.commit(batch)
     record = breach.appointment
-    assert tracker(store, breach) is None and store.get(keys.appointment(record.locator, record.uuid)) is None
+    assert tracker(store, breach) is None and find_watched(store, record.user_id, record.locator) is None
 
 
 def test_a_reorged_penalty_is_unconfirmed_and_broadcast_again(

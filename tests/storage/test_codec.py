@@ -57,7 +57,26 @@ def test_records_round_trip(dialect: Dialect) -> None:
 
 def test_every_record_starts_with_its_version() -> None:
     assert appointment().encode()[0] == AppointmentRecord.VERSION == 2
-    assert UserRecord(USER, Dialect.RUST, 1, 2, 3).encode()[0] == UserRecord.VERSION == 1
+    assert UserRecord(USER, Dialect.RUST, 1, 2, 3, 7).encode()[0] == UserRecord.VERSION == 2
+    assert UserRecord(USER, Dialect.RUST, 1, 2, 3).encode()[0] == 1  # not numbered yet: as before
+
+
+@pytest.mark.parametrize("usernum", [None, 0, 127, 128, 16383, 2**40])
+def test_user_records_keep_their_number(usernum: int | None) -> None:
+    user = UserRecord(USER, Dialect.PYTHON, 5, 6, 7, usernum)
+    assert UserRecord.decode(user.encode()).usernum == usernum
+
+
+@pytest.mark.parametrize("signature", [SIGNATURE, "not z-base-32!"])
+def test_appointment_bodies_round_trip_with_what_the_key_says(signature: str) -> None:
+    record = appointment(Dialect.PYTHON, signature)
+    body = record.encode_body()
+    assert body[0] == (4 if signature == SIGNATURE else 5)
+    assert AppointmentRecord.decode_body(body, record.locator, record.user_id) == record
+    assert len(record.encode()) - len(body) == 16 + 33  # the locator and the user id are in the key
+    for bad in (b"", b"\x02" + body[1:], body[:-1], body + b"\x00"):
+        with pytest.raises(CodecError):
+            AppointmentRecord.decode_body(bad, record.locator, record.user_id)
     assert a_tracker().encode()[0] == TrackerRecord.VERSION == 2
 
 

@@ -18,7 +18,7 @@ from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord
 from teos.storage.index import TRACKERS, LocatorIndex
 from teos.storage.store import Batch, Store
-from teos.storage.watched import IndexJournal, delete_watched
+from teos.storage.watched import IndexJournal, delete_watched, usernum_of
 
 
 @dataclass
@@ -98,8 +98,10 @@ def trigger(
         confirmed_in=None,
         confirmed_height=0,
     )
+    usernum = usernum_of(store, record.user_id)
+    assert usernum is not None
     batch = Batch()
-    delete_watched(batch, record.locator, record.uuid, index)
+    delete_watched(batch, record.locator, usernum, index)
     batch.put(keys.tracker(record.uuid), tracker.encode())
     index.stage(batch, counts={TRACKERS: 1})
     store.commit(batch)

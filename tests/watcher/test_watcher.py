@@ -18,7 +18,7 @@ from teos.storage import keys
 from teos.storage.codec import AppointmentRecord
 from teos.storage.index import LocatorIndex
 from teos.storage.store import Batch, Store
-from teos.storage.watched import delete_watched, put_watched
+from teos.storage.watched import delete_watched, find_watched, put_watched, usernum_of
 from teos.watcher.locator_cache import LocatorCache
 from teos.watcher.watcher import Watcher, WatcherOutcome
 from tests.support.fakes import random_tx, store_appointment
@@ -46,7 +46,13 @@ def connect(watcher: Watcher, store: Store, height: int, txids: list[Txid]) -> W
 
 
 def watched(store: Store, record: AppointmentRecord) -> bool:
-    return store.get(keys.appointment(record.locator, record.uuid)) is not None
+    return find_watched(store, record.user_id, record.locator) is not None
+
+
+def number(store: Store, record: AppointmentRecord) -> int:
+    usernum = usernum_of(store, record.user_id)
+    assert usernum is not None
+    return usernum
 
 
 def breach(
@@ -91,8 +97,8 @@ def test_the_other_dialects_locator_is_no_breach(watcher: Watcher, store: Store,
     moved = AppointmentRecord(record.uuid, python_locator, record.encrypted_blob, 20, record.user_id,
                               record.user_signature, 0, Dialect.RUST)  # fmt: skip
     batch = Batch()
-    delete_watched(batch, record.locator, record.uuid, index)
-    put_watched(batch, moved, index, new=True)
+    delete_watched(batch, record.locator, number(store, record), index)
+    put_watched(batch, moved, number(store, record), index, new=True)
     store.commit(batch)
     outcome = connect(watcher, store, 3, [dispute.txid])
     assert outcome.breaches == [] and outcome.invalid == []
@@ -111,8 +117,8 @@ def test_a_blob_that_is_no_transaction_is_dropped_and_its_slots_go_back(
     assert outcome.breaches == []
     assert sorted(r.uuid for r in outcome.invalid) == sorted([bad.uuid, undecryptable.uuid])
     assert outcome.refunds() == {
-        bad.user_id: [(bad.uuid, slots_for(len(garbage)))],
-        undecryptable.user_id: [(undecryptable.uuid, 2)],
+        bad.user_id: [(bad.locator, slots_for(len(garbage)))],
+        undecryptable.user_id: [(undecryptable.locator, 2)],
     }
     assert not watched(store, bad) and not watched(store, undecryptable)
 
@@ -123,7 +129,7 @@ def test_an_undecodable_record_is_logged_and_skipped(
     record, dispute, penalty = breach(store, index, Dialect.PYTHON)
     other, _, _ = breach(store, index, Dialect.PYTHON)
     corrupt = Batch()
-    corrupt.put(keys.appointment(record.locator, other.uuid), b"\x09garbage")  # same locator, bad bytes
+    corrupt.put(keys.appointment(record.locator, number(store, other)), b"\x09garbage")  # bad bytes
     store.commit(corrupt)
     with caplog.at_level(logging.ERROR, logger="teos.watcher"):
         outcome = connect(watcher, store, 5, [dispute.txid])
