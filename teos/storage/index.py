@@ -5,14 +5,18 @@ What is kept. For every appointment under watch (every ``w|locator|...`` entry),
 its locator: ``(int(locator) * K mod 2**128) >> 80`` with ``K`` a random odd 128-bit number drawn once per
 database. The top 16 bits pick one of 65536 buckets; each bucket is a sorted ``array('I')`` of the low
 32 bits (duplicates allowed: two users may watch one locator). That is 4 bytes per appointment (about 44 MB
-at ten million, buckets included). ``candidates(locators)`` answers which of a block's locators *may* be
-watched: never a false negative; a false positive (another locator with the same fingerprint) costs one
-LevelDB seek, about ``n / 2**48`` per lookup (0.0003 per 4000-tx block at ten million). Why 48 bits: a seek
-at ten million appointments costs a millisecond or more (it reads a block in every level of LevelDB), and
-with 32-bit fingerprints (2 bytes stored) the 19 false positives of each block cost more than the rest of
-the block together. The key is secret and
-mixes all 16 bytes, so a user choosing locators cannot pile them into one bucket or make a block's
-locators collide with them (the multiply-shift family is universal).
+at ten million, buckets included). In front of the buckets sits a *summary*: one bit per value of a
+fingerprint's top 25 bits (4 MB), set while some fingerprint has them. Most lookups stop at that bit (at
+ten million, three in four), so a lookup costs one memory access where the bucket's search costs several,
+and a block's 8000 lookups cost nearly the same at every size (``bench/engine_bench.py``).
+
+``candidates(locators)`` answers which of a block's locators *may* be watched: never a false negative; a
+false positive (another locator with the same fingerprint) costs one LevelDB seek, about ``n / 2**48`` per
+lookup (0.0003 per 4000-tx block at ten million). Why 48 bits: a seek at ten million appointments costs a
+millisecond or more (it reads a block in every level of LevelDB), and with 32-bit fingerprints (2 bytes
+stored) the 19 false positives of each block cost more than the rest of the block together. The key is
+secret and mixes all 16 bytes, so a user choosing locators cannot pile them into one bucket or make a
+block's locators collide with them (the multiply-shift family is universal).
 
 How it survives restarts and crashes. Every change is staged into the very batch that makes it (an
 appointment written or deleted): ``stage`` adds one *journal* record, the change as deltas, to the batch,
@@ -32,7 +36,8 @@ are kept in the batch of the change they count and cost nothing to read.
 Key layout (all under ``f``; see ``teos.storage.keys``):
 
     f | m                     -> version(1) | fingerprint key K (16, big-endian) | folded-up-to seq (8 BE)
-    f | s | bucket (2 BE)     -> the bucket's fingerprints' low 32 bits, sorted, u32 little-endian each
+    f | s | bucket (2 BE)     -> the bucket's summary (64 bytes: its 512 bits of the summary), then its
+                                 fingerprints' low 32 bits, sorted, u32 little-endian each
     f | c | name (ascii)      -> i64 BE: a counter's value as of the folded records
     f | legacy                -> b"": the ``l|`` markers and ``m|n_appointments`` of an older database are
                                  still to be deleted (written with the build, deleted once they are)
@@ -63,13 +68,16 @@ SNAPSHOT = PREFIX + b"s"
 COUNTER = PREFIX + b"c"
 JOURNAL = PREFIX + b"j"
 LEGACY = PREFIX + b"legacy"  # present while what the index replaces is still to be deleted
-VERSION = 1
+VERSION = 2  # 1: snapshots without the summary (rebuilt from the key layout at start)
 
 BUCKETS = 1 << 16
 LOW_BITS = 32  # stored per entry, below the 16 bits of the bucket
 _LOW = (1 << LOW_BITS) - 1
 _SHIFT = 128 - 16 - LOW_BITS
 _TYPE = "I"
+SUMMARY_BITS = 9  # of the low part, per bucket: 512 bits, 64 bytes
+_SEGMENT = 1 << (SUMMARY_BITS - 3)
+_SUMMARY_SHIFT = LOW_BITS - SUMMARY_BITS  # fingerprint >> this: its summary bit (top 25 bits)
 assert array.array(_TYPE).itemsize == 4
 _MASK128 = (1 << 128) - 1
 _U32 = struct.Struct(">I")
@@ -97,12 +105,14 @@ def fingerprint(key: int, locator: bytes) -> int:
 
 
 class FingerprintSet:
-    """A multiset of 48-bit fingerprints in 65536 sorted ``array('I')`` buckets. Not thread-safe."""
+    """A multiset of 48-bit fingerprints in 65536 sorted ``array('I')`` buckets, and their summary (a bit
+    per value of the top 25 bits, set while a fingerprint has them). Not thread-safe."""
 
-    __slots__ = ("_buckets", "_size")
+    __slots__ = ("_buckets", "_size", "_summary")
 
     def __init__(self) -> None:
         self._buckets = [array.array(_TYPE) for _ in range(BUCKETS)]
+        self._summary = bytearray(BUCKETS * _SEGMENT)
         self._size = 0
 
     def __len__(self) -> int:
@@ -110,16 +120,26 @@ class FingerprintSet:
 
     def add(self, h: int) -> None:
         insort(self._buckets[h >> LOW_BITS], h & _LOW)
+        t = h >> _SUMMARY_SHIFT
+        self._summary[t >> 3] |= 1 << (t & 7)
         self._size += 1
 
     def discard(self, h: int) -> bool:
-        """Removes one occurrence of ``h``; False if there was none."""
+        """Removes one occurrence of ``h``; False if there was none. Its summary bit is cleared unless
+        another fingerprint shares it: those sit next to it in the sorted bucket."""
         b = self._buckets[h >> LOW_BITS]
         low = h & _LOW
         i = bisect_left(b, low)
         if i < len(b) and b[i] == low:
             del b[i]
             self._size -= 1
+            top = low >> _SUMMARY_SHIFT
+            if not (
+                (i > 0 and b[i - 1] >> _SUMMARY_SHIFT == top)
+                or (i < len(b) and b[i] >> _SUMMARY_SHIFT == top)
+            ):
+                t = h >> _SUMMARY_SHIFT
+                self._summary[t >> 3] &= ~(1 << (t & 7)) & 0xFF
             return True
         return False
 
@@ -142,14 +162,28 @@ class FingerprintSet:
         """The buckets themselves (for a caller's tight loop; do not modify)."""
         return self._buckets
 
+    def summary(self) -> bytearray:
+        """The summary itself (for a caller's tight loop; do not modify): fingerprint ``h``'s bit is bit
+        ``t & 7`` of byte ``t >> 3``, with ``t = h >> 23``."""
+        return self._summary
+
     def load_bucket(self, index: int, data: bytes) -> None:
-        """Replaces bucket ``index`` with its stored form (sorted u32 little-endian, as written by
-        ``encode_bucket``; LevelDB's checksums guard it, so the order is not checked again)."""
-        if len(data) % 4:
-            raise IndexCorrupt(f"bucket {index} is not a whole number of entries")
-        b = decode_bucket(data)
+        """Replaces bucket ``index`` with its stored form (``encode_snapshot``: its summary segment, then
+        sorted u32 little-endian; LevelDB's checksums guard it, so neither is checked again)."""
+        if len(data) < _SEGMENT or (len(data) - _SEGMENT) % 4:
+            raise IndexCorrupt(f"bucket {index} is not a summary and a whole number of entries")
+        b = decode_bucket(data[_SEGMENT:])
         self._size += len(b) - len(self._buckets[index])
         self._buckets[index] = b
+        self._summary[index * _SEGMENT : (index + 1) * _SEGMENT] = data[:_SEGMENT]
+
+    def summary_is_exact(self) -> bool:
+        """Whether the summary is what the buckets say (for tests: it is kept, not recomputed)."""
+        expected = bytearray(len(self._summary))
+        for i, b in enumerate(self._buckets):
+            if b:
+                expected[i * _SEGMENT : (i + 1) * _SEGMENT] = bucket_summary(b)
+        return expected == self._summary
 
     def fingerprints(self) -> list[int]:
         """Every fingerprint (with repeats), sorted: for checks against a full walk."""
@@ -169,6 +203,20 @@ def encode_bucket(b: array.array[int]) -> bytes:
         b = array.array(_TYPE, b)
         b.byteswap()
     return b.tobytes()
+
+
+def bucket_summary(b: Iterable[int]) -> bytes:
+    """A bucket's 64 bytes of the summary, from its fingerprints' low parts."""
+    segment = bytearray(_SEGMENT)
+    for low in b:
+        t = low >> _SUMMARY_SHIFT
+        segment[t >> 3] |= 1 << (t & 7)
+    return bytes(segment)
+
+
+def encode_snapshot(b: array.array[int]) -> bytes:
+    """A bucket as stored: its summary segment, then its entries (``FingerprintSet.load_bucket``)."""
+    return bucket_summary(b) + encode_bucket(b)
 
 
 @dataclass(frozen=True)
@@ -228,6 +276,15 @@ def _counter_key(name: str) -> bytes:
 
 def _encode_meta(key: int, folded: int) -> bytes:
     return bytes([VERSION]) + key.to_bytes(16, "big") + _U64.pack(folded)
+
+
+def _drop_stored(store: Store) -> None:
+    """Deletes the stored index, its journal and its counters (to be built again from the key layout)."""
+    batch = Batch()
+    for key in store.iterate_keys(PREFIX):
+        if key != LEGACY:
+            batch.delete(key)
+    store.commit(batch)
 
 
 def _watched_locators(store: Store) -> Iterator[bytes]:
@@ -303,6 +360,10 @@ class LocatorIndex:
         if self._folder is not None:
             return
         meta = self._store.get(META)
+        if meta is not None and meta[:1] and meta[0] < VERSION:
+            log.info("locator index of an earlier format: rebuilt version=%d", meta[0])
+            _drop_stored(self._store)
+            meta = None
         if meta is None:
             self._build(
                 existing() if existing is not None else _watched_locators(self._store),
@@ -337,7 +398,7 @@ class LocatorIndex:
         batch = Batch()
         for i in range(BUCKETS):
             if fresh.bucket(i):
-                batch.put(_snapshot_key(i), encode_bucket(fresh.bucket(i)))
+                batch.put(_snapshot_key(i), encode_snapshot(fresh.bucket(i)))
         for name, value in counts.items():
             batch.put(_counter_key(name), _I64.pack(value))
         batch.put(META, _encode_meta(key, 0))
@@ -395,15 +456,17 @@ class LocatorIndex:
         optionally after a one-byte tag (the block locators' dialect code): only the last 16 bytes count,
         since the product is taken mod 2**128. This is the Watcher's hot loop (8000 calls a block)."""
         key, mask, shift, low_bits, low_mask = self._key, _MASK128, _SHIFT, LOW_BITS, _LOW
+        summary_shift = _SUMMARY_SHIFT
         from_bytes, bisect = int.from_bytes, bisect_left
         out: list[bytes] = []
         append = out.append
         with self._lock:
-            buckets = self._set.buckets()
+            buckets, summary = self._set.buckets(), self._set.summary()
             for locator in locators:
                 h = ((from_bytes(locator, "big") * key) & mask) >> shift
-                b = buckets[h >> low_bits]
-                if b:
+                t = h >> summary_shift
+                if summary[t >> 3] >> (t & 7) & 1:
+                    b = buckets[h >> low_bits]
                     low = h & low_mask
                     i = bisect(b, low)
                     if i < len(b) and b[i] == low:
@@ -413,6 +476,11 @@ class LocatorIndex:
     def fingerprints(self) -> list[int]:
         with self._lock:
             return self._set.fingerprints()
+
+    def summary_is_exact(self) -> bool:
+        """Whether the summary in front of the buckets is what they hold (for tests)."""
+        with self._lock:
+            return self._set.summary_is_exact()
 
     # -- writes ----------------------------------------------------------------------------------------
 
@@ -506,7 +574,7 @@ class LocatorIndex:
         batch = Batch()
         for index, (adds, removes) in changes.items():
             stored = self._store.get(_snapshot_key(index))
-            bucket = decode_bucket(stored) if stored is not None else array.array(_TYPE)
+            bucket = decode_bucket(stored[_SEGMENT:]) if stored is not None else array.array(_TYPE)
             for low in adds:
                 insort(bucket, low)
             for low in removes:
@@ -517,7 +585,7 @@ class LocatorIndex:
                     log.error("locator index: folding removes an absent fingerprint fp=%012x",
                               (index << LOW_BITS) | low)  # fmt: skip
             if bucket:
-                batch.put(_snapshot_key(index), encode_bucket(bucket))
+                batch.put(_snapshot_key(index), encode_snapshot(bucket))
             else:
                 batch.delete(_snapshot_key(index))
         for name, value in counts.items():

@@ -3,24 +3,31 @@ folds and restarts, on a real LevelDB. Checked against a model (a multiset of lo
 
 from __future__ import annotations
 
+import array
 import os
 import threading
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from common.types import Locator
+from teos.storage import keys
 from teos.storage.index import (
+    APPOINTMENTS,
     BUCKETS,
     JOURNAL,
     LOW_BITS,
+    SUMMARY_BITS,
+    USERS,
     Delta,
     FingerprintSet,
     IndexCorrupt,
     LocatorIndex,
+    encode_bucket,
     fingerprint,
 )
 from teos.storage.store import Batch, Store
@@ -241,6 +248,60 @@ def test_many_threads_staging_and_looking_up(tmp_path: Path) -> None:
     store.close()
 
 
+def test_an_index_of_an_earlier_format_is_built_again(tmp_path: Path) -> None:
+    """Version 1 stored no summary: its snapshots, journal and counters give way to a build from the keys."""
+    store = _open(tmp_path / "db")
+    locators = _locators(50)
+    batch = Batch()
+    for i, loc in enumerate(locators):
+        batch.put(keys.appointment(Locator(loc), i % 3), b"body")
+        batch.put(keys.user_appointment(i % 3, Locator(loc)), b"")
+    batch.put(b"fm", b"\x01" + bytes(15) + b"\x01" + bytes(8))  # version 1, key 1, nothing folded
+    batch.put(b"fs" + bytes(2), encode_bucket(array.array("I", [7, 8, 9])))
+    batch.put(b"fj" + bytes(7) + b"\x05", Delta((1, 2), (), (("users", 40),)).encode())
+    batch.put(b"fcusers", bytes(7) + b"\x63")
+    store.commit(batch)
+    index = LocatorIndex(store)
+    index.start()
+    assert sorted(index.fingerprints()) == sorted(index.fingerprint(loc) for loc in locators)
+    assert index.summary_is_exact() and set(index.candidates(locators)) == set(locators)
+    assert index.count(APPOINTMENTS) == 50 and index.count(USERS) == 0  # counted from the keys
+    assert not list(store.iterate_keys(JOURNAL))
+    index.stop()
+    store.close()
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),
+            st.sampled_from([0, 1, 0xFFFF]),  # bucket
+            st.sampled_from([0, 1, 511]),  # summary bit in the bucket
+            st.sampled_from([0, 1, 2, (1 << 23) - 1]),  # the rest of the low part
+        ),
+        max_size=60,
+    )
+)
+@settings(max_examples=60, deadline=None)
+def test_the_summary_is_exact_through_adds_and_removals_sharing_bits(
+    ops: list[tuple[bool, int, int, int]],
+) -> None:
+    """Fingerprints crowded onto a few summary bits (and repeated): each bit stays set exactly while some
+    fingerprint has it, and membership follows a model."""
+    s = FingerprintSet()
+    model: Counter[int] = Counter()
+    for add, bucket, top, rest in ops:
+        h = (bucket << LOW_BITS) | (top << (LOW_BITS - SUMMARY_BITS)) | rest
+        if add:
+            s.add(h)
+            model[h] += 1
+        else:
+            assert s.discard(h) == (model[h] > 0)
+            model[h] = max(0, model[h] - 1)
+        assert s.summary_is_exact()
+        assert sorted(s.fingerprints()) == sorted(model.elements())
+
+
 def test_an_unknown_version_is_refused(tmp_path: Path) -> None:
     store = _open(tmp_path / "db")
     index = LocatorIndex(store)
@@ -325,6 +386,7 @@ class IndexMachine(RuleBasedStateMachine):
     def matches_the_model(self) -> None:
         expected = sorted(self.index.fingerprint(loc) for loc in self.model.elements())
         assert sorted(self.index.fingerprints()) == expected
+        assert self.index.summary_is_exact()
         assert len(self.index) == len(expected)
         assert self.index.count("users") == self.users
         present = [loc for loc in self.pool if self.model[loc] > 0]
