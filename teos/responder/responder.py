@@ -26,7 +26,7 @@ bitcoind answers or the tracker is gone; the rules above still rebroadcast every
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -106,7 +106,7 @@ class Responder:
     # -- block effects (added to the engine's batch) ---------------------------------------------
 
     def handle_breaches(
-        self, breaches: Iterable[Breach], tip_height: int, block_txids: frozenset[Txid], batch: Batch
+        self, breaches: Iterable[Breach], tip_height: int, block_txids: Container[Txid], batch: Batch
     ) -> ResponderOutcome:
         """Turns breaches into trackers. ``block_txids`` are the txids of the block being processed
         (a penalty already mined next to its dispute is confirmed at once)."""
@@ -134,7 +134,7 @@ class Responder:
         return outcome
 
     def block_connected(
-        self, block_hash: BlockHash, height: int, txids: frozenset[Txid], batch: Batch
+        self, block_hash: BlockHash, height: int, txids: Container[Txid], batch: Batch
     ) -> ResponderOutcome:
         outcome = ResponderOutcome()
         for t in self.trackers():
