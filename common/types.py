@@ -7,9 +7,9 @@ hashable and orders by its bytes (so sorted lookups in LevelDB are cheap).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from collections.abc import Sequence
 from typing import ClassVar, Self
 
 

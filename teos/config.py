@@ -71,6 +71,9 @@ class Config:
     log_file: Path | None
     debug: bool
     overwrite_key: bool
+    btc_rpc_timeout: float = 30.0
+    btc_startup_timeout: float = 120.0
+    watchdog_timeout: float = 300.0
 
     @property
     def api_workers_count(self) -> int:
@@ -123,6 +126,17 @@ def _positive_float(text: str) -> float:
         raise ValueError("not a number") from None
     if not value > 0 or value == float("inf"):
         raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _seconds_or_off(text: str) -> float:
+    """A number of seconds, 0 meaning off."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number of seconds, 0 to turn it off")
     return value
 
 
@@ -205,6 +219,15 @@ OPTIONS: tuple[_Option, ...] = (
             "bitcoind's zmqpubhashblock endpoint, e.g. tcp://127.0.0.1:28332 (empty: poll only)"),
     _Option("pollinterval", "poll_interval", _positive_float, "60",
             "seconds between polls of bitcoind for a new tip (also the fallback when ZMQ is silent)"),
+    _Option("btcrpctimeout", "btc_rpc_timeout", _positive_float, "30",
+            "seconds to wait for bitcoind's answer to one call before counting it unanswered"),
+    _Option("btcstartuptimeout", "btc_startup_timeout", _positive_float, "120",
+            "seconds teosd keeps asking bitcoind at start (down, warming up or answering garbage) "
+            "before it gives up and exits 1"),
+    _Option("watchdogtimeout", "watchdog_timeout", _seconds_or_off, "300",
+            "seconds without a block processed while bitcoind answers and its tip is ahead, after "
+            "which teosd exits with status 3 to be restarted (a dead engine or monitor thread: at "
+            "once); 0 turns the watchdog off"),
     _Option("subscriptionslots", "subscription_slots", _int_in(1, 2**32 - 1), "10000",
             "slots a registration adds (a slot holds up to 2048 bytes of encrypted blob)"),
     _Option("subscriptionduration", "subscription_duration", _int_in(1, 2**31), "4320",

@@ -31,8 +31,16 @@ when the file is lost, it is restored from there so the tower id does not change
 replaces both. The tower id (the public key) is logged at start.
 
 Fatal start-up errors (bad configuration, database locked by another teosd or made for another network,
-bitcoind unreachable or on another network, port in use) raise ``FatalError`` with an actionable message;
-``main`` exits 1.
+bitcoind unreachable, answering garbage or on another network for ``--btcstartuptimeout`` seconds, port
+in use) raise ``FatalError`` with an actionable message; ``main`` logs it on one line and exits 1.
+
+The watchdog (``teos.engine.watchdog``, ``--watchdogtimeout``, 0 turns it off): when the engine thread
+or a monitor thread has stopped, or no block was processed for that long while bitcoind answers and its
+tip is ahead, the tower has stopped watching. Registrations and appointments are refused (503) from that
+moment, ``/ready`` and ``gettowerinfo`` say why, an ERROR is logged, and teosd stops as on SIGTERM and
+exits with status 3 (``EXIT_WATCHDOG``) so that its service manager starts it again (crash-only: the new
+process resumes from the database). The API refuses as soon as a watching thread is dead even with the
+watchdog off.
 """
 
 from __future__ import annotations
@@ -49,14 +57,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from coincurve import PrivateKey
 
 from common import crypto
 from common.fsutil import write_private_file
 from common.types import UserId
-from teos.chain.bitcoind import BitcoindClient, BitcoindConfig
+from teos.chain.bitcoind import BitcoindClient, BitcoindConfig, RetryPolicy
 from teos.chain.carrier import BroadcastRPC, Carrier
 from teos.chain.monitor import ChainMonitor, ChainSource
 from teos.chain.recent import RecentBlocks
@@ -66,6 +74,7 @@ from teos.engine.engine import Engine, EngineConfig, EngineMetrics, Inbox, NoMet
 from teos.engine.pointer import PointerStore
 from teos.engine.progress import BlockCounter, Progress
 from teos.engine.startup import BootstrapError, ChainInfoSource, Startup, StartupConfig
+from teos.engine.watchdog import Watchdog
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.interfaces import BlockListener, SlotLedger
 from teos.logs import GRANIAN_LOGGING, setup_logging
@@ -87,6 +96,8 @@ if TYPE_CHECKING:  # the HTTP side (flask, granian, prometheus_client) is import
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT = 10.0  # seconds the HTTP threads get to finish the requests in hand
+EXIT_FATAL = 1  # could not start, or could not go on (see the log's "fatal:" line)
+EXIT_WATCHDOG = 3  # the watchdog ended a tower that had stopped watching the chain
 
 
 class FatalError(RuntimeError):
@@ -198,6 +209,15 @@ class ChainSide:
         self.engine.start(resume.tip)
         self.monitor.start(resume.tip, resume.known)
 
+    @property
+    def processed_height(self) -> int:
+        """Height of the last block processed (what the watchdog counts as progress)."""
+        return self.engine.processed_height
+
+    def stopped_threads(self) -> list[str]:
+        """The watching threads (engine, walker, ZMQ listener) that have stopped while running."""
+        return [*self.engine.stopped_threads(), *self.monitor.stopped_threads()]
+
     def stop(self, timeout: float = 10.0) -> None:
         self.startup.cancel()
         self.engine.inbox.close()  # a walker waiting for room in the inbox gives up its block
@@ -261,6 +281,9 @@ class Daemon:
         self.server: ApiServer | None = None
         self.admin: AdminServer | None = None
         self.tower_id: UserId | None = None
+        self.watchdog: Watchdog | None = None
+        self.health: Health | None = None
+        self.exit_status = 0  # set when something other than a signal ends teosd (the watchdog)
         self._worker_settings: WorkerSettings | None = None
         self._stopped = threading.Event()
 
@@ -288,7 +311,7 @@ class Daemon:
 
         bitcoind = self.bitcoind = BitcoindClient(BitcoindConfig(
             host=c.btc_rpc_connect, port=c.btc_rpc_port, user=c.btc_rpc_user, password=c.btc_rpc_password,
-            cookie_file=None if c.btc_rpc_user else c.btc_rpc_cookie,
+            cookie_file=None if c.btc_rpc_user else c.btc_rpc_cookie, timeout=c.btc_rpc_timeout,
         ))
         try:
             migrate(store)  # an older database's layout, once (logged); nothing else has read it yet
@@ -305,6 +328,7 @@ class Daemon:
             EngineConfig(
                 btc_network=c.chain_name, poll_interval=c.poll_interval, zmq_url=c.zmq_hashblock or None,
                 locator_cache_size=c.locator_cache_size, rebroadcast_after=c.rebroadcast_after,
+                startup_retry=RetryPolicy(initial_delay=0.5, max_delay=10.0, max_wait=c.btc_startup_timeout),
             ),
             store, bitcoind, self.tip, gatekeeper, index, [gatekeeper], metrics,
         )
@@ -313,7 +337,14 @@ class Daemon:
             chain.start()
         except BootstrapError as e:
             raise FatalError(f"cannot start on bitcoind {c.btc_rpc_connect}:{c.btc_rpc_port}: {e}") from e
-        self.core = TowerCore(gatekeeper, self.tip, chain.engine, store)
+        if c.watchdog_timeout > 0:
+            self.watchdog = Watchdog(chain, bitcoind.get_block_count, c.watchdog_timeout, self._on_watchdog)
+            self.watchdog.start()
+            log.info("watchdog on timeout=%.0fs", c.watchdog_timeout)
+        else:
+            log.warning("watchdog off (--watchdogtimeout 0): a stuck engine is not restarted")
+        health = self.health = Health(chain, self.watchdog)
+        self.core = TowerCore(gatekeeper, self.tip, chain.engine, store, health)
         core_server = self.core_server = CoreServer(self.core, os.urandom(TOKEN_BYTES),
                                                     on_observations=metrics.observe_requests)
         core_server.start()
@@ -324,17 +355,31 @@ class Daemon:
             log_file=str(c.log_file) if c.log_file else None, parent_pid=os.getpid(),
         )
         self.server = self._make_server()
-        self._start_admin(store, chain.progress, tower_id, metrics, index)
+        self._start_admin(store, chain.progress, health, tower_id, metrics, index)
+
+    def _on_watchdog(self, reason: str) -> None:
+        """The watchdog tripped (it logged why): stop as on SIGTERM, and exit with ``EXIT_WATCHDOG``."""
+        self.exit_status = EXIT_WATCHDOG
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def _start_admin(
-        self, store: Store, progress: Progress, tower_id: UserId, metrics: Metrics, index: LocatorIndex
+        self,
+        store: Store,
+        progress: Progress,
+        health: Health,
+        tower_id: UserId,
+        metrics: Metrics,
+        index: LocatorIndex,
     ) -> None:
         """The admin API (teos-cli, /metrics, /ready) on rpcbind:rpcport, behind the datadir's cookie."""
         from teos.admin import AdminServer, AdminServerError, StoreAdminBackend
 
+        def status() -> dict[str, Any]:
+            return {**progress.status(), "stopped_watching": health.stopped_watching()}
+
         c = self.config
         backend = StoreAdminBackend(
-            store, progress.status, tower_id, lambda: os.kill(os.getpid(), signal.SIGTERM), index
+            store, status, tower_id, stop_callback=lambda: os.kill(os.getpid(), signal.SIGTERM), counts=index
         )
         admin = AdminServer(backend, c.network_dir, host=c.rpc_bind, port=c.rpc_port, metrics=metrics)
         try:
@@ -382,6 +427,8 @@ class Daemon:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.admin is not None:
             with contextlib.suppress(Exception):
                 self.admin.stop()  # stops listening and deletes the cookie
@@ -400,6 +447,21 @@ class Daemon:
         if self.store is not None:
             self.store.close()
             log.info("database closed")
+
+
+class Health:
+    """Whether the tower watches the chain, for the API and the admin status: the watchdog's reason, or
+    (with the watchdog off) a watching thread found dead right now. Satisfies ``teos.interfaces.Watching``."""
+
+    def __init__(self, chain: ChainSide, watchdog: Watchdog | None) -> None:
+        self._chain = chain
+        self._watchdog = watchdog
+
+    def stopped_watching(self) -> str | None:
+        if self._watchdog is not None:
+            return self._watchdog.stopped_watching()
+        stopped = self._chain.stopped_threads()
+        return f"thread {', '.join(stopped)} stopped" if stopped else None
 
 
 class _Signals:
@@ -427,7 +489,8 @@ class _Signals:
 
 
 def run(config: Config) -> int:
-    """Runs teosd until a signal; returns the exit status (0 after a clean stop, 1 on a fatal error)."""
+    """Runs teosd until a signal; returns the exit status (0 after a clean stop, 1 on a fatal error, 3
+    when the watchdog ended it)."""
     setup_logging(config.debug, config.log_file)
     daemon = Daemon(config)
     signals = _Signals()
@@ -440,19 +503,21 @@ def run(config: Config) -> int:
         pass
     except SystemExit as e:  # granian gave up: its workers kept dying
         log.error("fatal: the API workers failed repeatedly (exit %s); see the errors above", e.code)
-        status = 1
+        status = EXIT_FATAL
     except FatalError as e:
-        log.error("fatal: %s", e)
-        status = 1
+        log.error("fatal: %s", " ".join(str(e).split()))
+        status = EXIT_FATAL
     except Exception:
         log.exception("fatal: unexpected error")
-        status = 1
+        status = EXIT_FATAL
     finally:
         signals.disarm()
+    if daemon.exit_status:
+        status = daemon.exit_status
     try:
         daemon.stop()
     except Exception:
         log.exception("error while stopping")
-        status = 1
+        status = status or EXIT_FATAL
     log.info("teosd stopped status=%d", status)
     return status

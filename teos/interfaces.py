@@ -75,6 +75,14 @@ class TipView(Protocol):
         ...
 
 
+class Watching(Protocol):
+    """Whether the tower is watching the chain (the daemon's health, over the watchdog, satisfies it)."""
+
+    def stopped_watching(self) -> str | None:
+        """Why the tower is not watching the chain (a dead engine thread, a stall), or None."""
+        ...
+
+
 class LateBreaches(Protocol):
     """An appointment whose breach is already in the chain (the engine satisfies it)."""
 

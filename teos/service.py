@@ -38,7 +38,7 @@ from common.messages import GET_SUBSCRIPTION_INFO_MESSAGE, get_appointment_messa
 from common.tx import TxDecodeError, decode_transaction
 from common.types import Dialect, Locator, Txid, UserId
 from teos.gatekeeper import Gatekeeper
-from teos.interfaces import ChainView, LateBreaches, TipView
+from teos.interfaces import ChainView, LateBreaches, TipView, Watching
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord, UserRecord
 from teos.storage.store import Store
@@ -126,16 +126,32 @@ class TowerCore:
     """The state side of the use cases (see the module docstring); implements ``Core``.
 
     ``tip`` says where the chain is and whether bitcoind answers; ``late`` finds a breach already in the
-    chain and hands such an appointment to the engine.
+    chain and hands such an appointment to the engine; ``watching`` (when given) says whether the tower
+    still watches the chain: registrations and appointments are refused (503) while it does not, so no
+    receipt is ever signed by a tower whose engine is dead or stuck.
     """
 
-    def __init__(self, gatekeeper: Gatekeeper, tip: TipView, late: LateBreaches, store: Store) -> None:
+    def __init__(
+        self,
+        gatekeeper: Gatekeeper,
+        tip: TipView,
+        late: LateBreaches,
+        store: Store,
+        watching: Watching | None = None,
+    ) -> None:
         self.gatekeeper = gatekeeper
         self.tip = tip
         self.late = late
         self.store = store
+        self.watching = watching
 
     def _require_bitcoind(self) -> None:
+        """Refuses (503) while bitcoind does not answer or the tower has stopped watching the chain."""
+        if self.watching is not None:
+            reason = self.watching.stopped_watching()
+            if reason is not None:
+                log.warning("refused: the tower is not watching the chain reason=%s", reason)
+                raise TeosError(ErrorKind.SERVICE_UNAVAILABLE, "Service currently unavailable")
         if not self.tip.bitcoind_reachable:
             raise TeosError(ErrorKind.SERVICE_UNAVAILABLE, "Service currently unavailable")
 

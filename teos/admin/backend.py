@@ -151,7 +151,9 @@ class StoreAdminBackend:
     """``AdminBackend`` reading the tower's LevelDB (see the module docstring).
 
     ``engine_status`` is ``teos.engine.progress.Progress.status`` (a dict with ``bitcoind_reachable``,
-    ``tip_height_seen``, ``watcher: {block_hash, height}``, ``blocks_behind``, ``catching_up``);
+    ``tip_height_seen``, ``watcher: {block_hash, height}``, ``blocks_behind``, ``catching_up``), to
+    which the daemon adds ``stopped_watching`` (the watchdog's reason, or None): a tower that stopped
+    watching is never ready, and says why;
     ``stop_callback`` must only *ask* the daemon to stop and return at once (it runs inside the ``stop``
     request).
     """
@@ -196,6 +198,9 @@ class StoreAdminBackend:
 
     def readiness(self, status: Mapping[str, Any]) -> tuple[bool, str]:
         """Whether the tower can be relied on now, and why not (empty reason when ready)."""
+        stopped = status.get("stopped_watching")
+        if stopped:
+            return False, f"the tower stopped watching the chain: {stopped}; teosd is exiting to be restarted"
         if status.get("bitcoind_reachable") is not True:
             return False, "bitcoind is not reachable"
         tip = _int_or_none(status.get("tip_height_seen"))

@@ -8,8 +8,16 @@ ways bitcoind can fail into a few typed errors so callers decide on policy in on
 - ``RPCError(code, message)``: bitcoind answered with a JSON-RPC error (e.g. -5 ``Block not found``).
 - ``BitcoindWarmingUp``: the -28 error bitcoind returns while it loads its indexes; transient.
 - ``BitcoindUnreachable``: no usable answer at all: connection refused or reset, timeout, or
-  ``HTTPStatusError``, an HTTP answer without a JSON-RPC body (HTTP 401: bad credentials); transient
-  except the 401.
+  ``HTTPStatusError`` (HTTP 401: bad credentials); transient except the 401.
+- ``BitcoindUnreadable`` (a ``BitcoindUnreachable``, so transient): bitcoind, or something in between,
+  answered something the tower cannot read: a body that does not parse, an HTTP error page (a reverse
+  proxy's HTML 500, Core's text/plain 503 "Work queue depth exceeded"), a JSON-RPC answer without a
+  result, a result of the wrong type, with a member missing or a value out of range, or one that does not
+  answer the question (``getblock`` of another block). It names the method and carries a short excerpt.
+
+Every answer is untrusted input: the typed helpers (``get_block`` ...) check each member they read and
+convert it into a value type (``BlockHash``, ``Txid``, heights in [0, 2^31)) before anything else sees
+it, so no ValueError, TypeError, KeyError or AttributeError from a garbled answer reaches the engine.
 
 ``BitcoindClient`` gives each thread its own keep-alive connection (``http.client`` connections are not
 thread-safe). A connection that fails is dropped and re-opened once before the error is raised; the cookie
@@ -73,12 +81,42 @@ class BitcoindUnreachable(BitcoindError):
 
 
 class HTTPStatusError(BitcoindUnreachable):
-    """bitcoind answered with an HTTP status and no JSON-RPC body (401 bad credentials, 403, 404 path...)."""
+    """bitcoind refused the call at the HTTP level (401 bad credentials, 403, 404 path...)."""
 
     def __init__(self, message: str, status: int, body: bytes) -> None:
         super().__init__(message)
         self.status = status
         self.body = body
+
+
+EXCERPT_CHARS = 120
+
+
+class BitcoindUnreadable(BitcoindUnreachable):
+    """bitcoind answered ``method`` with something the tower cannot read (see the module docstring);
+    ``problem`` says what, ``excerpt`` shows the start of the answer on one line."""
+
+    def __init__(self, method: str, problem: str, answer: Any = None) -> None:
+        self.method = method
+        self.problem = problem
+        self.excerpt = excerpt(answer) if answer is not None else ""
+        shown = f"; answer: {self.excerpt}" if self.excerpt else ""
+        super().__init__(f"bitcoind answered something unreadable to {method}: {problem}{shown}")
+
+
+def excerpt(answer: Any, limit: int = EXCERPT_CHARS) -> str:
+    """The start of an answer (raw bytes or a parsed value) on one printable line."""
+    if isinstance(answer, bytes | bytearray):
+        text = bytes(answer).decode("utf-8", "replace")
+    elif isinstance(answer, str):
+        text = answer
+    else:
+        try:
+            text = json.dumps(answer, separators=(",", ":"), ensure_ascii=True)
+        except (TypeError, ValueError):
+            text = repr(answer)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # Errors after which trying again later may succeed.
@@ -96,8 +134,8 @@ def basic_auth(user: str, password: str) -> str:
 
 def decode_reply(status: int, data: bytes, method: str, where: str) -> Any:
     """The ``result`` of bitcoind's answer to ``method``; raises ``RPCError`` (``BitcoindWarmingUp`` for
-    -28) for a JSON-RPC error, ``HTTPStatusError`` for an answer that is not one. ``where`` names the
-    node in messages."""
+    -28) for a JSON-RPC error, ``HTTPStatusError`` for a 401 and ``BitcoindUnreadable`` for anything that
+    is not a JSON-RPC answer. ``where`` names the node in messages."""
     if status == 401:
         raise HTTPStatusError(
             f"bitcoind at {where} refused our credentials (HTTP 401): check rpcuser/rpcpassword "
@@ -105,21 +143,24 @@ def decode_reply(status: int, data: bytes, method: str, where: str) -> Any:
         )  # fmt: skip
     try:
         answer = json.loads(data)
-    except ValueError:
-        answer = None
+    except (ValueError, RecursionError):
+        raise BitcoindUnreadable(method, f"HTTP {status} with a body that is not JSON", data) from None
     if not isinstance(answer, dict):
-        what = "unexpected JSON" if answer is not None else "no JSON"
-        raise HTTPStatusError(f"bitcoind answered HTTP {status} with {what} to {method}", status, data)
+        raise BitcoindUnreadable(method, f"HTTP {status} with JSON that is not an object", data)
     error = answer.get("error")
     if error:
-        code = int(error.get("code", 0)) if isinstance(error, dict) else 0
-        message = str(error.get("message", "")) if isinstance(error, dict) else str(error)
+        code = error.get("code") if isinstance(error, dict) else None
+        message = error.get("message", "") if isinstance(error, dict) else None
+        if not isinstance(code, int) or isinstance(code, bool) or not isinstance(message, str):
+            raise BitcoindUnreadable(method, f"HTTP {status} with a malformed error", data)
         if code == RPC_IN_WARMUP:
             raise BitcoindWarmingUp(code, message)
         raise RPCError(code, message)
     if status != 200:
-        raise HTTPStatusError(f"bitcoind answered HTTP {status} to {method}", status, data)
-    return answer.get("result")
+        raise BitcoindUnreadable(method, f"HTTP {status} without an error", data)
+    if "result" not in answer:
+        raise BitcoindUnreadable(method, "no result", data)
+    return answer["result"]
 
 
 def rpc_call(
@@ -235,11 +276,12 @@ class BitcoindClient:
         return response.status, response.read()
 
     def call(self, method: str, *params: Any) -> Any:
-        """Calls ``method`` and returns its ``result``; raises one of the errors above."""
-        status, data = self._send_with_one_reconnect(encode_call(method, params, next(self._ids)))
+        """Calls ``method`` and returns its ``result`` (unchecked: the typed helpers below check it);
+        raises one of the errors above."""
+        status, data = self._send_with_one_reconnect(method, encode_call(method, params, next(self._ids)))
         return decode_reply(status, data, method, f"{self.config.host}:{self.config.port}")
 
-    def _send_with_one_reconnect(self, body: bytes) -> tuple[int, bytes]:
+    def _send_with_one_reconnect(self, method: str, body: bytes) -> tuple[int, bytes]:
         # A kept-alive connection may have been closed by bitcoind (restart, idle timeout): the first
         # failure re-opens the connection (re-reading the cookie) and tries once more.
         for attempt in (1, 2):
@@ -249,78 +291,174 @@ class BitcoindClient:
                 self._drop_connection()
                 if attempt == 2 or isinstance(e, TimeoutError | socket.timeout):
                     raise BitcoindUnreachable(
-                        f"bitcoind at {self.config.host}:{self.config.port} unreachable: {e!r}"
+                        f"bitcoind at {self.config.host}:{self.config.port} unreachable calling {method}: "
+                        f"{_short(e)}"
                     ) from e
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- typed helpers ---------------------------------------------------------------------------
 
     def get_best_block_hash(self) -> BlockHash:
-        return BlockHash.from_hex(self.call("getbestblockhash"))
+        method = "getbestblockhash"
+        return read_hash(method, self.call(method))
 
     def get_block_count(self) -> int:
-        return int(self.call("getblockcount"))
+        method = "getblockcount"
+        return read_height(method, self.call(method))
 
     def get_block_hash(self, height: int) -> BlockHash:
         """Hash of the best-chain block at ``height``; RPCError -8 above the tip."""
-        return BlockHash.from_hex(self.call("getblockhash", height))
+        method = "getblockhash"
+        return read_hash(method, self.call(method, height))
 
     def get_block(self, block_hash: BlockHash) -> Block:
         """The block with its txids (verbosity 1); RPCError -5 when unknown, -1 when pruned."""
-        data = self.call("getblock", block_hash.hex(), 1)
-        prev = data.get("previousblockhash")
-        return Block(
-            hash=BlockHash.from_hex(data["hash"]),
-            height=int(data["height"]),
-            prev_hash=BlockHash.from_hex(prev) if prev else None,
-            txids=Txid.many_from_hex(data["tx"]),  # thousands: parsed at once
-        )
+        method = "getblock"
+        data = read_object(method, self.call(method, block_hash.hex(), 1))
+        answered, height, prev = _block_place(method, data, block_hash)
+        tx = member(method, data, "tx")
+        if not isinstance(tx, list) or not tx:
+            raise BitcoindUnreadable(method, "tx is not a list of txids", tx)
+        try:
+            txids = Txid.many_from_hex(tx)  # thousands: parsed at once
+        except ValueError:
+            for t in tx:
+                read_txid(method, t, "tx")  # names the first bad one
+            raise BitcoindUnreadable(method, "tx is not a list of txids", tx) from None
+        return Block(answered, height, prev, txids)
 
     def get_block_header(self, block_hash: BlockHash) -> BlockHeader:
-        data = self.call("getblockheader", block_hash.hex(), True)
-        prev = data.get("previousblockhash")
-        return BlockHeader(
-            hash=BlockHash.from_hex(data["hash"]),
-            height=int(data["height"]),
-            prev_hash=BlockHash.from_hex(prev) if prev else None,
-            confirmations=int(data["confirmations"]),
-        )
+        method = "getblockheader"
+        data = read_object(method, self.call(method, block_hash.hex(), True))
+        answered, height, prev = _block_place(method, data, block_hash)
+        confirmations = read_int(method, member(method, data, "confirmations"), "confirmations", -1)
+        return BlockHeader(answered, height, prev, confirmations)
 
     def get_blockchain_info(self) -> ChainInfo:
-        data = self.call("getblockchaininfo")
-        pruned = bool(data.get("pruned", False))
+        method = "getblockchaininfo"
+        data = read_object(method, self.call(method))
+        chain = member(method, data, "chain")
+        if chain not in NETWORKS:
+            raise BitcoindUnreadable(method, "chain is not a network Bitcoin Core knows", chain)
+        pruned = read_bool(method, member(method, data, "pruned"), "pruned")
+        prune_height = 0
+        if pruned:
+            prune_height = read_height(method, member(method, data, "pruneheight"), "pruneheight")
+        ibd = data.get("initialblockdownload", False)
         return ChainInfo(
-            chain=str(data["chain"]),
-            blocks=int(data["blocks"]),
-            best_block_hash=BlockHash.from_hex(data["bestblockhash"]),
+            chain=chain,
+            blocks=read_height(method, member(method, data, "blocks"), "blocks"),
+            best_block_hash=read_hash(method, member(method, data, "bestblockhash"), "bestblockhash"),
             pruned=pruned,
-            prune_height=int(data.get("pruneheight", 0)) if pruned else 0,
-            initial_block_download=bool(data.get("initialblockdownload", False)),
+            prune_height=prune_height,
+            initial_block_download=read_bool(method, ibd, "initialblockdownload"),
         )
 
     def send_raw_transaction(self, raw_tx: bytes) -> Txid:
-        return Txid.from_hex(self.call("sendrawtransaction", raw_tx.hex()))
+        method = "sendrawtransaction"
+        return read_txid(method, self.call(method, raw_tx.hex()))
 
     def get_raw_transaction(self, txid: Txid, block_hash: BlockHash | None = None) -> TxInfo | None:
         """Where ``txid`` is, or None when bitcoind does not know it (-5).
 
         Without ``-txindex`` bitcoind finds confirmed transactions only when given their block.
         """
+        method = "getrawtransaction"
         params: list[Any] = [txid.hex(), True]
         if block_hash is not None:
             params.append(block_hash.hex())
         try:
-            data = self.call("getrawtransaction", *params)
+            data = read_object(method, self.call(method, *params))
         except RPCError as e:
             if e.code == RPC_INVALID_ADDRESS_OR_KEY:
                 return None
             raise
+        answered = read_txid(method, member(method, data, "txid"), "txid")
+        if answered != txid:
+            raise BitcoindUnreadable(method, f"the answer is about another transaction, not {txid}", data)
         blockhash = data.get("blockhash")
         return TxInfo(
-            txid=Txid.from_hex(data["txid"]),
-            confirmations=int(data.get("confirmations", 0)),
-            block_hash=BlockHash.from_hex(blockhash) if blockhash else None,
+            txid=answered,
+            confirmations=read_int(method, data.get("confirmations", 0), "confirmations", 0),
+            block_hash=read_hash(method, blockhash, "blockhash") if blockhash is not None else None,
         )
+
+
+# -- reading answers -----------------------------------------------------------------------------
+
+MAX_HEIGHT = 2**31 - 1  # Bitcoin Core keeps heights and counts in a signed 32-bit int
+NETWORKS = frozenset({"main", "test", "testnet4", "signet", "regtest"})
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(e: BaseException) -> str:
+    return excerpt(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__, 200)
+
+
+def read_object(method: str, value: Any) -> dict[str, Any]:
+    """A result that must be a JSON object."""
+    if not isinstance(value, dict):
+        raise BitcoindUnreadable(method, "the result is not an object", value)
+    return value
+
+
+def member(method: str, data: dict[str, Any], name: str) -> Any:
+    """``data[name]``, which must be there."""
+    if name not in data:
+        raise BitcoindUnreadable(method, f"no {name}", data)
+    return data[name]
+
+
+def read_hash(method: str, value: Any, what: str = "the result") -> BlockHash:
+    """A block hash: exactly 64 hex digits."""
+    return BlockHash.from_hex(_hex64(method, value, what))
+
+
+def read_txid(method: str, value: Any, what: str = "the result") -> Txid:
+    """A txid: exactly 64 hex digits."""
+    return Txid.from_hex(_hex64(method, value, what))
+
+
+def _hex64(method: str, value: Any, what: str) -> str:
+    if not isinstance(value, str) or len(value) != 64 or not _HEX.issuperset(value):
+        raise BitcoindUnreadable(method, f"{what} is not 64 hex digits", value)
+    return value
+
+
+def read_int(method: str, value: Any, what: str, low: int) -> int:
+    """An integer (not a boolean, a float or a string) in [``low``, 2^31)."""
+    if not _is_int(value) or not low <= value <= MAX_HEIGHT:
+        raise BitcoindUnreadable(method, f"{what} is not an integer in [{low}, {MAX_HEIGHT}]", value)
+    return int(value)
+
+
+def read_height(method: str, value: Any, what: str = "the result") -> int:
+    """A height or a count: an integer in [0, 2^31)."""
+    return read_int(method, value, what, 0)
+
+
+def read_bool(method: str, value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise BitcoindUnreadable(method, f"{what} is not true or false", value)
+    return value
+
+
+def _block_place(
+    method: str, data: dict[str, Any], asked: BlockHash
+) -> tuple[BlockHash, int, BlockHash | None]:
+    """Hash, height and parent of a block or header answer, which must be the block asked for."""
+    answered = read_hash(method, member(method, data, "hash"), "hash")
+    if answered != asked:
+        raise BitcoindUnreadable(method, f"the answer is about another block, not {asked}", data)
+    height = read_height(method, member(method, data, "height"), "height")
+    prev = data.get("previousblockhash")
+    if height > 0 and prev is None:
+        raise BitcoindUnreadable(method, "no previousblockhash above the genesis block", data)
+    return answered, height, (read_hash(method, prev, "previousblockhash") if prev is not None else None)
 
 
 # -- retrying ------------------------------------------------------------------------------------
@@ -346,11 +484,13 @@ def retry_call(
     policy: RetryPolicy,
     retry_on: tuple[type[BaseException], ...] = TRANSIENT_ERRORS,
     on_error: Callable[[BaseException, float], None] | None = None,
+    retry_if: Callable[[BaseException], bool] | None = None,
 ) -> T:
     """Calls ``fn`` until it returns, sleeping with exponential backoff after each error in
-    ``retry_on``. Raises ``Cancelled`` if ``stop`` is set while waiting, and re-raises the last error
-    once ``policy.max_wait`` seconds of waiting have passed. ``on_error(error, delay)`` is called
-    before each wait (for logging and reachability flags)."""
+    ``retry_on`` (for which ``retry_if``, when given, says yes; other errors are raised at once).
+    Raises ``Cancelled`` if ``stop`` is set while waiting, and re-raises the last error once
+    ``policy.max_wait`` seconds of waiting have passed. ``on_error(error, delay)`` is called before each
+    wait (for logging and reachability flags)."""
     delay = policy.initial_delay
     waited = 0.0
     while True:
@@ -359,6 +499,8 @@ def retry_call(
         try:
             return fn()
         except retry_on as e:
+            if retry_if is not None and not retry_if(e):
+                raise
             if policy.max_wait is not None and waited >= policy.max_wait:
                 raise
             wait = min(delay, policy.max_delay)

@@ -10,7 +10,8 @@ Bitcoin Core's answers to ``sendrawtransaction`` (as observed on Bitcoin Core v3
   ``getrawtransaction`` is asked before concluding ``MISSING_INPUTS``;
 - -26 (conflict with a mempool transaction paying more, insufficient fee, ...): ``REJECTED``;
 - -22 (decode failed): ``INVALID``;
-- bitcoind not answering: ``UNREACHABLE`` (try again later).
+- bitcoind not answering, or answering something unreadable (another txid, an error page, garbage):
+  ``UNREACHABLE`` (try again later).
 
 The Carrier holds no state; the Responder decides what to do with each status.
 """
@@ -75,7 +76,10 @@ class Carrier:
     def send(self, raw_tx: bytes, txid: Txid) -> BroadcastResult:
         """Broadcasts ``raw_tx`` (whose id is ``txid``) and classifies bitcoind's answer."""
         try:
-            self._rpc.send_raw_transaction(raw_tx)
+            answered = self._rpc.send_raw_transaction(raw_tx)
+            if answered != txid:  # not an answer to this broadcast: ask again later
+                message = f"bitcoind answered something unreadable to sendrawtransaction: txid {answered}"
+                return BroadcastResult(txid, BroadcastStatus.UNREACHABLE, message=message)
             return BroadcastResult(txid, BroadcastStatus.ACCEPTED)
         except TRANSIENT_ERRORS as e:
             return BroadcastResult(txid, BroadcastStatus.UNREACHABLE, message=str(e))

@@ -33,6 +33,7 @@ from common.types import BlockHash, Txid
 from teos.chain.bitcoind import (
     RPC_INVALID_PARAMETER,
     TRANSIENT_ERRORS,
+    BitcoindUnreadable,
     Block,
     BlockHeader,
     RPCError,
@@ -168,6 +169,13 @@ class ChainMonitor:
         """Asks the walker to look at bitcoind's tip now (ZMQ, tests, the engine)."""
         self._wake.set()
 
+    def stopped_threads(self) -> list[str]:
+        """Names of the monitor's threads that were started, are not being stopped and are no longer
+        alive (the watchdog reads it; the loops catch everything, so only a bug can end one)."""
+        if self._stop.is_set():
+            return []
+        return [t.name for t in self._threads if not t.is_alive()]
+
     @property
     def tip(self) -> BlockRef | None:
         """The last block emitted."""
@@ -263,6 +271,8 @@ class ChainMonitor:
         block = self._chain.get_block(next_hash)
         if block.prev_hash != tip.hash:  # the chain moved, or our tip left it: the caller checks which
             return None
+        if block.height != tip.height + 1:
+            raise BitcoindUnreadable("getblock", f"height {block.height} for the block after {tip.height}")
         return block
 
     def _disconnect_tip(self, tip: BlockRef) -> None:
@@ -283,9 +293,10 @@ class ChainMonitor:
 
         delay = 0.5
         while not self._stop.is_set():
-            ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-            sock = ctx.socket(zmq.SUB)
+            sock: zmq.Socket[bytes] | None = None
             try:
+                ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+                sock = ctx.socket(zmq.SUB)
                 sock.setsockopt(zmq.RCVTIMEO, 500)
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.setsockopt(zmq.SUBSCRIBE, b"hashblock")
@@ -304,4 +315,5 @@ class ChainMonitor:
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
             finally:
-                sock.close(0)
+                if sock is not None:
+                    sock.close(0)

@@ -22,8 +22,18 @@ happened while the tower was down are responded to), and a pointer no longer on 
 back to the fork point. When the thread starts it looks the cached blocks' locators up again (an
 appointment committed just before a crash may match one) and broadcasts every unconfirmed penalty again.
 
-Failures. The thread never dies: a failed step is logged and retried with backoff, and nothing of it is
-written; while bitcoind does not answer the tip says so and the engine catches up when it returns.
+Failures. No exception from any call the engine makes can end or wedge its thread:
+- a step that fails before its write (bitcoind away or answering garbage, the store refusing the write,
+  a codec, a bug) is logged with its context and retried with backoff; nothing of it is written, so
+  running it again is safe, and while bitcoind does not answer the tip says so;
+- a block's effects are committed exactly once: everything after the write (the tip, progress and
+  metrics, the broadcasts, the listeners) runs as separate guarded steps whose failure is logged and
+  never makes the block handler run again; a broadcast that fails goes to the Responder's retry queue,
+  retried on its own every second (``retry_broadcasts``);
+- the loop itself catches everything, logs it once, backs off and carries on; a block event for the block
+  already processed is skipped.
+What is left (a thread killed by something that is not an ``Exception``, a step that fails forever) is
+the watchdog's (``teos.engine.watchdog``): ``stopped_threads`` and ``processed_height`` are what it reads.
 """
 
 from __future__ import annotations
@@ -138,6 +148,15 @@ class ParentLookup(Protocol):
     def parent_of(self, ref: BlockRef) -> BlockRef: ...
 
 
+def _describe(event: _Event) -> str:
+    """An event for the log: its kind and what it is about."""
+    if isinstance(event, BlockConnected | BlockDisconnected):
+        return f"{type(event).__name__} height={event.height} block={event.hash}"
+    if isinstance(event, _AppointmentAdded):
+        return f"AppointmentAdded uuid={event.record.uuid}"
+    return type(event).__name__
+
+
 def decode_penalty(raw: bytes) -> Txid:
     """The txid of a raw penalty transaction; ValueError (TxDecodeError) when it is not one."""
     return decode_transaction(raw).txid
@@ -247,6 +266,18 @@ class Engine:
         block = self._tip.block
         return block.height if block is not None else 0
 
+    @property
+    def processed_height(self) -> int:
+        """Height of the last block whose effects are committed (the watchdog's progress measure)."""
+        return self.tip_height
+
+    def stopped_threads(self) -> list[str]:
+        """["engine"] when the engine thread was started, is not being stopped and is no longer alive."""
+        thread = self._thread
+        if thread is None or self._stop.is_set() or thread.is_alive():
+            return []
+        return [thread.name]
+
     def status(self) -> dict[str, Any]:
         """The progress snapshot (``teos.engine.progress``)."""
         return self._progress.status()
@@ -297,22 +328,35 @@ class Engine:
 
     def _run(self) -> None:
         self._with_retry("resume", self._resume)
+        delay = 0.2
         while not self._stop.is_set():
-            pending = self._responder.pending_broadcasts
             try:
-                event = self.inbox.queue.get(timeout=0.5 if pending else None)
-            except queue.Empty:
-                self._retry_broadcasts()
-                continue
-            if isinstance(event, Stop):
-                break
-            try:
-                self._with_retry(type(event).__name__, functools.partial(self._handle, event))
-            finally:
-                if isinstance(event, BlockConnected | BlockDisconnected):
-                    self.inbox.block_done()
-            if self._responder.pending_broadcasts:
-                self._retry_broadcasts()
+                if self._next_event():
+                    break
+                delay = 0.2
+            except Exception:  # each step guards itself; this is the last line of defence
+                log.exception("engine loop failed, going on in %.1fs", delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.config.retry_max_delay)
+
+    def _next_event(self) -> bool:
+        """Handles the next event (or retries pending broadcasts while none comes); True at ``Stop``."""
+        pending = self._responder.pending_broadcasts
+        try:
+            event = self.inbox.queue.get(timeout=0.5 if pending else None)
+        except queue.Empty:
+            self._retry_broadcasts()
+            return False
+        if isinstance(event, Stop):
+            return True
+        try:
+            self._with_retry(_describe(event), functools.partial(self._handle, event))
+        finally:
+            if isinstance(event, BlockConnected | BlockDisconnected):
+                self.inbox.block_done()
+        if self._responder.pending_broadcasts:
+            self._retry_broadcasts()
+        return False
 
     def _with_retry(self, what: str, step: Callable[[], None]) -> None:
         """Runs ``step`` until it succeeds or the engine stops; nothing is written by a failed step."""
@@ -328,6 +372,13 @@ class Engine:
                 log.exception("%s failed, retrying in %.1fs", what, delay)
             self._stop.wait(delay)
             delay = min(delay * 2, self.config.retry_max_delay)
+
+    def _after_commit(self, what: str, step: Callable[..., object], *args: Any) -> None:
+        """One step after a write: its failure is logged and dropped, never retried with the handler."""
+        try:
+            step(*args)
+        except Exception:
+            log.exception("%s failed after the write; the block stays processed", what)
 
     def _handle(self, event: _Event) -> None:
         if isinstance(event, BlockConnected):
@@ -349,15 +400,19 @@ class Engine:
             pending[t.uuid] = t
         if pending:
             log.info("broadcasting unconfirmed penalties again n=%d", len(pending))
-        self._broadcast(pending.values())
+        self._after_commit("resume: broadcasts", self._broadcast, list(pending.values()))
         block = self._tip.block
         if block is not None:
             self._notify(True, block.hash, block.height)
 
     def _block_connected(self, e: BlockConnected) -> None:
         pointer = self._tip.block
+        if pointer is not None and e.hash == pointer.hash:
+            log.info("block already processed, skipped height=%d block=%s", e.height, e.hash)
+            return
         if pointer is not None and e.prev_hash != pointer.hash:
-            # The monitor walks from our pointer, so this means a bug; refuse rather than corrupt.
+            # The monitor walks from our pointer, so this means a bug; refuse rather than corrupt (the
+            # watchdog ends a tower that stays stuck here, and a restart walks from the stored pointer).
             raise RuntimeError(f"block {e.hash} does not extend the processed tip {pointer.hash}")
         batch = Batch()
         txids = _TxidSet(e.txids)
@@ -367,14 +422,17 @@ class Engine:
         ref = BlockRef(e.hash, e.height, e.prev_hash)
         self._pointer.advance(batch, ref)
         self._commit(batch, found.refunds(), updated)
+        # Committed: from here on nothing may raise into the retry loop (the block is processed).
         self._tip.processed(ref)
-        self._progress.block_processed(e.height)
+        where = f"block height={e.height} block={e.hash}:"
+        self._after_commit(f"{where} progress", self._progress.block_processed, e.height)
         if found.breaches:
-            self._metrics.breach_seen(len(found.breaches))
+            self._after_commit(f"{where} metrics", self._metrics.breach_seen, len(found.breaches))
         confirmed = len(updated.confirmed) + len(created.confirmed)
         if confirmed:
-            self._metrics.penalty_confirmed(confirmed)
-        self._broadcast([*updated.to_broadcast, *created.to_broadcast])
+            self._after_commit(f"{where} metrics", self._metrics.penalty_confirmed, confirmed)
+        to_broadcast = [*updated.to_broadcast, *created.to_broadcast]
+        self._after_commit(f"{where} broadcasts", self._broadcast, to_broadcast)
         self._notify(True, e.hash, e.height)
 
     def _block_disconnected(self, e: BlockDisconnected) -> None:
@@ -389,7 +447,8 @@ class Engine:
         self._commit(batch, {}, outcome)
         self._tip.processed(parent)
         log.info("block disconnected height=%d block=%s", e.height, e.hash)
-        self._broadcast(outcome.to_broadcast)
+        where = f"disconnected block height={e.height} block={e.hash}:"
+        self._after_commit(f"{where} broadcasts", self._broadcast, outcome.to_broadcast)
         self._notify(False, e.hash, e.height)
 
     def _appointment_added(self, e: _AppointmentAdded) -> None:
@@ -399,9 +458,10 @@ class Engine:
             return
         created = self._responder.handle_breaches(found.breaches, self.tip_height, frozenset(), batch)
         self._commit(batch, found.refunds())
+        where = f"appointment uuid={e.record.uuid}:"
         if found.breaches:
-            self._metrics.breach_seen(len(found.breaches))
-        self._broadcast(created.to_broadcast)
+            self._after_commit(f"{where} metrics", self._metrics.breach_seen, len(found.breaches))
+        self._after_commit(f"{where} broadcasts", self._broadcast, created.to_broadcast)
 
     # -- steps -----------------------------------------------------------------------------------
 
@@ -417,14 +477,19 @@ class Engine:
             self._store.commit(batch)
 
     def _broadcast(self, trackers: Iterable[TrackerRecord]) -> None:
+        """Broadcasts (the Responder queues what bitcoind did not take for ``_retry_broadcasts``)."""
         delivered = self._responder.broadcast(trackers)
         if delivered:
-            self._metrics.penalty_broadcast(delivered)
+            self._after_commit("metrics", self._metrics.penalty_broadcast, delivered)
 
     def _retry_broadcasts(self) -> None:
-        delivered = self._responder.retry_broadcasts()
-        if delivered:
-            self._metrics.penalty_broadcast(delivered)
+        """The broadcast retry queue's turn (about every second while it is not empty)."""
+        try:
+            delivered = self._responder.retry_broadcasts()
+            if delivered:
+                self._after_commit("metrics", self._metrics.penalty_broadcast, delivered)
+        except Exception:
+            log.exception("broadcast retry failed, again soon n=%d", self._responder.pending_broadcasts)
         if self._responder.pending_broadcasts:
             self._stop.wait(min(1.0, self.config.retry_max_delay))
 

@@ -11,7 +11,11 @@ Run once by the composition root before the engine thread starts, in this order:
    pruned, only makes the cache shorter).
 
 The database's own network (``m|network``) is checked once, by the daemon, before bitcoind is asked
-anything. ``run`` returns where to resume, or raises ``BootstrapError`` saying why the tower cannot start.
+anything. ``run`` returns where to resume, or raises ``BootstrapError`` saying, in one line, why the tower
+cannot start. Every call is retried within the policy while bitcoind is away, warming up or answering
+something unreadable (``BitcoindUnreadable``), and so is any other unexpected failure of a call; only a
+JSON-RPC error that will not change (e.g. ``Block not found`` for the stored pointer) ends the checks at
+once. No exception other than ``BootstrapError`` leaves ``run``.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ from common.types import BlockHash
 from teos.chain.bitcoind import (
     TRANSIENT_ERRORS,
     BitcoindError,
+    BitcoindWarmingUp,
     Block,
     BlockHeader,
     Cancelled,
     ChainInfo,
     RetryPolicy,
+    RPCError,
     retry_call,
 )
 from teos.chain.recent import BlockRef
@@ -109,6 +115,16 @@ class Reachability(Protocol):
     def set_reachable(self, value: bool) -> None: ...
 
 
+def _retryable(e: BaseException) -> bool:
+    """Everything but a JSON-RPC error that asking again will not change."""
+    return isinstance(e, TRANSIENT_ERRORS) or not isinstance(e, RPCError)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if isinstance(e, BitcoindError) else f"{type(e).__name__}: {text}"
+
+
 class Startup:
     """The checks of the module docstring; ``run`` once, ``cancel`` from another thread to give up."""
 
@@ -135,6 +151,14 @@ class Startup:
         self._cancel.set()
 
     def run(self) -> Resume:
+        try:
+            return self._run()
+        except BootstrapError:
+            raise
+        except Exception as e:
+            raise BootstrapError(f"start-up checks failed: {_one_line(e)}") from e
+
+    def _run(self) -> Resume:
         info = self._rpc(self._chain.get_blockchain_info)
         if info.chain != self.config.btc_network:
             raise BootstrapError(
@@ -159,18 +183,39 @@ class Startup:
         return Resume(tip, known)
 
     def _rpc(self, fn: Callable[[], T]) -> T:
+        """``fn()``, retried within the policy (see the module docstring); a JSON-RPC error that is not
+        transient is raised as it is (callers may expect one, e.g. a pruned block)."""
+
         def on_error(e: BaseException, delay: float) -> None:
             self._reachability.set_reachable(False)
-            log.warning("bitcoind not ready, retrying in %.1fs error=%s", delay, e)
+            if isinstance(e, TRANSIENT_ERRORS):
+                log.warning("bitcoind not ready, retrying in %.1fs error=%s", delay, _one_line(e))
+            else:
+                log.warning("start-up call failed, retrying in %.1fs error=%s", delay, _one_line(e),
+                            exc_info=e)  # fmt: skip
 
         try:
-            result = retry_call(fn, self._cancel, self.config.retry, on_error=on_error)
-        except TRANSIENT_ERRORS as e:
-            raise BootstrapError(f"bitcoind did not answer: {e}") from e
+            result = retry_call(
+                fn, self._cancel, self.config.retry, retry_on=(Exception,), on_error=on_error,
+                retry_if=_retryable,
+            )  # fmt: skip
         except Cancelled as e:
             raise BootstrapError("stopped while starting") from e
+        except RPCError as e:
+            if isinstance(e, BitcoindWarmingUp):
+                raise BootstrapError(f"bitcoind is still warming up after {self._waited()}: {e}") from e
+            raise
+        except TRANSIENT_ERRORS as e:
+            waited = self._waited()
+            raise BootstrapError(f"bitcoind did not answer readably within {waited}: {_one_line(e)}") from e
+        except Exception as e:
+            raise BootstrapError(f"start-up call kept failing for {self._waited()}: {_one_line(e)}") from e
         self._reachability.set_reachable(True)
         return result
+
+    def _waited(self) -> str:
+        max_wait = self.config.retry.max_wait
+        return f"{max_wait:.0f} s" if max_wait is not None else "ever"
 
     def _first_start(self) -> BlockRef:
         best = self._rpc(self._chain.get_best_block_hash)

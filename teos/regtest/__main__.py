@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from teos.regtest import scriptcheck
+from teos.regtest import faults, scriptcheck
 from teos.regtest.simulator import Simulator
 
 DESCRIPTION = """\
@@ -44,6 +44,10 @@ Fault knobs, also available at runtime as RPCs that real Bitcoin Core answers wi
   sim_zmq("kill"|"revive")         close the ZMQ socket / rebind it on the same port
   sim_fail(method, code, message, [count])  make the next count calls of method fail with that error
   sim_latency(seconds)             delay every RPC answer
+  sim_garble(method, kind, [count], [seconds])  malform the next count answers to method: wrong_type,
+                                   wrong_field_type, missing_field, bad_value, cut_body, cut_stream,
+                                   html_500, busy_503 (Core's "Work queue depth exceeded"), hang
+                                   (seconds, default 3); sim_garble(method) clears
   sim_status()                     show the knobs and the ZMQ sequence numbers
 """
 
@@ -87,6 +91,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="drop the first N messages of TOPIC (hashblock, rawtx or all); repeatable",
     )
     p.add_argument("--latency", type=float, default=0.0, metavar="SECONDS", help="delay every RPC answer")
+    p.add_argument(
+        "--garble",
+        action="append",
+        default=[],
+        metavar="METHOD:KIND[:N]",
+        help="malform the first N (default 1) answers to METHOD in the way KIND says (see sim_garble)",
+    )
     p.add_argument("--log-level", default="WARNING", help="logging level (DEBUG, INFO, WARNING...)")
     return p.parse_args(args)
 
@@ -104,6 +115,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             drops.append((topic, int(count)))
         except ValueError:
             print(f"teos-regtest: bad --drop-zmq {item!r}, expected TOPIC:N", file=sys.stderr)
+            return 2
+
+    garbles = []
+    for item in args.garble:
+        method, _, rest = item.partition(":")
+        kind, _, count = rest.partition(":")
+        try:
+            garbles.append([method, faults.check_kind(kind), int(count or 1)])
+        except ValueError as e:
+            print(f"teos-regtest: bad --garble {item!r}, expected METHOD:KIND[:N] ({e})", file=sys.stderr)
             return 2
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -125,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sim.fault("sim_prune", [args.prune_below])
     if args.latency:
         sim.fault("sim_latency", [args.latency])
+    for garble in garbles:
+        sim.fault("sim_garble", garble)
     print(
         f"teos-regtest ready rpcport={sim.rpc_port} zmqport={sim.zmq_port} datadir={sim.datadir}", flush=True
     )

@@ -304,6 +304,7 @@ class RpcDispatcher:
             ("sim_zmq", 1),
             ("sim_fail", 4),
             ("sim_latency", 1),
+            ("sim_garble", 4),
             ("sim_status", 0),
         ):
             self._add_knob(knob, nparams)

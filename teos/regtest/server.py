@@ -24,6 +24,7 @@ from typing import Any
 
 from teos.regtest import errors as E
 from teos.regtest.errors import RpcError
+from teos.regtest.faults import FaultQueue, FaultReply, render_taken
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Faults:
         self.refuse_until = 0.0
         self.latency = 0.0
         self.fail_rules: dict[str, list[Any]] = {}  # method -> [code, message, remaining]
+        self.garble = FaultQueue()  # malformed answers (teos.regtest.faults), per method
         self.stopping = threading.Event()
 
     def warming_up(self) -> bool:
@@ -102,6 +104,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if body:
             self.wfile.write(body)
+
+    def _send_fault(self, reply: FaultReply) -> None:
+        """A malformed answer from ``sim_garble``: held, cut or replaced as ``reply`` says."""
+        if reply.hold > 0:
+            self.server.faults.stopping.wait(reply.hold)
+        if not reply.answer:
+            self.close_connection = True
+            return
+        self.send_response(reply.status)
+        for name, value in reply.headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(reply.sent_body)
+        self.wfile.flush()
+        if reply.close:
+            self.close_connection = True
 
     def _send_json(self, status: int, value: Any) -> None:
         self._send(status, (json.dumps(value, separators=(",", ":"), ensure_ascii=False) + "\n").encode())
@@ -197,8 +215,17 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         if isinstance(request, dict):
+            name = request.get("method")
+            method = name if isinstance(name, str) and not name.startswith("sim_") else ""
+            taken = faults.garble.take_before(method) if method else None
+            if taken is not None:
+                self._send_fault(render_taken(taken, method))
+                return
             reply, status = self._exec_one(request)
-            if reply is None:
+            taken = faults.garble.take_after(method, reply) if method and reply is not None else None
+            if taken is not None:
+                self._send_fault(render_taken(taken, method, reply))
+            elif reply is None:
                 self._send(204, b"")
             else:
                 self._send_json(status, reply)

@@ -22,6 +22,11 @@ Fault knobs (RPC methods, answered even during warm-up; Bitcoin Core answers -32
 - ``sim_zmq("kill"|"revive")``: close the ZMQ socket / rebind it on the same port.
 - ``sim_fail(method, code, message, [count])``: the next ``count`` (default 1) calls of ``method`` fail.
 - ``sim_latency(seconds)``: delay every RPC answer.
+- ``sim_garble(method, kind, [count], [seconds])``: the next ``count`` (default 1) answers to ``method``
+  are malformed in the way ``kind`` says (``teos.regtest.faults``: wrong_type, wrong_field_type,
+  missing_field, bad_value, cut_body, cut_stream, html_500, busy_503, hang; a hang holds ``seconds``,
+  default 3, then closes). Calls queue in order after those already queued; ``sim_garble(method)``
+  drops what is queued for ``method``, ``sim_garble()`` everything.
 - ``sim_status()``: the knobs' state and the ZMQ sequence numbers.
 """
 
@@ -209,16 +214,30 @@ class Simulator:
                     f.fail_rules[str(args[0])] = [int(args[1]), str(args[2]), count]
             elif name == "sim_latency":
                 f.latency = max(0.0, float(args[0]))
+            elif name == "sim_garble":
+                self._garble(args)
             elif name != "sim_status":
                 raise ValueError("unknown knob")
         except (IndexError, TypeError, ValueError) as e:
             raise RpcError(-8, f"{name}: {e}") from None
         return self.status()
 
+    def _garble(self, args: list[Any]) -> None:
+        queue = self.faults.garble
+        if len(args) < 2 or args[1] is None:
+            queue.clear(str(args[0]) if args and args[0] is not None else None)
+            return
+        count = int(args[2]) if len(args) > 2 and args[2] is not None else 1
+        if len(args) > 3 and args[3] is not None:
+            queue.add(str(args[0]), str(args[1]), count, float(args[3]))
+        else:
+            queue.add(str(args[0]), str(args[1]), count)
+
     def status(self) -> dict[str, Any]:
         f = self.faults
         now = time.monotonic()
         warm = f.warmup_until
+        garble = f.garble.snapshot()
         return {
             "warmup": None if warm is None else (-1 if warm == math.inf else max(0.0, warm - now)),
             "hang": max(0.0, f.hang_until - now),
@@ -229,6 +248,8 @@ class Simulator:
             "zmq_sequence": self.zmq.sequences(),
             "zmq_drop": self.zmq.pending_drops(),
             "fail": {m: {"code": r[0], "message": r[1], "remaining": r[2]} for m, r in f.fail_rules.items()},
+            "garble": {m: [{"kind": k, "remaining": n} for k, n in q] for m, q in garble.items()},
+            "garbled": f.garble.delivered_by_method(),
             "topics": list(TOPICS),
         }
 

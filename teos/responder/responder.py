@@ -202,24 +202,39 @@ class Responder:
         return len(self._retry)
 
     def broadcast(self, trackers: Iterable[TrackerRecord]) -> int:
-        """Broadcasts each tracker's penalty and returns how many bitcoind took; those bitcoind did not
-        answer for are kept for ``retry_broadcasts``."""
+        """Broadcasts each tracker's penalty and returns how many bitcoind took. Those bitcoind did not
+        answer for, or answered something unreadable for, are kept for ``retry_broadcasts``; so is one
+        whose broadcast failed in any other way (logged): nothing here raises, since the block these
+        penalties answer is already committed and must never be handled again."""
         delivered = 0
-        for t in trackers:
-            result = self._carrier.send(t.penalty_rawtx, t.penalty_txid)
+        for t in list(trackers):
+            self._retry[t.uuid] = t  # until bitcoind took it or refused it for good
+            try:
+                result = self._carrier.send(t.penalty_rawtx, t.penalty_txid)
+            except Exception:
+                log.exception("penalty broadcast failed, retrying soon uuid=%s penalty_txid=%s",
+                              t.uuid, t.penalty_txid)  # fmt: skip
+                continue
             self._log_result(t, result)
-            if result.status is BroadcastStatus.UNREACHABLE:
-                self._retry[t.uuid] = t
-            else:
-                self._retry.pop(t.uuid, None)
+            if result.status is not BroadcastStatus.UNREACHABLE:
+                del self._retry[t.uuid]
                 delivered += result.status.delivered
         return delivered
 
     def retry_broadcasts(self) -> int:
-        """Broadcasts again the penalties bitcoind did not answer for, if their trackers still exist;
-        returns how many bitcoind took."""
-        pending, self._retry = self._retry, {}
-        live = [t for t in pending.values() if self._store.get(keys.tracker(t.uuid)) is not None]
+        """Broadcasts again the penalties waiting for it whose trackers still exist; returns how many
+        bitcoind took. A tracker that cannot be read now stays queued."""
+        live = []
+        for uuid, t in list(self._retry.items()):
+            try:
+                exists = self._store.get(keys.tracker(uuid)) is not None
+            except Exception:
+                log.exception("cannot read tracker, retrying its broadcast later uuid=%s", uuid)
+                continue
+            if exists:
+                live.append(t)
+            else:
+                del self._retry[uuid]
         return self.broadcast(live)
 
     @staticmethod

@@ -151,6 +151,19 @@ def test_stale_tip_check_is_not_ready(client: FlaskClient, engine_status: FakeEn
     assert "last checked" in resp.get_json()["reason"]
 
 
+def test_tower_that_stopped_watching_is_not_ready_and_says_why(
+    client: FlaskClient, engine_status: FakeEngineStatus
+) -> None:
+    engine_status.extra["stopped_watching"] = None
+    assert client.get("/ready").status_code == 200
+    engine_status.extra["stopped_watching"] = "thread engine stopped"
+    resp = client.get("/ready")
+    assert resp.status_code == 503
+    assert resp.get_json()["reason"].startswith("the tower stopped watching the chain: thread engine stopped")
+    info = get(client, "/gettowerinfo")
+    assert info["ready"] is False and "thread engine stopped" in info["not_ready_reason"]
+
+
 # -- readiness and metrics need no cookie ----------------------------------------------------------------
 
 

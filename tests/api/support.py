@@ -24,6 +24,7 @@ from common.types import Dialect, Locator, Txid, UserId
 from teos.api import create_app
 from teos.api.ipc import TOKEN_BYTES, CoreClient, CoreServer, RemoteCore
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
+from teos.interfaces import Watching
 from teos.service import TowerCore, TowerService
 from teos.storage.index import LocatorIndex
 from teos.storage.store import Store
@@ -67,9 +68,11 @@ class Tower:
         max_appointments: int = 1_000_000,
         chain: Any = None,
         remote: bool = False,
+        watching: Watching | None = None,
     ) -> Tower:
         """The app over a Gatekeeper on ``store``; with ``remote`` its service reaches the state through
-        the worker channel (a ``CoreServer`` on a real Unix socket), as in teosd's API workers."""
+        the worker channel (a ``CoreServer`` on a real Unix socket), as in teosd's API workers.
+        ``watching`` is the tower's health as teosd passes it (none: always watching)."""
         chain = chain if chain is not None else FakeChainView(tip_height=tip)
         config = GatekeeperConfig(subscription_slots=slots, max_appointments=max_appointments)
         index = LocatorIndex(store)
@@ -77,10 +80,11 @@ class Tower:
         gatekeeper = Gatekeeper(store, config, chain, index)
         gatekeeper.start()
         secret_key = crypto.generate_secret_key()
+        core = TowerCore(gatekeeper, chain, chain, store, watching)
         if not remote:
-            service = TowerService.local(gatekeeper, chain, store, secret_key)
+            service = TowerService(core, secret_key, min_to_self_delay=config.min_to_self_delay)
             return cls(store, chain, gatekeeper, service, create_app(service), secret_key, index)
-        server = CoreServer(TowerCore(gatekeeper, chain, chain, store), os.urandom(TOKEN_BYTES))
+        server = CoreServer(core, os.urandom(TOKEN_BYTES))
         server.start()
         service = TowerService(
             RemoteCore(CoreClient(server.address, server.token)),

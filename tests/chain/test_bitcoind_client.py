@@ -12,17 +12,22 @@ from typing import Any
 
 import pytest
 
-from common.types import BlockHash
+from common.types import BlockHash, Txid
 from teos.chain.bitcoind import (
+    TRANSIENT_ERRORS,
     BitcoindClient,
     BitcoindConfig,
     BitcoindUnreachable,
+    BitcoindUnreadable,
     BitcoindWarmingUp,
     Cancelled,
     RetryPolicy,
     RPCError,
+    TxInfo,
+    excerpt,
     retry_call,
 )
+from teos.chain.carrier import BroadcastStatus, Carrier
 from teos.devtools import free_port
 
 HASH = "00" * 31 + "01"
@@ -211,3 +216,97 @@ def test_non_transient_errors_are_not_retried() -> None:
     with pytest.raises(RPCError):
         retry_call(bad, threading.Event(), RetryPolicy(0.001, 0.002))
     assert len(calls) == 1
+
+
+# -- answers that parse but do not answer the question --------------------------------------------------
+
+
+OTHER = "22" * 32
+BLOCK = {"hash": HASH, "height": 7, "previousblockhash": "11" * 32, "tx": ["33" * 32]}
+
+
+@pytest.mark.parametrize(
+    "method,answer,problem",
+    [
+        ("getblock", {**BLOCK, "hash": OTHER}, "another block"),
+        ("getblock", {k: v for k, v in BLOCK.items() if k != "previousblockhash"}, "no previousblockhash"),
+        ("getblock", {**BLOCK, "tx": []}, "tx is not a list"),
+        ("getblock", {**BLOCK, "height": True}, "height is not an integer"),
+        ("getblock", {**BLOCK, "height": 2**31}, "height is not an integer"),
+        ("getblockheader", {**BLOCK, "confirmations": -2}, "confirmations is not an integer"),
+        ("getblockheader", {**BLOCK, "confirmations": 1.5}, "confirmations is not an integer"),
+        (
+            "getblockchaininfo",
+            {"chain": "nonet", "blocks": 1, "bestblockhash": HASH, "pruned": False},
+            "chain",
+        ),
+        (
+            "getblockchaininfo",
+            {"chain": "main", "blocks": 1, "bestblockhash": HASH, "pruned": True},
+            "no pruneheight",
+        ),
+        (
+            "getblockchaininfo",
+            {"chain": "main", "blocks": 1, "bestblockhash": HASH, "pruned": "no"},
+            "pruned",
+        ),
+        ("getrawtransaction", {"txid": OTHER, "confirmations": 1}, "another transaction"),
+        ("getblockcount", "7", "not an integer"),
+        ("getbestblockhash", HASH.upper()[:-1] + "G", "not 64 hex digits"),
+    ],
+)
+def test_answers_that_are_not_answers_are_unreadable(
+    serve: Serve, method: str, answer: Any, problem: str
+) -> None:
+    _, client = serve(lambda m, p, a: ok(answer))
+    calls: dict[str, Callable[[], Any]] = {
+        "getblock": lambda: client.get_block(BlockHash.from_hex(HASH)),
+        "getblockheader": lambda: client.get_block_header(BlockHash.from_hex(HASH)),
+        "getblockchaininfo": client.get_blockchain_info,
+        "getrawtransaction": lambda: client.get_raw_transaction(Txid.from_hex("33" * 32)),
+        "getblockcount": client.get_block_count,
+        "getbestblockhash": client.get_best_block_hash,
+    }
+    with pytest.raises(BitcoindUnreadable) as e:
+        calls[method]()
+    assert e.value.method == method and problem in e.value.problem
+    assert isinstance(e.value, TRANSIENT_ERRORS) and str(e.value).startswith(
+        f"bitcoind answered something unreadable to {method}: "
+    )
+
+
+@pytest.mark.parametrize(
+    "status,body,problem",
+    [
+        (500, b'{"result": null, "error": {"code": "x", "message": 5}, "id": 1}', "malformed error"),
+        (200, b'{"error": null, "id": 1}', "no result"),
+        (502, b'{"result": 1, "error": null, "id": 1}', "HTTP 502 without an error"),
+        (200, b"[1, 2]", "not an object"),
+        (503, b"Work queue depth exceeded", "not JSON"),
+    ],
+)
+def test_bodies_that_are_not_json_rpc_answers_are_unreadable(
+    serve: Serve, status: int, body: bytes, problem: str
+) -> None:
+    _, client = serve(lambda m, p, a: (status, body))
+    with pytest.raises(BitcoindUnreadable) as e:
+        client.call("getblockcount")
+    assert problem in e.value.problem and e.value.excerpt == " ".join(body.decode().split())
+
+
+def test_excerpt_is_one_short_printable_line() -> None:
+    text = excerpt(b"<html>\r\n<body>\x00" + b"x" * 500)
+    assert "\n" not in text and len(text) <= 120 and text.endswith("...")
+    assert excerpt({"a": [1, 2]}) == '{"a":[1,2]}'
+
+
+def test_carrier_takes_another_txid_for_no_answer() -> None:
+    class Lying:
+        def send_raw_transaction(self, raw_tx: bytes) -> Txid:
+            return Txid.from_hex(OTHER)
+
+        def get_raw_transaction(self, txid: Txid, block_hash: BlockHash | None = None) -> TxInfo | None:
+            return None
+
+    result = Carrier(Lying()).send(b"\x00", Txid.from_hex("33" * 32))
+    assert result.status is BroadcastStatus.UNREACHABLE and "unreadable" in result.message

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from teos.chain.bitcoind import Block
+from teos.chain.bitcoind import BitcoindUnreadable, Block
 from teos.chain.monitor import BlockConnected, BlockDisconnected, ChainEvent, ChainMonitor, Stop
 from teos.chain.recent import BlockRef
 from tests.support.fakes import FakeChain
@@ -136,3 +136,16 @@ def test_zmq_wakes_the_walker_and_a_dead_endpoint_is_harmless() -> None:
     finally:
         monitor.stop()
         pub.close(0)
+
+
+def test_a_block_at_the_wrong_height_is_unreadable_and_not_emitted(setup: Setup) -> None:
+    chain, consumer, monitor = setup
+    new = chain.mine()[0]
+    true_block = chain.blocks[new]
+    chain.blocks[new] = Block(true_block.hash, true_block.height + 1, true_block.prev_hash, true_block.txids)
+    with pytest.raises(BitcoindUnreadable, match="height 6 for the block after 4"):
+        monitor.sync_once()
+    assert consumer.take() == []
+    chain.blocks[new] = true_block  # bitcoind answers sense again: the same block follows
+    monitor.sync_once()
+    assert [e.hash for e in consumer.take()] == [new]

@@ -11,8 +11,9 @@ the simulator and, when a ``bitcoind`` binary is available, against real Bitcoin
   ``datadir`` (the node's own ``-datadir``; regtest data lives in ``datadir/regtest``).
 - ``rpc(method, *params)``: one JSON-RPC call on a connection of its own (``teos.chain.bitcoind.rpc_call``,
   the tower's own client); raises :class:`RPCError` (``.code``, ``.message``) for JSON-RPC errors,
-  :class:`HTTPStatusError` (``.status``, ``.body``) for HTTP-level refusals such as 401, and ``OSError``
-  (e.g. ConnectionRefusedError) when nothing listens.
+  :class:`HTTPStatusError` (``.status``, ``.body``) for HTTP-level refusals such as 401,
+  :class:`BitcoindUnreadable` for an answer that is not JSON-RPC (an error page, a cut body; both are
+  :class:`BitcoindUnreachable`), and ``OSError`` (e.g. ConnectionRefusedError) when nothing listens.
 - ``mine(n=1, address=None) -> list[str]``: ``generatetoaddress`` (to a throwaway address by default).
 - ``start()`` / ``stop()`` (clean, via the ``stop`` RPC) / ``kill()`` (SIGKILL): the same datadir and ports
   are reused on restart, so the chain survives and clients can reconnect.
@@ -34,7 +35,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from teos.chain.bitcoind import HTTPStatusError, RPCError, rpc_call
+from teos.chain.bitcoind import BitcoindUnreachable, BitcoindUnreadable, HTTPStatusError, RPCError, rpc_call
 from teos.devtools import free_port, wait_until
 from teos.regtest.wallet import Wallet
 
@@ -43,6 +44,8 @@ __all__ = [
     "REPO_ROOT",
     "BitcoinCoreHandle",
     "BitcoindHandle",
+    "BitcoindUnreachable",
+    "BitcoindUnreadable",
     "HTTPStatusError",
     "RPCError",
     "SimulatorHandle",
@@ -133,7 +136,7 @@ class BitcoindHandle:
             return True
         except RPCError as e:
             return e.code != -28 or self.supports_faults  # the simulator's warm-up is a knob, not a wait
-        except (OSError, HTTPStatusError, http.client.HTTPException):
+        except (OSError, BitcoindUnreachable, http.client.HTTPException):
             return False
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -143,7 +146,7 @@ class BitcoindHandle:
             return
         try:
             self.rpc("stop", timeout=5)
-        except (RPCError, HTTPStatusError, OSError, http.client.HTTPException):
+        except (RPCError, BitcoindUnreachable, OSError, http.client.HTTPException):
             self._signal(signal.SIGTERM)
         assert self.process is not None
         try:
