@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.tx import decode_transaction
-from common.types import BlockHash, Txid
+from common.types import BlockHash, Txid, Txids
 from teos.chain.bitcoind import Block, BlockHeader, ChainInfo, RPCError, TxInfo
 
 
@@ -59,8 +59,9 @@ class SyntheticChain:
         self.prebuilt = [self._build(h) for h in range(blocks)] if prebuilt else None
 
     def _build(self, h: int) -> Block:
+        # txids held as bitcoind's blocks are parsed (``Txids``), so that both catch-ups process the same
         prev = self.hashes[h - 1] if h else None
-        return Block(self.hashes[h], h, prev, tuple(Txid(t) for t in block_txids(self.seed, h, self.txs)))
+        return Block(self.hashes[h], h, prev, Txids.from_raw(block_txids(self.seed, h, self.txs)))
 
     def block(self, h: int) -> Block:
         return self.prebuilt[h] if self.prebuilt is not None else self._build(h)

@@ -339,7 +339,7 @@ def catch_up(path: Path, block_txs: int, blocks: int) -> dict[str, float]:
     saved = _snapshot_pointer(store)
     store.close()
     local = SyntheticChain(SEED, tip + 1, block_txs, tip, prebuilt=True)
-    gc.freeze()  # its two million txids would otherwise be walked by every full collection
+    gc.freeze()  # its blocks would otherwise be walked by every full collection
     pure_s = _time_catch_up(path, local, tip)
     gc.unfreeze()
     del local

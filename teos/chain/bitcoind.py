@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from common.types import BlockHash, Txid
+from common.types import BlockHash, Txid, Txids
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class Block:
     hash: BlockHash
     height: int
     prev_hash: BlockHash | None  # None only for the genesis block
-    txids: tuple[Txid, ...]
+    txids: Sequence[Txid]  # from bitcoind: a ``Txids``
 
 
 @dataclass(frozen=True)
@@ -320,7 +320,7 @@ class BitcoindClient:
         if not isinstance(tx, list) or not tx:
             raise BitcoindUnreadable(method, "tx is not a list of txids", tx)
         try:
-            txids = Txid.many_from_hex(tx)  # thousands: parsed at once
+            txids = Txids.from_hex(tx)  # thousands: one bytes object, no Txid made
         except ValueError:
             for t in tx:
                 read_txid(method, t, "tx")  # names the first bad one

@@ -53,7 +53,7 @@ class BlockConnected:
     hash: BlockHash
     height: int
     prev_hash: BlockHash | None
-    txids: tuple[Txid, ...]
+    txids: Sequence[Txid]
 
     @classmethod
     def of(cls, block: Block) -> BlockConnected:

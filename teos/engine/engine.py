@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from common.tx import decode_transaction
-from common.types import BlockHash, Txid
+from common.types import BlockHash, Txid, Txids
 from teos.chain.bitcoind import TRANSIENT_ERRORS, RetryPolicy
 from teos.chain.monitor import BlockConnected, BlockDisconnected, ChainEvent, Stop
 from teos.chain.recent import BlockRef
@@ -209,12 +209,13 @@ class _TxidSet:
 
     def __init__(self, txids: Sequence[Txid]) -> None:
         self._txids = txids
-        self._set: frozenset[Txid] | None = None
+        self._set: frozenset[bytes] | None = None
 
     def __contains__(self, txid: object) -> bool:
         if self._set is None:
-            self._set = frozenset(self._txids)
-        return txid in self._set
+            t = self._txids
+            self._set = frozenset(t.raw_txids() if isinstance(t, Txids) else [x.raw for x in t])
+        return isinstance(txid, Txid) and txid.raw in self._set
 
 
 class Engine:

@@ -159,7 +159,8 @@ class Watcher:
         outcome = WatcherOutcome()
         records = find_appointments(self._store, self._index, locators)  # keys: dialect code | locator
         for record, usernum in records:
-            txid = locators.get(locator_key(record.dialect, record.locator))
+            raw = locators.get(locator_key(record.dialect, record.locator))
+            txid = Txid(raw) if raw is not None else None
             if txid is None or locator_from_txid(txid, record.dialect) != record.locator:
                 # Matched through the other dialect's locator only: not this user's breach; the
                 # appointment stays under watch.

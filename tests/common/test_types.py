@@ -1,4 +1,4 @@
-"""The identifier value types: hex in display order for txids, and the bulk parse of a block's txids."""
+"""The identifier value types: txids in display-order hex, and a block's txids held as one bytes object."""
 
 from __future__ import annotations
 
@@ -6,16 +6,27 @@ import os
 
 import pytest
 
-from common.types import Txid
+from common.types import Txid, Txids
+from teos.watcher.locator_cache import block_locators
 
 
-def test_many_from_hex_is_from_hex_for_each() -> None:
+def test_txids_are_the_txids_of_their_hex_in_order() -> None:
     values = [os.urandom(32).hex() for _ in range(300)] + ["AB" * 32]
-    many = Txid.many_from_hex(values)
-    assert many == tuple(Txid.from_hex(v) for v in values)
-    assert all(type(t) is Txid and len(t.raw) == 32 for t in many)
-    assert {many[0]: 1}[Txid.from_hex(values[0])] == 1  # hash and equality as usual
-    assert Txid.many_from_hex([]) == ()
+    one_by_one = tuple(Txid.from_hex(v) for v in values)
+    txids = Txids.from_hex(values)
+    assert len(txids) == len(values) and tuple(txids) == one_by_one and txids == one_by_one
+    assert txids[0] == one_by_one[0] and txids[-1] == one_by_one[-1] and txids[5:9] == one_by_one[5:9]
+    assert txids.raw_txids() == [t.raw for t in one_by_one]
+    assert Txids.from_raw(t.raw for t in one_by_one) == txids
+    assert hash(Txids.from_raw(txids.raw_txids())) == hash(txids)
+    with pytest.raises(IndexError):
+        txids[len(values)]
+    assert len(Txids.from_hex([])) == 0 and list(Txids.from_hex([])) == []
+
+
+def test_a_blocks_locators_are_the_same_from_txids_and_from_their_bytes() -> None:
+    one_by_one = [Txid(os.urandom(32)) for _ in range(50)]
+    assert block_locators(Txids.from_raw(t.raw for t in one_by_one)) == block_locators(one_by_one)
 
 
 @pytest.mark.parametrize(
@@ -31,9 +42,11 @@ def test_many_from_hex_is_from_hex_for_each() -> None:
         [32],
     ],
 )
-def test_many_from_hex_refuses_what_from_hex_refuses(bad: list[object]) -> None:
+def test_txids_refuse_what_a_txid_refuses(bad: list[object]) -> None:
     for value in bad:
         with pytest.raises(ValueError):
             Txid.from_hex(value)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        Txid.many_from_hex(["00" * 32, *bad])  # type: ignore[list-item]
+        Txids.from_hex(["00" * 32, *bad])  # type: ignore[list-item]
+    with pytest.raises(ValueError):
+        Txids(bytes(33))
