@@ -69,19 +69,33 @@ class Batch:
         return len(self.ops)
 
 
+class _Group:
+    """Batches written together by one synced LevelDB write. Its members wait on its own condition (on
+    the store's lock), so a finished write wakes only the callers it concerns, and one caller of the next
+    group to lead it."""
+
+    __slots__ = ("batches", "done", "error", "written")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.batches: list[Batch] = []
+        self.written = threading.Condition(lock)
+        self.done = False
+        self.error: BaseException | None = None
+
+
 class Ticket:
     """A batch queued with ``Store.submit``; ``wait()`` returns once it is on disk."""
 
-    __slots__ = ("_batch", "_gen", "_store")
+    __slots__ = ("_batch", "_group", "_store")
 
-    def __init__(self, store: Store, gen: int, batch: Batch) -> None:
+    def __init__(self, store: Store, group: _Group, batch: Batch) -> None:
         self._store = store
-        self._gen = gen
+        self._group = group
         self._batch = batch
 
     def wait(self) -> None:
         """Blocks until the batch is synced; raises StorageError if its write failed."""
-        self._store._wait(self._gen)
+        self._store._wait(self._group)
         self._batch.committed()
 
 
@@ -91,12 +105,10 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._db: plyvel.DB | None = None
-        self._cv = threading.Condition()
-        self._pending: list[Batch] = []
-        self._pending_gen = 1  # the group currently accepting batches
-        self._done_gen = 0  # the last group written (successfully or not)
-        self._writing = False
-        self._failed: dict[int, BaseException] = {}
+        self._lock = threading.Lock()
+        self._group = _Group(self._lock)  # the group accepting batches
+        self._writing = False  # a group is being written (by one of its callers, its leader)
+        self._idle = threading.Condition(self._lock)  # notified when a write ends (for close)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -112,9 +124,9 @@ class Store:
             raise StorageError(f"cannot open database at {self.path}: {e}") from e
 
     def close(self) -> None:
-        with self._cv:
+        with self._lock:
             while self._writing:
-                self._cv.wait()
+                self._idle.wait()
             db, self._db = self._db, None
         if db is not None:
             db.close()
@@ -201,39 +213,36 @@ class Store:
         Batches are written in the order they were submitted, so a caller that must order its writes
         (e.g. a counter) holds its own lock only around ``submit`` and calls ``Ticket.wait`` outside it.
         """
-        with self._cv:
-            self._pending.append(batch)
-            return Ticket(self, self._pending_gen, batch)
+        with self._lock:
+            group = self._group
+            group.batches.append(batch)
+            return Ticket(self, group, batch)
 
-    def _wait(self, gen: int) -> None:
-        with self._cv:
-            while self._done_gen < gen:
+    def _wait(self, group: _Group) -> None:
+        """Returns once ``group`` is written. The first of its callers to find no write going on leads it:
+        it takes the group (later batches start the next one), writes it synced, and wakes the group's
+        other callers and one caller of the next group, who leads that one."""
+        with self._lock:
+            while not group.done:
                 if self._writing:
-                    self._cv.wait()
+                    group.written.wait()
                     continue
-                # Become the leader of the current group (which holds our batch).
                 self._writing = True
-                group, self._pending = self._pending, []
-                lead_gen = self._pending_gen
-                self._pending_gen += 1
-                self._cv.release()
-                error: BaseException | None = None
+                self._group = _Group(self._lock)  # our group is the one accepting batches: close it
+                self._lock.release()
                 try:
-                    self._write(group, sync=True)
+                    self._write(group.batches, sync=True)
                 except BaseException as e:  # handed to every member of the group
-                    error = e
+                    group.error = e
                 finally:
-                    self._cv.acquire()
+                    self._lock.acquire()
                 self._writing = False
-                self._done_gen = lead_gen
-                if error is not None:
-                    self._failed[lead_gen] = error
-                    for old in [g for g in self._failed if g < lead_gen - 1000]:
-                        del self._failed[old]
-                self._cv.notify_all()
-            error = self._failed.get(gen)
-        if error is not None:
-            raise StorageError(f"database write failed: {error}") from error
+                group.done = True
+                group.written.notify_all()
+                self._group.written.notify()  # a caller of the next group, if any waits, leads it
+                self._idle.notify_all()
+        if group.error is not None:
+            raise StorageError(f"database write failed: {group.error}") from group.error
 
     def _write(self, batches: list[Batch], sync: bool) -> None:
         with self.db.write_batch(transaction=True, sync=sync) as wb:
