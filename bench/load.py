@@ -64,7 +64,8 @@ def start_node(kind: str, datadir: Path) -> BitcoindHandle:
 def start_teosd(workdir: Path, node: BitcoindHandle, args: argparse.Namespace) -> tuple[Teosd, str]:
     port = free_port()
     extra = ["--apithreads", str(args.apithreads), "--apiworkers", str(args.apiworkers),
-             "--maxappointments", "100000000"]  # fmt: skip
+             "--maxappointments", "100000000", "--maxappointmentsperuser", "100000000",
+             "--behindproxy"]  # every load connection comes from 127.0.0.1: no per-address share  # fmt: skip
     command = teosd_args(
         workdir / "teosd", port, "127.0.0.1", node.rpc_port, node.rpc_user, node.rpc_password,
         node.zmq_url, extra,

@@ -106,7 +106,10 @@ class _MemoryCore:
     def get_appointment(self, user_id: UserId, locator: Locator) -> Any:
         raise NotImplementedError
 
-    def get_subscription_info(self, user_id: UserId) -> Any:
+    def get_subscription_info(self, user_id: UserId, limit: int | None = None) -> Any:
+        raise NotImplementedError
+
+    def subscription_page(self, user_id: UserId, after: Locator, limit: int) -> Any:
         raise NotImplementedError
 
 

@@ -29,6 +29,7 @@ SIGNED_MESSAGE_PREFIX = b"Lightning Signed Message:"
 NONCE = bytes(12)
 TAG_SIZE = 16
 SIGNATURE_SIZE = 65
+SIGNATURE_CHARS = 104  # z-base-32 characters of a 65-byte signature (520 bits, no padding)
 # Header byte of a signature by a compressed key: 31 + recid (recid 0..3). python-teos and rust-teos
 # both accept exactly this range (27..30, the uncompressed-key flags, are refused as they are there).
 _HEADER_BASE = 31
@@ -128,12 +129,15 @@ def recover_public_key(message: bytes, signature: str) -> UserId:
     """
     if not isinstance(signature, str):
         raise InvalidSignature("signature must be a z-base-32 string")
+    if len(signature) != SIGNATURE_CHARS:  # checked before any decoding: the text is untrusted
+        raise InvalidSignature(
+            f"signature must be {SIGNATURE_CHARS} z-base-32 characters ({SIGNATURE_SIZE} bytes), "
+            f"got {len(signature)}"
+        )
     try:
         raw = zbase32.decode(signature)
     except ValueError as exc:
         raise InvalidSignature(f"signature is not z-base-32: {exc}") from None
-    if len(raw) != SIGNATURE_SIZE:
-        raise InvalidSignature(f"signature must be {SIGNATURE_SIZE} bytes, got {len(raw)}")
     recid = raw[0] - _HEADER_BASE
     if not 0 <= recid <= 3:
         raise InvalidSignature(f"invalid signature header byte {raw[0]}")

@@ -18,7 +18,7 @@ _VALUES = {char: index for index, char in enumerate(ALPHABET)}
 # alphabet translated; decoding translates each character to its digit in base 32 ("0"-"9", "a"-"v") and
 # lets ``int`` read the whole text (linear for a power-of-two base). Any character outside the alphabet
 # becomes "!", which ``int`` refuses. A signature takes a few microseconds either way, where a loop in
-# Python over its 104 characters took twenty.
+# Python over its 104 characters took seven.
 _RFC4648 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _TO_ZBASE32 = bytes.maketrans(_RFC4648, ALPHABET.encode("ascii"))
 _DIGITS = "0123456789abcdefghijklmnopqrstuv"

@@ -74,6 +74,18 @@ class Config:
     btc_rpc_timeout: float = 30.0
     btc_startup_timeout: float = 120.0
     watchdog_timeout: float = 300.0
+    # Bounds on what one client can take (issue 13); see teos.api.serving and teos.gatekeeper.
+    client_timeout: float = 10.0
+    api_max_connections: int = 16384
+    behind_proxy: bool = False
+    max_appointments_per_user: int = 100_000
+    new_user_reserve: int = 20
+    new_user_blocks: int = 144
+    max_users: int = 1_000_000
+    registrations_per_hour: int = 30
+    api_requests_per_second: int = 50
+    btc_rpc_password_file: Path | None = None
+    notes: tuple[str, ...] = ()  # warnings about the configuration, logged at start
 
     @property
     def api_workers_count(self) -> int:
@@ -190,6 +202,35 @@ class _Option:
     is_flag: bool = False  # a switch on the command line (no value)
 
 
+# Bounds on what one client can take (issue 13): connections, time, per-address and per-user shares.
+HARDENING_OPTIONS: tuple[_Option, ...] = (
+    _Option("clienttimeout", "client_timeout", _positive_float, "10",
+            "seconds a client has to send a request's header and body (also how long an idle "
+            "keep-alive connection stays open)"),
+    _Option("apimaxconnections", "api_max_connections", _int_in(64, 1 << 20), "16384",
+            "connections each API worker holds at most (bounded by the open-file limit)"),
+    _Option("behindproxy", "behind_proxy", _bool, "false",
+            "clients reach the API through Tor or a reverse proxy, so their address means nothing: "
+            "per-address limits are off", is_flag=True),
+    _Option("maxappointmentsperuser", "max_appointments_per_user", _int_in(1), "100000",
+            "appointments one user may hold at most"),
+    _Option("newuserreserve", "new_user_reserve", _int_in(0, 90), "20",
+            "percent of maxappointments kept for established users: once the tower is that close "
+            "to full, new users may neither register nor add appointments"),
+    _Option("newuserblocks", "new_user_blocks", _int_in(0, 2**31), "144",
+            "blocks after its first registration during which a user counts as new"),
+    _Option("maxusers", "max_users", _int_in(1), "1000000",
+            "registered users at most (top-ups of existing users are always accepted)"),
+    _Option("apirequestspersecond", "api_requests_per_second", _int_in(0, 1 << 20), "50",
+            "requests per second one client address may make to each API worker, a burst of twice that "
+            "(0: no limit; off with behindproxy)"),
+    _Option("registrationsperhour", "registrations_per_hour", _int_in(0, 1 << 20), "30",
+            "registrations and top-ups accepted per client address per hour (0: no limit; off with "
+            "behindproxy)"),
+    _Option("btcrpcpasswordfile", "btc_rpc_password_file", _optional_path, "",
+            "file holding the bitcoind RPC password (first line), so it is not on the command line"),
+)
+
 OPTIONS: tuple[_Option, ...] = (
     _Option("datadir", "datadir", lambda t: Path(t.strip()).expanduser(), None,
             "data directory: teos.conf, and per network <network>/db and <network>/teos_sk.der "
@@ -211,7 +252,9 @@ OPTIONS: tuple[_Option, ...] = (
             "bitcoind RPC port (default: the network's, 8332 mainnet, 18332 testnet, 48332 testnet4, "
             "38332 signet, 18443 regtest)"),
     _Option("btcrpcuser", "btc_rpc_user", _text, "", "bitcoind RPC user (empty: use the cookie file)"),
-    _Option("btcrpcpassword", "btc_rpc_password", _text, "", "bitcoind RPC password"),
+    _Option("btcrpcpassword", "btc_rpc_password", _text, "",
+            "bitcoind RPC password. Not as a flag: every local user can read the command line (ps); "
+            "use btcrpcpasswordfile, TEOS_BTCRPCPASSWORD or teos.conf"),
     _Option("btcrpccookie", "btc_rpc_cookie", _optional_path, "",
             "bitcoind cookie file, used when btcrpcuser is empty "
             "(default: ~/.bitcoin/[<network dir>/].cookie)"),
@@ -248,6 +291,7 @@ OPTIONS: tuple[_Option, ...] = (
     _Option("overwritekey", "overwrite_key", _bool, "false",
             "replace the tower's key with a new one (its users must register again)", in_file=False,
             is_flag=True),
+    *HARDENING_OPTIONS,
 )
 _BY_KEY = {o.name: o for o in OPTIONS}
 
@@ -331,6 +375,24 @@ def _read_env(environ: Mapping[str, str]) -> dict[str, str]:
     return values
 
 
+def _password_from_file(parsed: dict[str, Any], datadir: Path) -> dict[str, Any]:
+    """``btc_rpc_password`` read from ``btcrpcpasswordfile`` (its first line; relative to the datadir)."""
+    path: Path | None = parsed.get("btc_rpc_password_file")
+    if path is None:
+        return {}
+    if not path.is_absolute():
+        path = datadir / path
+    if parsed["btc_rpc_password"]:
+        raise ConfigError("btcrpcpassword and btcrpcpasswordfile are both set; keep one")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"btcrpcpasswordfile {path}: cannot read ({e})") from None
+    if not lines or not lines[0]:
+        raise ConfigError(f"btcrpcpasswordfile {path}: the first line (the password) is empty")
+    return {"btc_rpc_password": lines[0], "btc_rpc_password_file": path}
+
+
 def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Builds the Config from defaults, ``<datadir>/teos.conf``, ``environ`` and ``argv``.
 
@@ -376,6 +438,10 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
             raise ConfigError(f"invalid value for {o.name} ({source}): {text!r}: {e}") from None
     if "btc_rpc_port" not in parsed:
         parsed["btc_rpc_port"] = NETWORKS[parsed["btc_network"]][1]
+    parsed.update(_password_from_file(parsed, datadir))
+    if "btcrpcpassword" in flags and parsed["btc_rpc_password"]:
+        parsed["notes"] = ("the bitcoind RPC password was given as --btcrpcpassword: every local user can "
+                           "read it with ps; use btcrpcpasswordfile, TEOS_BTCRPCPASSWORD or teos.conf",)
     if parsed["btc_rpc_user"] and not parsed["btc_rpc_password"]:
         raise ConfigError("btcrpcuser is set but btcrpcpassword is empty")
     if not parsed["btc_rpc_user"] and parsed["btc_rpc_cookie"] is None:

@@ -14,7 +14,7 @@ block's effects are one atomic batch), then the index folds its journal, then th
 and SIGINT trigger that and teosd exits 0; a second signal during shutdown changes nothing.
 
 Serving: the public API runs in ``--apiworkers`` processes (one per core by default) under granian, a
-production WSGI server (HTTP in Rust, the Flask app in Python threads). Each worker parses and validates
+production server (HTTP in Rust, Flask in threads behind teos.api.serving). Each worker parses and validates
 requests, recovers the signer, signs the receipts, and asks this process for every state change over an
 authenticated Unix socket (``teos.api.ipc``); this process keeps the database, the Gatekeeper and the
 engine: one writer. Why processes: one Python process tops out well below what the disk's group commit
@@ -24,11 +24,10 @@ are killed by the kernel if this process dies (``PR_SET_PDEATHSIG``), so a crash
 workers answering on its port. granian respawns a worker that dies and gives up (teosd then exits 1) if
 they keep dying.
 
-The tower key: ``<datadir>/<network>/teos_sk.der``, the secp256k1 secret key in DER (the format python-teos
-used, so its key file can be brought over), mode 0600, created atomically (written to a temporary file
-opened with O_EXCL and mode 0600, fsynced, renamed). It is also kept in the database (``m|tower_key``):
-when the file is lost, it is restored from there so the tower id does not change. ``--overwritekey``
-replaces both. The tower id (the public key) is logged at start.
+The tower key: ``<datadir>/<network>/teos_sk.der`` and nowhere else (``teos.towerkey``: a lost file
+stops teosd rather than silently changing the tower id). ``--overwritekey`` replaces it. The tower id
+(the public key) is logged at start. teosd runs with umask 077 and keeps its datadir private
+(``teos.hardening``).
 
 Fatal start-up errors (bad configuration, database locked by another teosd or made for another network,
 bitcoind unreachable, answering garbage or on another network for ``--btcstartuptimeout`` seconds, port
@@ -55,14 +54,10 @@ import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from coincurve import PrivateKey
-
 from common import crypto
-from common.fsutil import write_private_file
 from common.types import UserId
 from teos.chain.bitcoind import BitcoindClient, BitcoindConfig, RetryPolicy
 from teos.chain.carrier import BroadcastRPC, Carrier
@@ -75,6 +70,7 @@ from teos.engine.pointer import PointerStore
 from teos.engine.progress import BlockCounter, Progress
 from teos.engine.startup import BootstrapError, ChainInfoSource, Startup, StartupConfig
 from teos.engine.watchdog import Watchdog
+from teos.fatal import FatalError
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.interfaces import BlockListener, SlotLedger
 from teos.logs import GRANIAN_LOGGING, setup_logging
@@ -84,6 +80,7 @@ from teos.storage import keys
 from teos.storage.index import LocatorIndex
 from teos.storage.migrate import MigrationError, migrate
 from teos.storage.store import Batch, StorageError, Store
+from teos.towerkey import load_or_create_key
 from teos.watcher.locator_cache import LocatorCache
 from teos.watcher.watcher import Watcher
 
@@ -100,10 +97,6 @@ EXIT_FATAL = 1  # could not start, or could not go on (see the log's "fatal:" li
 EXIT_WATCHDOG = 3  # the watchdog ended a tower that had stopped watching the chain
 
 
-class FatalError(RuntimeError):
-    """teosd cannot start or keep running; the message says what to do."""
-
-
 class _StopSignal(SystemExit):
     """Raised in the main thread by SIGTERM/SIGINT before granian takes the signals over."""
 
@@ -114,7 +107,7 @@ class ApiServer(Protocol):
     def serve(
         self,
         spawn_target: Callable[..., None] | None = None,
-        target_loader: Callable[..., Callable[..., object]] | None = None,
+        target_loader: Callable[..., Any] | None = None,  # returns the app (RSGI: an object, not a callable)
     ) -> object: ...
 
 
@@ -132,36 +125,6 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 # -- the tower key and the database's network --------------------------------------------------------
-
-
-def load_or_create_key(path: Path, store: Store, overwrite: bool) -> bytes:
-    """The tower's 32-byte secret key: from ``path``, else from the database, else a new one."""
-    stored = store.get(keys.META_TOWER_KEY)
-    secret: bytes | None = None
-    if overwrite:
-        log.warning("replacing the tower key (--overwritekey); registered users must register again")
-    elif path.exists():
-        try:
-            secret = bytes(PrivateKey.from_der(path.read_bytes()).secret)
-        except Exception as e:
-            raise FatalError(f"cannot read the tower key {path}: {e}; restore it, or start with "
-                             "--overwritekey to make a new one (users must then register again)") from e
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            log.warning("tower key file is readable by others path=%s mode=%o; chmod 600 it", path, mode)
-    elif stored is not None and len(stored) == 32:
-        secret = stored
-        log.warning("tower key file missing, restored from the database path=%s", path)
-        write_private_file(path, PrivateKey(secret).to_der())
-    if secret is None:
-        secret = crypto.generate_secret_key()
-        write_private_file(path, PrivateKey(secret).to_der())
-        log.info("tower key created path=%s", path)
-    if stored != secret:
-        batch = Batch()
-        batch.put(keys.META_TOWER_KEY, secret)
-        store.commit(batch)
-    return secret
 
 
 def check_network(store: Store, chain_name: str) -> None:
@@ -291,12 +254,17 @@ class Daemon:
         # Imported here so that the chain side (build_chain_side: tests, benchmarks) needs none of the HTTP
         # stack; teosd needs it all.
         from teos.api import DEFAULT_MAX_BODY_BYTES
-        from teos.api.ipc import TOKEN_BYTES, CoreServer
+        from teos.api.ipc import TOKEN_BYTES, CoreServer, socket_address
+        from teos.api.limits import registration_limiter
         from teos.api.worker import WorkerSettings
+        from teos.hardening import secure_datadir
         from teos.metrics import Metrics
 
         c = self.config
         log.info("starting teosd network=%s datadir=%s", c.btc_network, c.datadir)
+        for note in c.notes:
+            log.warning("configuration: %s", note)
+        secure_datadir(c)
         metrics = self.metrics = Metrics()
         store = self.store = Store(c.db_path)
         try:
@@ -322,7 +290,8 @@ class Daemon:
         gatekeeper = self.gatekeeper = Gatekeeper(store, GatekeeperConfig(
             subscription_slots=c.subscription_slots, subscription_duration=c.subscription_duration,
             expiry_delta=c.expiry_delta, max_appointments=c.max_appointments,
-            min_to_self_delay=c.min_to_self_delay,
+            min_to_self_delay=c.min_to_self_delay, max_appointments_per_user=c.max_appointments_per_user,
+            max_users=c.max_users, new_user_reserve=c.new_user_reserve, new_user_blocks=c.new_user_blocks,
         ), self.tip, index)
         chain = self.chain = build_chain_side(
             EngineConfig(
@@ -345,14 +314,20 @@ class Daemon:
             log.warning("watchdog off (--watchdogtimeout 0): a stuck engine is not restarted")
         health = self.health = Health(chain, self.watchdog)
         self.core = TowerCore(gatekeeper, self.tip, chain.engine, store, health)
-        core_server = self.core_server = CoreServer(self.core, os.urandom(TOKEN_BYTES),
-                                                    on_observations=metrics.observe_requests)
+        core_server = self.core_server = CoreServer(
+            self.core, os.urandom(TOKEN_BYTES), socket_address(c.network_dir),
+            on_observations=metrics.observe_requests, on_dropped=metrics.observations_dropped,
+            admission=registration_limiter(c),
+        )
         core_server.start()
         self._worker_settings = WorkerSettings(
             address=core_server.address, token=core_server.token, tower_secret_key=secret,
             min_to_self_delay=c.min_to_self_delay, max_blob_bytes=DEFAULT_MAX_BLOB_BYTES,
             max_body_bytes=DEFAULT_MAX_BODY_BYTES, debug=c.debug,
             log_file=str(c.log_file) if c.log_file else None, parent_pid=os.getpid(),
+            threads=c.api_threads, client_timeout=c.client_timeout, behind_proxy=c.behind_proxy,
+            requests_per_second=c.api_requests_per_second,
+            limit_registrations=core_server.admission is not None,
         )
         self.server = self._make_server()
         self._start_admin(store, chain.progress, health, tower_id, metrics, index)
@@ -381,7 +356,8 @@ class Daemon:
         backend = StoreAdminBackend(
             store, status, tower_id, stop_callback=lambda: os.kill(os.getpid(), signal.SIGTERM), counts=index
         )
-        admin = AdminServer(backend, c.network_dir, host=c.rpc_bind, port=c.rpc_port, metrics=metrics)
+        admin = AdminServer(backend, c.network_dir, host=c.rpc_bind, port=c.rpc_port, metrics=metrics,
+                            client_timeout=c.client_timeout)
         try:
             admin.start()
         except AdminServerError as e:
@@ -393,17 +369,19 @@ class Daemon:
     def _make_server(self) -> ApiServer:
         """granian's supervisor for the API workers (see the module docstring); listens in ``serve``."""
         from granian import Granian
-        from granian.constants import HTTPModes, Interfaces
         from granian.log import LogLevels
+
+        from teos.api.serving import connections_per_worker, granian_options, raise_open_file_limit
 
         c = self.config
         _check_port_free(c.api_bind, c.api_port)
         # Workers are fresh interpreters: forking this process, whose engine threads hold locks, is unsafe.
         multiprocessing.set_start_method("spawn", force=True)
         server = Granian(
-            "teos.api.worker:load_app", address=c.api_bind, port=c.api_port, interface=Interfaces.WSGI,
-            workers=c.api_workers_count, blocking_threads=c.api_threads, http=HTTPModes.http1,
-            websockets=False, backlog=1024, respawn_failed_workers=True,
+            "teos.api.worker:load_app", address=c.api_bind, port=c.api_port,
+            **granian_options(workers=c.api_workers_count, client_timeout=c.client_timeout,
+                              max_connections=connections_per_worker(c.api_max_connections,
+                                                                     raise_open_file_limit())),
             workers_kill_timeout=int(SHUTDOWN_TIMEOUT),
             log_level=LogLevels.debug if c.debug else LogLevels.info,
             log_dictconfig=GRANIAN_LOGGING,
@@ -491,6 +469,9 @@ class _Signals:
 def run(config: Config) -> int:
     """Runs teosd until a signal; returns the exit status (0 after a clean stop, 1 on a fatal error, 3
     when the watchdog ended it)."""
+    from teos.hardening import restrict_umask
+
+    restrict_umask()  # before the log file, the datadir or anything else is created
     setup_logging(config.debug, config.log_file)
     daemon = Daemon(config)
     signals = _Signals()

@@ -60,9 +60,11 @@ def _teosd(workdir: Path, node: _Node, api_port: int) -> Iterator[subprocess.Pop
         sys.executable, "-m", "teos", "--datadir", str(workdir), "--btcnetwork", "regtest",
         "--apibind", "127.0.0.1", "--apiport", str(api_port), "--rpcport", str(free_port()),
         "--btcrpcconnect", "127.0.0.1", "--btcrpcport", str(node.sim.rpc_port), "--btcrpcuser", RPC_USER,
-        "--btcrpcpassword", RPC_PASSWORD, "--zmqhashblock", node.sim.zmq_url, "--pollinterval", "5",
+        "--zmqhashblock", node.sim.zmq_url, "--pollinterval", "5",
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TEOS_")}  # flags only
+    # Flags only, except the password: a secret on the command line is visible to every local user.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEOS_")}
+    env["TEOS_BTCRPCPASSWORD"] = RPC_PASSWORD
     workdir.mkdir(parents=True, exist_ok=True)
     with open(workdir / "teosd.log", "ab") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -321,7 +321,7 @@ class StoreAdminBackend:
             return None
         record = UserRecord.decode(raw)
         info = user_json(record)
-        # A user's index is bounded by their slots, so it is listed whole (in uuid order, as before).
+        # A user's index is bounded (max_appointments_per_user), so it is listed whole, in uuid order.
         locators = held(self._store, record.usernum) if record.usernum is not None else []
         info["appointments"] = [
             {"uuid": uuid.hex(), "locator": locator.hex()}

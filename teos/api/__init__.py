@@ -10,7 +10,8 @@ from werkzeug.exceptions import HTTPException
 from common.errors import ErrorKind, TeosError
 from common.types import Dialect
 from teos.api.errors import error_response, http_error_response
-from teos.api.public import SERVICE_KEY, bp, request_dialect
+from teos.api.limits import Admission
+from teos.api.public import ADMISSION_KEY, SERVICE_KEY, bp, request_dialect
 from teos.service import TowerService
 
 log = logging.getLogger(__name__)
@@ -20,18 +21,22 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 
 
-def create_app(service: TowerService, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Flask:
+def create_app(
+    service: TowerService, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, admission: Admission | None = None
+) -> Flask:
     """The public API app. Every answer is JSON (or ``/ping``'s empty 200) and none is a 500.
 
     Errors are turned into answers in one place: ``TeosError`` through the per-dialect table of
     ``teos.api.errors``; HTTP-level refusals (404, 405, 413, ...) as JSON; anything unexpected is logged
     with its traceback and answered 503 UNEXPECTED (the client may retry; no stack trace leaks).
+    ``admission`` (optional) is asked before each registration or top-up (``teos.api.limits``).
     """
     app = Flask("teos.api")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.config["PROPAGATE_EXCEPTIONS"] = False
     app.json.sort_keys = True  # type: ignore[attr-defined]
     app.extensions[SERVICE_KEY] = service
+    app.extensions[ADMISSION_KEY] = admission
     app.register_blueprint(bp)
 
     @app.errorhandler(TeosError)

@@ -5,10 +5,16 @@ teosd serves the public API from worker processes (``teos.api.worker``) so that 
 engine stay in the main process, the single writer. A worker's ``RemoteCore`` asks the main process's
 ``CoreServer`` for each state change, over a Unix socket:
 
-- Address: a Linux abstract socket (``\\0teosd-<pid>-<random>``): no file to clean up after a crash, and
-  no path-length limit from deep data directories. Any local process may connect to an abstract socket,
-  so each connection must first send the 32-byte token the main process handed to its workers (in the
-  spawn pickle, never in argv or the environment); a wrong token closes the connection unanswered.
+- Address: ``<datadir>/<network>/worker.sock`` (``socket_address``), in a directory only teosd's user
+  may enter, so the kernel turns other users away before teosd sees them (a stale file left by a killed
+  teosd is replaced at start). Where that path is too long for a Unix socket, a Linux abstract socket
+  (``\\0teosd-<pid>-<random>``), which any local process may connect to. Either way a connection is
+  refused at once unless its peer runs as teosd's own user (``SO_PEERCRED``), and it
+  must then send, within ``HANDSHAKE_TIMEOUT`` seconds in all, the 32-byte token the main process handed
+  to its workers (in the spawn pickle, never in argv or the environment); a wrong token closes the
+  connection unanswered. At most ``MAX_HANDSHAKES`` connections may be presenting their token at once,
+  and refusals are logged once a minute with a count (another user's 1,100 connections used to hold the
+  channel full and write 4,400 lines a minute).
 - Frames: a 4-byte big-endian length, then a ``marshal`` payload. Requests are ``(op, *args)``; answers are
   ``("ok", result)`` or ``("err", kind_name, message, is_request_error)``. Only bytes, str, int, None,
   tuples and lists cross (records travel as their storage encodings); ``marshal`` cannot build other
@@ -33,21 +39,30 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from common.appointment import Appointment
 from common.errors import ErrorKind, RequestError, TeosError
 from common.types import Dialect, Locator, UserId
+from teos.api.limits import Admission
+from teos.logutil import RateLimitedLog
 from teos.service import AppointmentState, Core, SubscriptionInfo
 from teos.storage.codec import AppointmentRecord, TrackerRecord, UserRecord
 
 log = logging.getLogger(__name__)
 
 TOKEN_BYTES = 32
-HANDSHAKE_TIMEOUT = 5.0  # seconds a new connection has to present the token
+SOCKET_NAME = "worker.sock"
+MAX_SOCKET_PATH = 100
+HANDSHAKE_TIMEOUT = 5.0  # seconds, in all, a new connection has to present the token
 MAX_CONNECTIONS = 1024  # workers x threads is far below; bounds threads if something local floods the socket
+MAX_HANDSHAKES = 64  # connections of teosd's user still presenting their token
+REFUSAL_LOG_INTERVAL = 60.0  # seconds between log lines about refused connections (the rest are counted)
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 MAX_REQUEST_BYTES = 1 << 20  # an add_appointment with the largest blob is ~17 KB
 MAX_ANSWER_BYTES = 1 << 28  # a subscription's locator list (16 B each) for millions of appointments
+MAX_PAGE = 16_384  # locators per page of a subscription's list (256 KiB)
 _HEADER = struct.Struct(">I")
 
 # One request observed by a worker's metrics: (app, endpoint, method, status, seconds).
@@ -58,9 +73,32 @@ class ChannelError(OSError):
     """The connection to the main process broke or carried something unreadable."""
 
 
+def _peer_uid(conn: socket.socket) -> int | None:
+    """The uid of the process at the other end of a Unix socket (None where SO_PEERCRED is missing)."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    try:
+        _, uid, _ = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, option, _PEERCRED.size))
+    except OSError:
+        return None
+    return int(uid)
+
+
 def new_address() -> str:
     """A fresh abstract Unix socket address for this process's ``CoreServer``."""
     return f"\0teosd-{os.getpid()}-{os.urandom(8).hex()}"
+
+
+def socket_address(directory: Path) -> str:
+    """The channel's address for a tower whose private (0700) directory is ``directory``: a socket file
+    there, so that the kernel refuses other users before teosd even sees them; an abstract address if
+    the path is too long for a Unix socket (108 bytes, with room to spare)."""
+    path = directory / SOCKET_NAME
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        log.info("worker channel on an abstract socket: the path %s is too long for a socket file", path)
+        return new_address()
+    return str(path)
 
 
 def _send(sock: socket.socket, payload: Any) -> None:
@@ -76,17 +114,23 @@ class _Reader:
         self.limit = limit
         self.buffer = bytearray()
 
-    def _fill(self, n: int) -> bool:
+    def _fill(self, n: int, deadline: float | None = None) -> bool:
         while len(self.buffer) < n:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.sock.settimeout(left)
             chunk = self.sock.recv(max(65536, n - len(self.buffer)))
             if not chunk:
                 return False
             self.buffer += chunk
         return True
 
-    def read_exact(self, n: int) -> bytes | None:
-        """``n`` bytes, or None if the peer closed the connection first."""
-        if not self._fill(n):
+    def read_exact(self, n: int, deadline: float | None = None) -> bytes | None:
+        """``n`` bytes, or None if the peer closed the connection first (or, with ``deadline``, a
+        ``time.monotonic()`` value, did not send them all by then)."""
+        if not self._fill(n, deadline):
             return None
         data = bytes(self.buffer[:n])
         del self.buffer[:n]
@@ -117,9 +161,11 @@ class _Reader:
 class CoreServer:
     """Answers the workers' requests with ``core`` (see the module docstring).
 
-    ``on_observations`` receives the request metrics the workers forward. ``start`` binds and starts the
-    accept thread; ``stop`` closes the listener and every connection and joins the threads (a request in
-    progress finishes its use case first: its synced write is never cut in half).
+    ``on_observations`` receives the request metrics the workers forward, ``on_dropped`` how many they
+    answered but had to drop.
+    ``start`` binds and starts the accept thread; ``stop`` closes the listener and every connection and
+    joins the threads (a request in progress finishes its use case first: its synced write is never cut
+    in half).
     """
 
     def __init__(
@@ -128,28 +174,48 @@ class CoreServer:
         token: bytes,
         address: str | None = None,
         on_observations: Callable[[Sequence[Observation]], None] | None = None,
+        on_dropped: Callable[[int], None] | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.core = core
         self.token = token
         self.address = address or new_address()
         self.on_observations = on_observations
+        self.on_dropped = on_dropped
+        self.admission = admission
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._connections: dict[socket.socket, threading.Thread] = {}
+        self._handshaking = 0
         self._stopping = threading.Event()
+        self.uid = os.geteuid()
+        self.refused = 0  # connections refused (other user, no token, too many): for tests and logs
+        self._refusals = RateLimitedLog(log, REFUSAL_LOG_INTERVAL)
         self._ops: dict[str, Callable[..., Any]] = {
             "user": self._user,
             "register": self._register,
             "add": self._add,
             "get": self._get,
             "info": self._info,
+            "page": self._page,
             "observe": self._observe,
+            "admit": self._admit,
         }
+
+    @property
+    def socket_file(self) -> Path | None:
+        """The socket file, when the channel is not on an abstract address."""
+        return None if self.address.startswith("\0") else Path(self.address)
 
     def start(self) -> None:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if self.socket_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_file.unlink()  # left by a teosd that was killed
         listener.bind(self.address)
+        if self.socket_file is not None:
+            os.chmod(self.socket_file, 0o600)
         listener.listen(256)
         self._listener = listener
         self._accept_thread = threading.Thread(target=self._accept_loop, name="core-server", daemon=True)
@@ -170,6 +236,9 @@ class CoreServer:
                 conn.shutdown(socket.SHUT_RD)  # the thread finishes its request, then sees the end
         for _, thread in connections:
             thread.join(timeout=30)
+        if self.socket_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_file.unlink()
 
     def _accept_loop(self) -> None:
         assert self._listener is not None
@@ -180,22 +249,46 @@ class CoreServer:
                 if self._stopping.is_set():
                     return
                 continue
+            uid = _peer_uid(conn)
+            if uid is not None and uid != self.uid:
+                self.refused += 1
+                self._refusals.warning("uid", "refused a connection to the worker channel from uid %d", uid)
+                conn.close()
+                continue
             with self._lock:
-                if len(self._connections) >= MAX_CONNECTIONS:
-                    log.warning("refused a connection to the worker channel: %d open", MAX_CONNECTIONS)
+                if len(self._connections) >= MAX_CONNECTIONS or self._handshaking >= MAX_HANDSHAKES:
+                    self.refused += 1
+                    self._refusals.warning(
+                        "full", "refused a connection to the worker channel: %d open, %d presenting their "
+                        "token", len(self._connections), self._handshaking)
                     conn.close()
                     continue
                 thread = threading.Thread(target=self._serve, args=(conn,), name="core-conn", daemon=True)
                 self._connections[conn] = thread
+                self._handshaking += 1
             thread.start()
+
+    def _handshake(self, conn: socket.socket, reader: _Reader) -> bool:
+        """Whether ``conn`` presents the token within ``HANDSHAKE_TIMEOUT`` in all (not per read: a byte
+        every few seconds used to hold a connection for as long as the sender liked)."""
+        try:
+            token = reader.read_exact(TOKEN_BYTES, deadline=time.monotonic() + HANDSHAKE_TIMEOUT)
+        except OSError:
+            token = None
+        finally:
+            with self._lock:
+                self._handshaking -= 1
+        if token is None or not hmac.compare_digest(token, self.token):
+            self.refused += 1
+            self._refusals.warning("token", "refused a connection to the worker channel: no valid token "
+                                   "within %.0f s", HANDSHAKE_TIMEOUT)
+            return False
+        return True
 
     def _serve(self, conn: socket.socket) -> None:
         reader = _Reader(conn, MAX_REQUEST_BYTES)
         try:
-            conn.settimeout(HANDSHAKE_TIMEOUT)
-            token = reader.read_exact(TOKEN_BYTES)
-            if token is None or not hmac.compare_digest(token, self.token):
-                log.warning("refused a connection to the worker channel: wrong token")
+            if not self._handshake(conn, reader):
                 return
             conn.settimeout(None)  # a worker thread may stay idle for hours between requests
             while True:
@@ -247,13 +340,25 @@ class CoreServer:
             None if state.tracker is None else state.tracker.encode(),
         )
 
-    def _info(self, user_id: bytes) -> tuple[bytes, list[bytes]]:
-        info = self.core.get_subscription_info(UserId(user_id))
-        return info.user.encode(), [locator.raw for locator in info.locators]
+    def _info(self, user_id: bytes, limit: int | None = None) -> tuple[bytes, bytes, bytes | None]:
+        info = self.core.get_subscription_info(UserId(user_id), _page_limit(limit))
+        locators = b"".join(locator.raw for locator in info.locators)
+        return info.user.encode(), locators, None if info.next_page is None else info.next_page.raw
 
-    def _observe(self, observations: list[Observation]) -> None:
-        if self.on_observations is not None:
+    def _page(self, user_id: bytes, after: bytes, limit: int) -> tuple[bytes, bytes | None]:
+        page_limit = _page_limit(limit) or 1
+        locators, next_page = self.core.subscription_page(UserId(user_id), Locator(after), page_limit)
+        return b"".join(locator.raw for locator in locators), None if next_page is None else next_page.raw
+
+    def _admit(self, address: str) -> None:
+        if self.admission is not None:
+            self.admission.admit_registration(str(address))
+
+    def _observe(self, observations: list[Observation], dropped: int = 0) -> None:
+        if self.on_observations is not None and observations:
             self.on_observations(observations)
+        if self.on_dropped is not None and isinstance(dropped, int) and dropped > 0:
+            self.on_dropped(dropped)
 
 
 # -- the workers' side --------------------------------------------------------------------------------
@@ -313,6 +418,16 @@ class CoreClient:
         self._drop()
 
 
+class RemoteAdmission:
+    """``teos.api.limits.Admission`` over a ``CoreClient``: the limits are kept in the main process."""
+
+    def __init__(self, client: CoreClient) -> None:
+        self.client = client
+
+    def admit_registration(self, address: str) -> None:
+        self.client.call("admit", address)
+
+
 class RemoteCore:
     """``Core`` over a ``CoreClient``: the use cases run in teosd's main process.
 
@@ -370,6 +485,29 @@ class RemoteCore:
             tracker=None if tracker is None else TrackerRecord.decode(tracker),
         )
 
-    def get_subscription_info(self, user_id: UserId) -> SubscriptionInfo:
-        user, locators = self.client.call("info", user_id.raw)
-        return SubscriptionInfo(UserRecord.decode(user), [Locator(raw) for raw in locators])
+    def get_subscription_info(self, user_id: UserId, limit: int | None = None) -> SubscriptionInfo:
+        user, locators, next_page = self.client.call("info", user_id.raw, limit)
+        return SubscriptionInfo(
+            UserRecord.decode(user), _locators(locators), None if next_page is None else Locator(next_page)
+        )
+
+    def subscription_page(
+        self, user_id: UserId, after: Locator, limit: int
+    ) -> tuple[list[Locator], Locator | None]:
+        locators, next_page = self.client.call("page", user_id.raw, after.raw, limit)
+        return _locators(locators), None if next_page is None else Locator(next_page)
+
+
+def _locators(raw: bytes) -> list[Locator]:
+    size = Locator.SIZE
+    return [Locator(raw[i : i + size]) for i in range(0, len(raw), size)]
+
+
+def _page_limit(limit: object) -> int | None:
+    """A page size asked over the channel: None (everything, for callers that want the whole list) or
+    at most ``MAX_PAGE``, so one answer stays small whatever a worker asks."""
+    if limit is None:
+        return None
+    if not isinstance(limit, int) or isinstance(limit, bool):
+        raise TypeError("page limit must be an int")
+    return max(1, min(limit, MAX_PAGE))

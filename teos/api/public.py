@@ -16,20 +16,28 @@ every request is bounded by the app's global ``MAX_CONTENT_LENGTH``.
 
 from __future__ import annotations
 
+import functools
 import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
+from werkzeug.wsgi import ClosingIterator
 
 from common.errors import ErrorKind, RequestError, TeosError
 from common.messages import GET_SUBSCRIPTION_INFO_MESSAGE, get_appointment_message
 from common.types import Dialect, Locator, UserId
 from common.validation import parse_appointment, parse_locator, parse_signature, parse_user_id
 from teos.service import AppointmentState, TowerService
+from teos.storage.codec import UserRecord
 
 bp = Blueprint("public", __name__)
 
 SERVICE_KEY = "teos.service"
+ADMISSION_KEY = "teos.admission"  # a teos.api.limits.Admission, or None
 PYTHON_ADD_PREFIX = "appointment rejected. "
 
 # rust-teos's whole-body limits, in bytes.
@@ -141,6 +149,9 @@ def register() -> tuple[Response, int]:
         _rust_require(body, field)
         _rust_check_hex_field(value, field, UserId.SIZE)
     user_id = parse_user_id(value)
+    admission = current_app.extensions.get(ADMISSION_KEY)
+    if admission is not None:
+        admission.admit_registration(request.remote_addr or "")
     registration = _service().register(user_id, dialect)
     user = registration.user
     response: JsonObject = {
@@ -299,14 +310,88 @@ def get_subscription_info() -> tuple[Response, int]:
     if caller is None:
         raise TeosError(ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION, USER_NOT_FOUND)
     g.dialect = caller.dialect
-    info = service.get_subscription_info(caller)
-    locators = [locator.hex() for locator in info.locators]
-    response: JsonObject = {
-        "available_slots": info.user.available_slots,
-        "subscription_expiry": info.user.subscription_expiry,
-    }
-    response["appointments" if caller.dialect is Dialect.PYTHON else "locators"] = locators
-    return jsonify(response), 200
+    user, pages, several = service.subscription_pages(caller)
+    done: Callable[[], None] = _nothing
+    if several:
+        if not _big_answer_due(caller.user_id) or not _BIG_ANSWERS.acquire(blocking=False):
+            _close_pages(pages)
+            raise TeosError(ErrorKind.SERVICE_UNAVAILABLE, "Service currently unavailable")
+        done = _release_once()
+    # The slot comes back when the answer is complete, or when the server closes it (sent, abandoned,
+    # or never iterated at all).
+    answer = ClosingIterator(_subscription_json(user, pages, caller.dialect, done),
+                             [functools.partial(_close_pages, pages), done])
+    return Response(answer, mimetype="application/json"), 200
+
+
+# Subscriptions of more than one page being streamed at once, per API worker, and how often one user may
+# have its own streamed; more get a 503 (retry later). A list of 100,000 locators costs ~0.2 s of CPU.
+BIG_ANSWERS_AT_ONCE = 2
+BIG_ANSWER_INTERVAL = 10.0  # seconds
+_BIG_ANSWERS = threading.BoundedSemaphore(BIG_ANSWERS_AT_ONCE)
+_big_answer_times: OrderedDict[UserId, float] = OrderedDict()
+_big_answer_lock = threading.Lock()
+_MAX_TRACKED_USERS = 10_000
+big_answer_clock: Callable[[], float] = time.monotonic  # tests move it
+
+
+def _big_answer_due(user_id: UserId) -> bool:
+    """Whether ``user_id`` may have a multi-page answer now (and, if so, records that it does)."""
+    now = big_answer_clock()
+    with _big_answer_lock:
+        last = _big_answer_times.pop(user_id, None)
+        if last is not None and now - last < BIG_ANSWER_INTERVAL:
+            _big_answer_times[user_id] = last
+            return False
+        _big_answer_times[user_id] = now
+        while len(_big_answer_times) > _MAX_TRACKED_USERS:
+            _big_answer_times.popitem(last=False)
+    return True
+
+
+def _nothing() -> None:
+    pass
+
+
+def _release_once() -> Callable[[], None]:
+    released = threading.Event()
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            _BIG_ANSWERS.release()
+
+    return release
+
+
+def _close_pages(pages: Iterator[list[Locator]]) -> None:
+    close = getattr(pages, "close", None)
+    if close is not None:
+        close()
+
+
+def _subscription_json(
+    user: UserRecord, pages: Iterator[list[Locator]], dialect: Dialect, done: Callable[[], None]
+) -> Iterator[bytes]:
+    """The answer both client families expect in one JSON object (the bytes ``jsonify`` makes, keys
+    sorted, compact), produced page by page so that a subscription with 100,000 appointments is never
+    held whole in memory: ``{"appointments": [...], "available_slots", "subscription_expiry"}`` for
+    python-teos, ``{"available_slots", "locators": [...], "subscription_expiry"}`` for rust-teos."""
+    slots, expiry = user.available_slots, user.subscription_expiry
+    if dialect is Dialect.PYTHON:
+        head = '{"appointments":['
+        tail = f'],"available_slots":{slots},"subscription_expiry":{expiry}}}\n'
+    else:
+        head = f'{{"available_slots":{slots},"locators":['
+        tail = f'],"subscription_expiry":{expiry}}}\n'
+    yield head.encode()
+    separator = ""
+    for page in pages:
+        if page:
+            yield (separator + ",".join(f'"{locator.hex()}"' for locator in page)).encode()
+            separator = ","
+    done()
+    yield tail.encode()
 
 
 # -- /ping ----------------------------------------------------------------------------------------

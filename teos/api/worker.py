@@ -1,4 +1,5 @@
-"""An API worker process: the public Flask app over a ``RemoteCore``, served by granian.
+"""An API worker process: the public Flask app over a ``RemoteCore``, behind ``teos.api.serving``'s guard,
+served by granian.
 
 teosd's main process runs granian's supervisor; granian spawns ``--apiworkers`` worker processes (a fresh
 interpreter each, never a fork of the threaded main process) and calls ``load_app`` in each one. A worker
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import marshal
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -27,16 +30,22 @@ from pathlib import Path
 from flask import Flask
 
 from teos.api import create_app
-from teos.api.ipc import CoreClient, Observation, RemoteCore
+from teos.api.ipc import MAX_REQUEST_BYTES, CoreClient, Observation, RemoteAdmission, RemoteCore
+from teos.api.serving import GuardedApp, GuardSettings
 from teos.logs import setup_logging
-from teos.metrics import instrument
+from teos.metrics import MAX_ENDPOINT_LABEL, app_label, instrument, method_label
 from teos.service import TowerService
 
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 FLUSH_INTERVAL = 1.0  # seconds between forwards of request metrics
-MAX_PENDING_OBSERVATIONS = 100_000  # dropped beyond this if the main process stops taking them
+# How long a thread keeps the GIL while others wait (Python's default is 5 ms). A request competing with
+# a flood's requests for the GIL waits about one interval per runnable thread: 1 ms keeps it fair.
+SWITCH_INTERVAL = 0.001
+MAX_PENDING_OBSERVATIONS = 100_000  # counted as dropped beyond this if the main process stops taking them
+MAX_BATCH = 2_000  # observations per report: ~100 bytes each once labels are bounded
+MAX_BATCH_BYTES = MAX_REQUEST_BYTES // 4  # a report's encoding stays well inside one frame
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,11 @@ class WorkerSettings:
     debug: bool
     log_file: str | None
     parent_pid: int
+    threads: int = 8
+    client_timeout: float = 10.0
+    behind_proxy: bool = False
+    requests_per_second: float = 0.0  # per client address (0: no limit)
+    limit_registrations: bool = False  # the main process limits registrations per address
 
     def __repr__(self) -> str:  # never print the key or the token
         return f"WorkerSettings(address={self.address!r}, parent_pid={self.parent_pid})"
@@ -69,13 +83,21 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 class ForwardingMetrics:
-    """Counts this worker's requests (``teos.metrics.instrument`` calls ``observe_request``) and forwards
-    them to the main process's metrics every ``FLUSH_INTERVAL`` seconds."""
+    """Counts this worker's requests (``teos.metrics.instrument`` and the guard call ``observe_request``) and
+    forwards them to the main process's metrics every ``FLUSH_INTERVAL`` seconds.
+
+    A report never outgrows a frame of the worker channel: labels are mapped into fixed sets before
+    they are queued (``teos.metrics``), and a flush sends at most ``MAX_BATCH`` observations per
+    frame (splitting further should a batch still encode over ``MAX_BATCH_BYTES``). Nothing is lost
+    silently: observations beyond ``MAX_PENDING_OBSERVATIONS``, or in a report the main process did not
+    take, are counted and that count travels with the next report (``teos_http_observations_dropped``).
+    """
 
     def __init__(self, client: CoreClient) -> None:
         self.client = client
         self._lock = threading.Lock()
         self._pending: list[Observation] = []
+        self._dropped = 0
         self._thread = threading.Thread(target=self._run, name="metrics-forwarder", daemon=True)
 
     def start(self) -> None:
@@ -84,18 +106,38 @@ class ForwardingMetrics:
     def observe_request(
         self, endpoint: str, status: int, seconds: float, *, method: str = "", app: str = "public"
     ) -> None:
+        observation = (app_label(app), endpoint[:MAX_ENDPOINT_LABEL], method_label(method), status, seconds)
         with self._lock:
             if len(self._pending) < MAX_PENDING_OBSERVATIONS:
-                self._pending.append((app, endpoint, method, status, seconds))
+                self._pending.append(observation)
+            else:
+                self._dropped += 1
 
     def flush(self) -> None:
         with self._lock:
-            batch, self._pending = self._pending, []
-        if batch:
-            try:
-                self.client.call("observe", batch)
-            except Exception as e:  # the main process is stopping or gone: these counts are lost
-                log.debug("request metrics not forwarded: %s", e)
+            pending, self._pending = self._pending, []
+            dropped, self._dropped = self._dropped, 0
+        batches = [pending[i : i + MAX_BATCH] for i in range(0, len(pending), MAX_BATCH)] or [[]]
+        for batch in batches:
+            if batch or dropped:
+                dropped = self._send(batch, dropped)
+        if dropped:
+            with self._lock:
+                self._dropped += dropped
+
+    def _send(self, batch: list[Observation], dropped: int) -> int:
+        """Sends one report; returns the dropped count still to report (0 once it got through)."""
+        if len(batch) > 1 and len(marshal.dumps(batch)) > MAX_BATCH_BYTES:
+            half = len(batch) // 2
+            return self._send(batch[half:], self._send(batch[:half], dropped))
+        try:
+            self.client.call("observe", batch, dropped)
+            return 0
+        except Exception as e:  # the main process is stopping or gone: count them for the next report
+            log.debug("request metrics not forwarded: %s", e)
+            with self._lock:
+                self._dropped += len(batch)
+            return dropped
 
     def _run(self) -> None:
         while True:  # a daemon thread: it ends with the worker
@@ -105,6 +147,20 @@ class ForwardingMetrics:
 
 def build_app(settings: WorkerSettings) -> Flask:
     """The public app of a worker: ``create_app`` over a ``TowerService`` whose core is remote."""
+    return _build(settings)[0]
+
+
+def build_guarded_app(settings: WorkerSettings) -> GuardedApp:
+    """What granian serves in a worker: the public app behind the guard of ``teos.api.serving``."""
+    app, metrics = _build(settings)
+    guard = GuardSettings.for_threads(
+        settings.threads, settings.client_timeout, settings.max_body_bytes, settings.behind_proxy,
+        settings.requests_per_second,
+    )
+    return GuardedApp(app.wsgi_app, guard, observer=metrics)
+
+
+def _build(settings: WorkerSettings) -> tuple[Flask, ForwardingMetrics]:
     client = CoreClient(settings.address, settings.token)
     service = TowerService(
         RemoteCore(client),
@@ -112,17 +168,19 @@ def build_app(settings: WorkerSettings) -> Flask:
         min_to_self_delay=settings.min_to_self_delay,
         max_blob_bytes=settings.max_blob_bytes,
     )
-    app = create_app(service, max_body_bytes=settings.max_body_bytes)
+    admission = RemoteAdmission(client) if settings.limit_registrations else None
+    app = create_app(service, max_body_bytes=settings.max_body_bytes, admission=admission)
     metrics = ForwardingMetrics(client)
     instrument(app, metrics, name="public")
     metrics.start()
-    return app
+    return app, metrics
 
 
-def load_app(settings: WorkerSettings, target: str = "") -> Flask:
+def load_app(settings: WorkerSettings, target: str = "") -> GuardedApp:
     """granian's loader, run in each new worker (``target`` is granian's label for the app, unused)."""
     die_with_parent(settings.parent_pid)
     setup_logging(settings.debug, Path(settings.log_file) if settings.log_file else None)
-    app = build_app(settings)
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    app = build_guarded_app(settings)
     log.debug("API worker ready pid=%d", os.getpid())
     return app

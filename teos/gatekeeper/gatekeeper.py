@@ -1,10 +1,10 @@
 """The Gatekeeper: who may use the tower, and how much of it.
 
-It owns the users' subscriptions (``u|``) and numbers (``n|``), their appointment index (``h|``), the
-expiry schedule (``x|``)
-and the tower-wide counts of users and stored appointments (counters of ``teos.storage.index``, changed
-in the batch of the change they count). Every change of a user's state is a
-read-modify-write of the user record under that user's lock, committed as ONE synced batch together with
+It owns the users' subscriptions (``u|``) and numbers (``r|``), their appointment index (``h|``) and its
+size per user (``n|``), the expiry schedule (``x|``) and the tower-wide counts of users and stored
+appointments (counters of ``teos.storage.index``, changed in the batch of the change they count). Every
+change of a user's state is a read-modify-write of the user record under that user's lock, committed as
+ONE synced batch together with
 the appointment it pays for; a request returns only once that batch is on disk.
 
 Locks: a fixed array of stripes chosen by the user id (bounded memory whatever the number of users).
@@ -17,6 +17,14 @@ appointments being written, so concurrent requests cannot overshoot it.
 Slot rules: an appointment costs ``slots_for(len(blob))``; an update of the same uuid is charged or
 refunded the difference; a user never goes below zero. The slots of an appointment stay spent while the
 appointment is watched or its penalty tracked, and come back through ``release`` when the tracker completes.
+
+Fair share when registration is free (issue 13): anyone can register as many keys as they like, so
+slots alone bound nobody. ``max_appointments_per_user`` caps what one key holds (``n|`` keeps each user's
+count), ``max_users`` caps the registered users (top-ups are always accepted), and the last
+``new_user_reserve`` percent of ``max_appointments`` is kept for established users: once the tower is that
+full, a user registered less than ``new_user_blocks`` blocks ago may not add appointments, and new users
+may not register. A flood of freshly registered keys then stops short of the users the tower already
+protects. (It cannot stop a patient attacker who registers keys long in advance: see the README.)
 
 Expiry: a user is expired once ``tip > subscription_expiry`` (requests are then refused) and the user's data
 (user record, index, watched appointments) is deleted at height ``subscription_expiry + expiry_delta``.
@@ -79,6 +87,11 @@ class GatekeeperConfig:
     expiry_delta: int = 6
     max_appointments: int = 1_000_000
     min_to_self_delay: int = 20
+    # Fair share (see the module docstring); these defaults keep none, teosd passes its configuration.
+    max_appointments_per_user: int | None = None
+    max_users: int | None = None
+    new_user_reserve: int = 0  # percent of max_appointments
+    new_user_blocks: int = 0
 
     def __post_init__(self) -> None:
         for name in ("subscription_slots", "subscription_duration", "max_appointments"):
@@ -86,6 +99,16 @@ class GatekeeperConfig:
                 raise ValueError(f"{name} must be positive")
         if self.expiry_delta < 0 or self.min_to_self_delay < 0:
             raise ValueError("expiry_delta and min_to_self_delay must not be negative")
+        if not 0 <= self.new_user_reserve < 100 or self.new_user_blocks < 0:
+            raise ValueError("new_user_reserve must be a percentage below 100, new_user_blocks >= 0")
+        for name in ("max_appointments_per_user", "max_users"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+    @property
+    def reserved_from(self) -> int:
+        """Appointments tower-wide from which new users are refused (the reserve starts there)."""
+        return self.max_appointments - self.max_appointments * self.new_user_reserve // 100
 
 
 class Tally(IndexJournal, Protocol):
@@ -113,6 +136,7 @@ class Gatekeeper:
         self._stripes = [threading.Lock() for _ in range(N_STRIPES)]
         self._counter_lock = threading.Lock()
         self._n_appointments = 0
+        self._n_users = 0
         self._number_lock = threading.Lock()
         self._next_usernum = 0
         self._started = False
@@ -125,6 +149,7 @@ class Gatekeeper:
         if self._started:
             return
         self._n_appointments = self.index.count(APPOINTMENTS)
+        self._n_users = self.index.count(USERS)
         raw = self.store.get(keys.META_NEXT_USERNUM)
         self._next_usernum = int.from_bytes(raw, "big") if raw is not None else 0
         self._started = True
@@ -136,6 +161,11 @@ class Gatekeeper:
     def n_appointments(self) -> int:
         """Appointments held for users (watched or responded), tower-wide."""
         return self._n_appointments
+
+    @property
+    def n_users(self) -> int:
+        """Registered users (perhaps expired, until their data is deleted)."""
+        return self._n_users
 
     # -- locking ---------------------------------------------------------------------------------
 
@@ -153,27 +183,44 @@ class Gatekeeper:
             for s in reversed(stripes):
                 self._stripes[s].release()
 
-    def _commit(self, batch: Batch, counter_delta: int, *, cap: int | None = None) -> None:
-        """Commits ``batch`` (synced); a change of the appointment count is staged in the same batch.
+    def _commit(
+        self,
+        batch: Batch,
+        counter_delta: int,
+        *,
+        cap: int | None = None,
+        users_delta: int = 0,
+        users_cap: int | None = None,
+    ) -> None:
+        """Commits ``batch`` (synced); a change of the appointment or user count is staged in the same
+        batch (the index's counters).
 
-        With ``cap``, the batch is refused (RESOURCE_EXHAUSTED) if the count, writes in progress included,
-        would exceed it. If the write fails, the in-memory count is given back.
+        With ``cap`` (``users_cap``), the batch is refused (RESOURCE_EXHAUSTED) if the appointment (user)
+        count, writes in progress included, would exceed it. If the write fails, the in-memory counts are
+        given back.
         """
-        if counter_delta:
+        if counter_delta or users_delta:
             with self._counter_lock:
-                if cap is not None and self._n_appointments + counter_delta > cap:
+                if cap is not None and counter_delta > 0 and self._n_appointments + counter_delta > cap:
                     raise TeosError(
                         ErrorKind.RESOURCE_EXHAUSTED,
                         "The tower is not accepting new appointments (storage limit reached)",
                     )
+                if users_cap is not None and users_delta > 0 and self._n_users + users_delta > users_cap:
+                    raise TeosError(
+                        ErrorKind.RESOURCE_EXHAUSTED,
+                        "The tower is not accepting new users (user limit reached)",
+                    )
                 self._n_appointments += counter_delta
-            self.index.stage(batch, counts={APPOINTMENTS: counter_delta})
+                self._n_users += users_delta
+            self.index.stage(batch, counts={APPOINTMENTS: counter_delta, USERS: users_delta})
         try:
             self.store.submit(batch).wait()
         except BaseException:
-            if counter_delta:
+            if counter_delta or users_delta:
                 with self._counter_lock:
                     self._n_appointments -= counter_delta
+                    self._n_users -= users_delta
             raise
 
     # -- reads -----------------------------------------------------------------------------------
@@ -200,12 +247,59 @@ class Gatekeeper:
         if self.is_expired(user):
             raise subscription_expired(user)
 
+    def user_count(self, user_id: UserId, usernum: int | None = None) -> int:
+        """How many appointments (watched or responded) the user holds (its ``h|`` entries); ``usernum``
+        saves a read where the caller has it."""
+        raw = self.store.get(keys.user_count(user_id))
+        if raw is not None and len(raw) == 4:
+            return int.from_bytes(raw, "big")
+        if usernum is None:  # a database from before the count: its entries are counted once
+            user = self.get_user(user_id)
+            usernum = user.usernum if user is not None else None
+        return self.store.count(keys.user_appointments(usernum)) if usernum is not None else 0
+
+    def is_new(self, user: UserRecord) -> bool:
+        """Registered less than ``new_user_blocks`` blocks ago (first registration: top-ups keep it)."""
+        return self.chain.tip_height - user.subscription_start < self.config.new_user_blocks
+
+    def _nearly_full(self) -> bool:
+        return self.config.new_user_reserve > 0 and self._n_appointments >= self.config.reserved_from
+
+    def _admit_new_appointment(self, user: UserRecord, held: int) -> None:
+        """Raises RESOURCE_EXHAUSTED if ``user``, holding ``held`` appointments, may not add another."""
+        cap = self.config.max_appointments_per_user
+        if cap is not None and held >= cap:
+            raise TeosError(ErrorKind.RESOURCE_EXHAUSTED,
+                            f"This user holds the most appointments the tower allows one user ({cap})")
+        if self._nearly_full() and self.is_new(user):
+            raise TeosError(ErrorKind.RESOURCE_EXHAUSTED,
+                            "The tower is nearly full; its remaining room is kept for users registered more "
+                            f"than {self.config.new_user_blocks} blocks ago")
+
     def user_appointments(self, user_id: UserId) -> list[tuple[Uuid, Locator]]:
-        """The user's appointments (watched or responded) as (uuid, locator), in uuid order."""
+        """The user's appointments (watched or responded) as (uuid, locator), in locator order."""
         user = self.get_user(user_id)
         if user is None or user.usernum is None:
             return []
-        return sorted((compute_uuid(loc, user_id), loc) for loc in held(self.store, user.usernum))
+        return [(compute_uuid(loc, user_id), loc) for loc in held(self.store, user.usernum)]
+
+    def user_appointments_page(
+        self, user_id: UserId, after: Locator | None, limit: int
+    ) -> tuple[list[Locator], Locator | None]:
+        """Up to ``limit`` of the user's locators, in locator order (the order of its ``h|`` keys), from
+        just after ``after`` (None: from the start); and the locator to continue after, or None when there
+        are no more."""
+        user = self.get_user(user_id)
+        if user is None or user.usernum is None:
+            return [], None
+        prefix = keys.user_appointments(user.usernum)
+        start = prefix if after is None else keys.user_appointment(user.usernum, after) + b"\x00"
+        locators: list[Locator] = []
+        for key, _ in self.store.iterate_range(start, prefix + b"\xff" * (Locator.SIZE + 1)):
+            if len(locators) == limit:
+                return locators, locators[-1]
+            locators.append(keys.locator_of_user_appointment_key(key))
+        return locators, None
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -227,6 +321,9 @@ class Gatekeeper:
             old = self.get_user(user_id)
             batch = Batch()
             if old is None:
+                if self._nearly_full():
+                    raise TeosError(ErrorKind.RESOURCE_EXHAUSTED,
+                                    "The tower is nearly full and not accepting new users")
                 user = UserRecord(
                     user_id=user_id,
                     dialect=dialect,
@@ -252,12 +349,11 @@ class Gatekeeper:
                 raise TeosError(ErrorKind.RESOURCE_EXHAUSTED, "Subscription maximum slots count reached")
             batch.put(keys.expiry(user.subscription_expiry + cfg.expiry_delta, user_id), b"")
             if old is None:
-                self.index.stage(batch, counts={USERS: 1})
                 user = self._commit_new_user(batch, user)
             else:
                 batch.put(keys.user(user_id), user.encode())
                 self._commit(batch, 0)
-        log.info(
+        log.debug(  # debug: registration is free, and one line each let anyone fill the log
             "user registered user_id=%s slots=%d expiry=%d new=%s",
             user_id,
             user.available_slots,
@@ -267,18 +363,31 @@ class Gatekeeper:
         return user
 
     def _commit_new_user(self, batch: Batch, user: UserRecord) -> UserRecord:
-        """Numbers a new user and commits its registration. Numbers are handed out and written
-        (``m|next_usernum``) under one lock held across ``Store.submit``, so the stored next number never
-        goes back and no number is given twice, even across a crash; one lost with a failed write is
-        skipped."""
-        with self._number_lock:
-            user = replace(user, usernum=self._next_usernum)
-            self._next_usernum += 1
-            batch.put(keys.user(user.user_id), user.encode())
-            number_user(batch, self._next_usernum - 1, user.user_id)
-            batch.put(keys.META_NEXT_USERNUM, self._next_usernum.to_bytes(8, "big"))
-            ticket = self.store.submit(batch)
-        ticket.wait()
+        """Numbers a new user and commits its registration (refused if ``max_users`` are registered).
+        Numbers are handed out and written (``m|next_usernum``) under one lock held across
+        ``Store.submit``, so the stored next number never goes back and no number is given twice, even
+        across a crash; one lost with a failed write is skipped."""
+        cap = self.config.max_users
+        with self._counter_lock:
+            if cap is not None and self._n_users + 1 > cap:
+                raise TeosError(
+                    ErrorKind.RESOURCE_EXHAUSTED, "The tower is not accepting new users (user limit reached)"
+                )
+            self._n_users += 1
+        self.index.stage(batch, counts={USERS: 1})
+        try:
+            with self._number_lock:
+                user = replace(user, usernum=self._next_usernum)
+                self._next_usernum += 1
+                batch.put(keys.user(user.user_id), user.encode())
+                number_user(batch, self._next_usernum - 1, user.user_id)
+                batch.put(keys.META_NEXT_USERNUM, self._next_usernum.to_bytes(8, "big"))
+                ticket = self.store.submit(batch)
+            ticket.wait()
+        except BaseException:
+            with self._counter_lock:
+                self._n_users -= 1
+            raise
         return user
 
     # -- appointments ----------------------------------------------------------------------------
@@ -317,12 +426,16 @@ class Gatekeeper:
             delta = slots_for(len(record.encrypted_blob)) - old_slots
             if delta > user.available_slots:
                 raise TeosError(ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION, NOT_ENOUGH_SLOTS)
+            n_held = self.user_count(user_id, usernum) if is_new else 0
+            if is_new:
+                self._admit_new_appointment(user, n_held)
             user = replace(user, available_slots=min(U32_MAX, user.available_slots - delta))
             batch = Batch()
             put_watched(batch, record, usernum, self.index, new=old_raw is None)
             batch.put(keys.user(user_id), user.encode())
             if is_new:
                 add_held(batch, usernum, record.locator)
+                batch.put(keys.user_count(user_id), (n_held + 1).to_bytes(4, "big"))
             self._commit(batch, 1 if is_new else 0, cap=self.config.max_appointments)
         return user
 
@@ -360,6 +473,8 @@ class Gatekeeper:
                 if seen:
                     user = replace(user, available_slots=min(U32_MAX, user.available_slots + refund))
                     batch.put(keys.user(user_id), user.encode())
+                    n_held = max(0, self.user_count(user_id, usernum) - len(seen))
+                    batch.put(keys.user_count(user_id), n_held.to_bytes(4, "big"))
             self._commit(batch, -removed)
 
     # -- BlockListener ---------------------------------------------------------------------------
@@ -384,6 +499,7 @@ class Gatekeeper:
             batch.delete(keys.expiry(deletion_height, user_id))
             user = self.get_user(user_id)
             removed = 0
+            deleted = False
             if user is not None and user.subscription_expiry + self.config.expiry_delta == deletion_height:
                 usernum = _number(user)
                 for locator in held(self.store, usernum):
@@ -393,9 +509,10 @@ class Gatekeeper:
                     removed += 1
                 batch.delete(keys.user(user_id))
                 forget_number(batch, usernum)
-                self.index.stage(batch, counts={USERS: -1})
+                batch.delete(keys.user_count(user_id))
+                deleted = True
                 log.info("user expired and deleted user_id=%s appointments=%d", user_id, removed)
-            self._commit(batch, -removed)
+            self._commit(batch, -removed, users_delta=-1 if deleted else 0)
 
 
 def _number(user: UserRecord) -> int:

@@ -14,14 +14,19 @@ at registration, never reused while the user exists, a LEB128 varint in keys: 2 
                                                             appointments, trackers): snapshots and a journal
                                                             of deltas, layout in ``teos.storage.index``
     u | user_id(33)                  -> UserRecord          registered users (with their usernum)
-    n | usernum                      -> user_id(33)         who a user number is
+    r | usernum                      -> user_id(33)         who a user number is
+    n | user_id(33)                  -> u32 BE              how many ``h|`` entries the user has (written
+                                                            with them; absent in databases that predate
+                                                            it: they are then counted once)
     h | usernum | locator(16)        -> b""                 a user's appointments (watched or responded),
                                                             until they complete or the user is deleted
     x | height(4) | user_id(33)      -> b""                 users whose data is deleted at this height
                                                             (subscription_expiry + expiry_delta)
     t | uuid(20)                     -> TrackerRecord       penalties the Responder is following
     m | name (ascii)                 -> bytes               metadata:
-      m | tower_key                  -> 32 bytes            the tower's secret key (also in a 0600 file)
+      m | tower_id                   -> 33 bytes            the tower's public key (its id; not secret)
+      m | tower_key                  -> 32 bytes            legacy: the secret key, written before the key
+                                                            file became its only home; migrated, then deleted
       m | network                    -> ascii               the chain the database was made for ("regtest")
       m | schema                     -> u8                  the layout version: 2 (1, or absent: the layout
                                                             of ``teos.storage.migrate``, migrated at start)
@@ -54,7 +59,8 @@ Left by earlier versions: ``a | locator(16) | uuid(20) -> AppointmentRecord`` an
 uuid(20) -> locator(16)``, moved to ``w|`` and ``h|`` by ``teos.storage.migrate`` at the first start (the
 layout took 570 bytes per appointment with a 250-byte blob; this one about 370); ``l | locator(16) -> b""``
 (a marker the Watcher read per locator) and ``m | n_appointments`` (the count of ``i|`` entries, now a
-counter), deleted when the locator index is first built.
+counter), deleted when the locator index is first built; ``m | n_users`` (the count of ``u|`` entries,
+now a counter), deleted by the migration.
 """
 
 from __future__ import annotations
@@ -67,17 +73,22 @@ APPOINTMENT = b"w"
 LOCATOR_MARKER = b"l"  # legacy (see above)
 INDEX = b"f"
 USER = b"u"
-USER_NUMBER = b"n"
+USER_NUMBER = b"r"
 USER_APPOINTMENT = b"h"
 EXPIRY = b"x"
 TRACKER = b"t"
+USER_COUNT = b"n"
 META = b"m"
 ATOMIC = b"c"
 GRANT = b"g"
 
 # Metadata names (values documented beside each).
-META_TOWER_KEY = b"m" + b"tower_key"  # 32-byte secp256k1 secret key (also written to a 0600 file)
+# 32-byte secp256k1 secret key, written by teosd before issue 13; only read to migrate it to the key file
+# (see teos.towerkey), then deleted: the secret lives in the 0600 key file alone.
+META_TOWER_KEY = b"m" + b"tower_key"
+META_TOWER_ID = b"m" + b"tower_id"  # 33-byte compressed public key of the tower (its id), not secret
 META_N_APPOINTMENTS = b"m" + b"n_appointments"  # legacy (see above)
+META_N_USERS = b"m" + b"n_users"  # legacy (see above)
 META_NETWORK = b"m" + b"network"  # ascii chain name the database was created for ("regtest", ...)
 META_SCHEMA = b"m" + b"schema"  # u8: the layout version (see the module docstring)
 META_NEXT_USERNUM = b"m" + b"next_usernum"  # u64 BE: the number the next new user gets
@@ -153,6 +164,10 @@ def user(user_id: UserId) -> bytes:
 
 def user_number(usernum: int) -> bytes:
     return USER_NUMBER + varint(usernum)
+
+
+def user_count(user_id: UserId) -> bytes:
+    return USER_COUNT + user_id.raw
 
 
 def usernum_of_user_number_key(key: bytes) -> int:

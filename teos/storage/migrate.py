@@ -4,7 +4,7 @@ Layout 1 (teosd before user numbers) kept, per appointment, ``a | locator(16) | 
 AppointmentRecord`` (the full record: uuid, locator and the 33-byte user id again) and ``i | user_id(33) |
 uuid(20) -> locator(16)``, and users as ``u | user_id -> UserRecord`` v1. Layout 2 (``teos.storage.keys``)
 numbers the users and keys their appointments by number: ``w | locator | usernum -> body`` and ``h |
-usernum | locator -> b""``, with ``n | usernum -> user_id``. With 250-byte blobs that is about 370 bytes
+usernum | locator -> b""``, with ``r | usernum -> user_id``. With 250-byte blobs that is about 370 bytes
 per appointment on disk instead of 570.
 
 ``migrate`` first numbers the users (a user numbered by an interrupted migration keeps its number), then
@@ -73,6 +73,7 @@ def migrate(store: Store) -> bool:
     if dropped or dropped_held:
         for key in list(store.iterate_keys(keys.INDEX)):
             batch.delete(key)  # the index and its counts, rebuilt from the new layout when it starts
+    batch.delete(keys.META_N_USERS)  # the user count is the index's counter now
     batch.put(keys.META_SCHEMA, bytes([keys.SCHEMA]))
     store.commit(batch)  # synced: every unsynced batch before it is on disk with it
     for prefix in (LEGACY_APPOINTMENT, LEGACY_USER_APPOINTMENT):  # the space of layout 1, given back

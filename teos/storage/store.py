@@ -158,6 +158,14 @@ class Store:
         with self.db.iterator(prefix=prefix, include_value=False) as it:
             yield from it
 
+    def compact(self, start: bytes = b"", stop: bytes = b"\xff") -> None:
+        """Rewrites the keys in [start, stop) (by default all: every key starts with an ASCII prefix,
+        keys.py) so that deleted and overwritten values leave its files (LevelDB otherwise keeps them in
+        its log and tables until it compacts them on its own): benchmarks measure a settled database, and
+        a migration gives back the space of what it deleted. The bounds are explicit: plyvel passes an
+        empty range, not the whole database, when none is given."""
+        self.db.compact_range(start=start, stop=stop)
+
     def count(self, prefix: bytes) -> int:
         """Number of keys starting with ``prefix`` (walks keys only, never values)."""
         with self.db.iterator(prefix=prefix, include_value=False) as it:
@@ -185,13 +193,6 @@ class Store:
             for _ in it:
                 return True
         return False
-
-    def compact(self, start: bytes | None = None, stop: bytes | None = None) -> None:
-        """Compacts the keys in [start, stop) (all of them by default): benchmarks measure the size of a
-        settled database, and a migration gives back the space of what it deleted. LevelDB's compaction
-        of the whole range can leave deleted entries in place when nothing else is written near them
-        (their tombstones one level above their values); a range names them."""
-        self.db.compact_range(start=start, stop=stop)
 
     # -- writes ----------------------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """Appointments under watch and users' appointment lists: the one place that reads and writes ``w|``, ``h|``
-and ``n|`` entries, and keeps the locator index (``teos.storage.index``) in step with ``w|``.
+and ``r|`` entries, and keeps the locator index (``teos.storage.index``) in step with ``w|``.
 
 Layout (``teos.storage.keys``): an appointment under watch is ``w | locator | usernum`` holding its body
 (``AppointmentRecord.encode_body``); a user's appointments, watched or responded, are ``h | usernum |
-locator``; ``n | usernum`` says whose number it is. The Watcher looks in LevelDB only for the locators the
+locator``; ``r | usernum`` says whose number it is. The Watcher looks in LevelDB only for the locators the
 index names, so an ``w|`` entry written without its index entry would never be found (and an index entry
 left behind would cost a seek per block that mentions its locator): every writer of ``w|`` entries goes
 through ``put_watched`` and ``delete_watched``, in the batch that makes the change; the index applies it

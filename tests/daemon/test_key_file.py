@@ -1,4 +1,6 @@
-"""The tower key file: created 0600 on first start, stable, restored from the database, replaced on demand."""
+"""The tower key file: created 0600 on first start, stable, never lost silently, replaced on demand.
+
+(The migration of the copy older versions kept in the database: tests/daemon/test_private_datadir.py.)"""
 
 import stat
 from pathlib import Path
@@ -16,16 +18,17 @@ def test_created_private_and_stable(tmp_path: Path, store: Store) -> None:
     first = load_or_create_key(path, store, overwrite=False)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_or_create_key(path, store, overwrite=False) == first
-    assert store.get(keys.META_TOWER_KEY) == first
-    crypto.public_key(first)  # a valid secp256k1 scalar
+    assert store.get(keys.META_TOWER_KEY) is None  # the secret is in the file alone
+    assert store.get(keys.META_TOWER_ID) == crypto.public_key(first).raw  # a valid secp256k1 scalar
 
 
-def test_lost_file_is_restored_from_the_database(tmp_path: Path, store: Store) -> None:
+def test_lost_file_is_fatal_and_names_the_way_out(tmp_path: Path, store: Store) -> None:
     path = tmp_path / "teos_sk.der"
     first = load_or_create_key(path, store, overwrite=False)
     path.unlink()
-    assert load_or_create_key(path, store, overwrite=False) == first
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(FatalError, match="missing.*" + crypto.public_key(first).hex() + ".*--overwritekey"):
+        load_or_create_key(path, store, overwrite=False)
+    assert not path.exists()
 
 
 def test_overwrite_replaces_file_and_database(tmp_path: Path, store: Store) -> None:
@@ -33,7 +36,8 @@ def test_overwrite_replaces_file_and_database(tmp_path: Path, store: Store) -> N
     first = load_or_create_key(path, store, overwrite=False)
     second = load_or_create_key(path, store, overwrite=True)
     assert second != first
-    assert load_or_create_key(path, store, overwrite=False) == second == store.get(keys.META_TOWER_KEY)
+    assert load_or_create_key(path, store, overwrite=False) == second
+    assert store.get(keys.META_TOWER_ID) == crypto.public_key(second).raw
 
 
 def test_corrupt_file_is_fatal_and_names_the_way_out(tmp_path: Path, store: Store) -> None:

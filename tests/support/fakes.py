@@ -280,3 +280,28 @@ def tracker_v1_bytes(t: TrackerRecord) -> bytes:
         struct.pack(">I", len(t.penalty_rawtx)), t.penalty_rawtx, struct.pack(">I", t.broadcast_height),
         confirmed, struct.pack(">I", t.confirmed_height),
     ])  # fmt: skip
+
+
+def seed_user(store: Store, user: UserRecord, records: Sequence[AppointmentRecord]) -> UserRecord:
+    """Writes ``user`` (numbered here) holding ``records`` under watch straight into a database no teosd
+    has open, in its key layout, as if it had registered and added them; the locator index and its
+    counters are left out, so the next teosd builds them from these keys. Returns the stored user."""
+    raw = store.get(keys.META_NEXT_USERNUM)
+    usernum = int.from_bytes(raw, "big") if raw is not None else 0
+    user = replace(user, usernum=usernum)
+    batch = Batch()
+    batch.put(keys.META_SCHEMA, bytes([keys.SCHEMA]))
+    batch.put(keys.META_NEXT_USERNUM, (usernum + 1).to_bytes(8, "big"))
+    batch.put(keys.user(user.user_id), user.encode())
+    number_user(batch, usernum, user.user_id)
+    held = set()
+    for record in records:
+        batch.put(keys.appointment(record.locator, usernum), record.encode_body())
+        add_held(batch, usernum, record.locator)
+        held.add(record.locator)
+        if len(batch) >= 30_000:
+            store.commit(batch, sync=False)
+            batch = Batch()
+    batch.put(keys.user_count(user.user_id), len(held).to_bytes(4, "big"))
+    store.commit(batch)
+    return user
