@@ -62,7 +62,8 @@ NOT_ENOUGH_SLOTS = "Invalid signature or user does not have enough slots availab
 
 @dataclass(frozen=True)
 class Caller:
-    """A registered user who signed ``message`` (made only by ``TowerService.authenticate``)."""
+    """A registered user who signed ``message`` (made only by ``caller_of``: ``TowerService.authenticate``
+    and the add_appointment fast path)."""
 
     user: UserRecord
     message: bytes
@@ -269,6 +270,19 @@ class TowerCore:
         return self.gatekeeper.user_appointments_page(user_id, after, limit)
 
 
+def signer(message: bytes, signature: str) -> UserId | None:
+    """The key that signed ``message`` (Lightning's signmessage), or None for a bad signature."""
+    try:
+        return crypto.recover_public_key(message, signature)
+    except crypto.InvalidSignature:
+        return None
+
+
+def caller_of(user: UserRecord | None, message: bytes, signature: str) -> Caller | None:
+    """The caller a registered signer makes (None for no user): ``TowerService.authenticate``'s end."""
+    return None if user is None else Caller(user=user, message=message, signature=signature)
+
+
 class TowerService:
     """The request side of the use cases (see the module docstring): who signed, and the signed receipts."""
 
@@ -310,14 +324,9 @@ class TowerService:
 
     def authenticate(self, message: bytes, signature: str) -> Caller | None:
         """The registered user who signed ``message``, or None (bad signature or unknown signer)."""
-        try:
-            user_id = crypto.recover_public_key(message, signature)
-        except crypto.InvalidSignature:
-            return None
-        user = self.core.user(user_id)
-        if user is None:
-            return None
-        return Caller(user=user, message=message, signature=signature)
+        user_id = signer(message, signature)
+        user = self.core.user(user_id) if user_id is not None else None
+        return caller_of(user, message, signature)
 
     def _check_caller(self, caller: Caller, message: bytes) -> None:
         if caller.message != message:
@@ -342,6 +351,11 @@ class TowerService:
         (see ``TowerCore.add_appointment`` for an appointment whose breach is already known)."""
         self._check_caller(caller, appointment.serialize())
         record, user = self.core.add_appointment(caller.user_id, caller.signature, appointment)
+        return self.accepted(record, user)
+
+    def accepted(self, record: AppointmentRecord, user: UserRecord) -> AcceptedAppointment:
+        """An appointment the core stored, with its receipt signed (also for ``AsyncFastAdd``, which
+        reaches the core itself)."""
         receipt = receipts.appointment_receipt(record.dialect, record.user_signature, record.start_block)
         return AcceptedAppointment(record=record, user=user, signature=crypto.sign(receipt, self._secret_key))
 

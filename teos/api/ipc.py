@@ -18,10 +18,12 @@ engine stay in the main process, the single writer. A worker's ``RemoteCore`` as
 - Frames: a 4-byte big-endian length, then a ``marshal`` payload. Requests are ``(op, *args)``; answers are
   ``("ok", result)`` or ``("err", kind_name, message, is_request_error)``. Only bytes, str, int, None,
   tuples and lists cross (records travel as their storage encodings); ``marshal`` cannot build other
-  objects, and the peer is authenticated anyway.
-- Connections: one per worker thread (kept for the thread's life); one server thread per connection,
-  which blocks in the use case (a synced group commit) exactly as an in-process HTTP thread would, so
-  concurrent requests still share one fsync.
+  objects, and the peer is authenticated anyway. An ``add`` is answered with the start block and the user
+  record only: the worker has the rest of the appointment's record.
+- Connections: one per worker thread (kept for the thread's life), and the connections of a worker's
+  event loop (``AsyncCoreClient``, one per request in flight, up to the worker's thread count); one
+  server thread per connection, which blocks in the use case (a synced group commit) exactly as an
+  in-process HTTP thread would, so concurrent requests still share one fsync.
 
 A broken connection (teosd stopping, or gone) is answered as SERVICE_UNAVAILABLE, never a 500: the client
 may retry, and an ``add_appointment`` retried is an update of the same uuid, charged nothing twice.
@@ -29,6 +31,7 @@ may retry, and an ``add_appointment`` retried is an update of the same uuid, cha
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -42,7 +45,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.appointment import Appointment
+from common.appointment import Appointment, compute_uuid
 from common.errors import ErrorKind, RequestError, TeosError
 from common.types import Dialect, Locator, UserId
 from teos.api.limits import Admission
@@ -327,10 +330,10 @@ class CoreServer:
 
     def _add(
         self, user_id: bytes, signature: str, locator: bytes, blob: bytes, to_self_delay: int
-    ) -> tuple[bytes, bytes]:
+    ) -> tuple[int, bytes]:
         appointment = Appointment(Locator(locator), blob, to_self_delay)
         record, user = self.core.add_appointment(UserId(user_id), signature, appointment)
-        return record.encode(), user.encode()
+        return record.start_block, user.encode()  # the worker holds the rest of the record
 
     def _get(self, user_id: bytes, locator: bytes) -> tuple[str, bytes | None, bytes | None]:
         state = self.core.get_appointment(UserId(user_id), Locator(locator))
@@ -408,14 +411,63 @@ class CoreClient:
         if answer is None:
             self._drop()
             raise TeosError(ErrorKind.SERVICE_UNAVAILABLE, "Service currently unavailable")
-        if answer[0] == "ok":
-            return answer[1]
-        _, kind_name, message, is_request_error = answer
-        kind = ErrorKind[kind_name]
-        raise RequestError(kind, message) if is_request_error else TeosError(kind, message)
+        return _result(answer)
 
     def close(self) -> None:
         self._drop()
+
+
+def _result(answer: Any) -> Any:
+    """An answer's result, or its error raised as it was raised in the main process."""
+    if answer[0] == "ok":
+        return answer[1]
+    _, kind_name, message, is_request_error = answer
+    kind = ErrorKind[kind_name]
+    raise RequestError(kind, message) if is_request_error else TeosError(kind, message)
+
+
+class AsyncCoreClient:
+    """A worker's connections to the ``CoreServer`` for its event loop (the add_appointment fast path,
+    ``teos.api.fastpath.AsyncFastAdd``): a call borrows an idle connection, or opens one while fewer than
+    ``size`` are open (else it waits for one), sends its frame and awaits the answer; the loop serves other
+    requests meanwhile, with no thread handed the request and none waiting for it. Each connection carries
+    one request at a time, so the main process answers them on as many threads and they share its fsync.
+    Errors are those of ``CoreClient.call``."""
+
+    def __init__(self, address: str, token: bytes, size: int, timeout: float = 120.0) -> None:
+        self.address = address
+        self.token = token
+        self.timeout = timeout
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._slots = asyncio.Semaphore(size)
+
+    async def call(self, op: str, *args: Any) -> Any:
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else None
+            try:
+                async with asyncio.timeout(self.timeout):
+                    if conn is None:
+                        conn = await asyncio.open_unix_connection(self.address, limit=MAX_ANSWER_BYTES)
+                        conn[1].write(self.token)
+                    reader, writer = conn
+                    data = marshal.dumps((op, *args))
+                    writer.write(_HEADER.pack(len(data)) + data)
+                    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+                    if size > MAX_ANSWER_BYTES:
+                        raise ChannelError(f"frame of {size} bytes over the limit of {MAX_ANSWER_BYTES}")
+                    answer = marshal.loads(await reader.readexactly(size))
+            except (OSError, EOFError, ValueError, TypeError, TimeoutError, asyncio.IncompleteReadError) as e:
+                if conn is not None:
+                    conn[1].close()
+                log.warning("the worker channel failed during %s: %r", op, e)
+                raise TeosError(ErrorKind.SERVICE_UNAVAILABLE, "Service currently unavailable") from None
+            self._idle.append(conn)
+        return _result(answer)
+
+    def close(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+        self._idle.clear()
 
 
 class RemoteAdmission:
@@ -452,10 +504,18 @@ class RemoteCore:
         return user
 
     def user(self, user_id: UserId) -> UserRecord | None:
+        cached = self.cached_user(user_id)
+        if cached is not None:
+            return cached
+        return self.user_answer(user_id, self.client.call("user", user_id.raw))
+
+    def cached_user(self, user_id: UserId) -> UserRecord | None:
+        """The user as remembered, if still fresh (else None: ask the main process, ``user_answer``)."""
         cached = self._users.get(user_id)
-        if cached is not None and cached[1] > self.clock():
-            return cached[0]
-        raw = self.client.call("user", user_id.raw)
+        return cached[0] if cached is not None and cached[1] > self.clock() else None
+
+    def user_answer(self, user_id: UserId, raw: bytes | None) -> UserRecord | None:
+        """What the main process's answer to ``("user", user_id)`` says, remembered."""
         if raw is None:
             self._users.pop(user_id, None)
             return None
@@ -467,15 +527,33 @@ class RemoteCore:
     def add_appointment(
         self, user_id: UserId, signature: str, appointment: Appointment
     ) -> tuple[AppointmentRecord, UserRecord]:
-        record, user = self.client.call(
-            "add",
-            user_id.raw,
-            signature,
-            appointment.locator.raw,
-            appointment.encrypted_blob,
-            appointment.to_self_delay,
+        return self.add_answer(self.client.call(*self.add_request(user_id, signature, appointment)),
+                               user_id, signature, appointment)  # fmt: skip
+
+    @staticmethod
+    def add_request(user_id: UserId, signature: str, appointment: Appointment) -> tuple[Any, ...]:
+        """The ``add`` request (op and arguments) for the worker channel."""
+        return ("add", user_id.raw, signature, appointment.locator.raw, appointment.encrypted_blob,
+                appointment.to_self_delay)  # fmt: skip
+
+    def add_answer(
+        self, result: Any, user_id: UserId, signature: str, appointment: Appointment
+    ) -> tuple[AppointmentRecord, UserRecord]:
+        """The stored record and the user (remembered, with its new slots) from the main process's answer
+        to the ``add`` of ``appointment``: the start block and the user record (the worker has the rest)."""
+        start_block, raw_user = result
+        user = self._remember(UserRecord.decode(raw_user))
+        record = AppointmentRecord(
+            uuid=compute_uuid(appointment.locator, user_id),
+            locator=appointment.locator,
+            encrypted_blob=appointment.encrypted_blob,
+            to_self_delay=appointment.to_self_delay,
+            user_id=user_id,
+            user_signature=signature,
+            start_block=start_block,
+            dialect=user.dialect,
         )
-        return AppointmentRecord.decode(record), self._remember(UserRecord.decode(user))
+        return record, user
 
     def get_appointment(self, user_id: UserId, locator: Locator) -> AppointmentState:
         status, appointment, tracker = self.client.call("get", user_id.raw, locator.raw)

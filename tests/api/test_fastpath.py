@@ -1,15 +1,19 @@
 """The hot path of add_appointment (``teos.api.fastpath``) answers byte for byte as the Flask app does, or
 hands the request to it.
 
-Each case sends the same body to the Flask app (the reference) and to ``FastAdd`` over the same service and
-compares status, Content-Type and body bytes. A successful add sent twice is an update of the same uuid
-with the same receipt, so the second answer (the fast path's) must equal the first (Flask's).
+Each case sends the same body to the Flask app (the reference) and to the fast path over the same service
+and compares status, Content-Type and body bytes: ``FastAdd`` with the state in the process, and
+``AsyncFastAdd`` on an event loop through the worker channel, as an API worker runs it. A successful add
+sent twice is an update of the same uuid with the same receipt, so the second answer (the fast path's)
+must equal the first (Flask's).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,7 +21,8 @@ import pytest
 from common.appointment import Appointment
 from common.errors import ErrorKind
 from common.types import Dialect, Locator, Txid
-from teos.api.fastpath import FastAdd, json_answer
+from teos.api.fastpath import AsyncFastAdd, FastAdd, json_answer
+from teos.api.ipc import AsyncCoreClient, RemoteCore
 from teos.storage.store import Store
 from teos.storage.watched import find_watched
 from tests.api.support import Tower, signed_appointment
@@ -43,8 +48,33 @@ def flask_answer(tower: Tower, body: bytes, headers: dict[str, str], content_typ
     return resp.status_code, resp.headers.get("Content-Type"), resp.data
 
 
+def fast_path(
+    tower: Tower, observer: Recorder | None = None
+) -> Callable[[bytes, str | None, str | None], Any]:
+    """The fast path as teosd runs it for ``tower``: in the process (``FastAdd``), or over the worker
+    channel on an event loop (``AsyncFastAdd``, each call on its own loop and connections)."""
+    server = tower.core_server
+    if server is None:
+        return FastAdd(tower.service, observer)
+
+    def call(body: bytes, user_agent: str | None, content_type: str | None) -> Any:
+        async def run() -> Any:
+            channel = AsyncCoreClient(server.address, server.token, size=2)
+            assert isinstance(tower.service.core, RemoteCore)
+            try:
+                return await AsyncFastAdd(tower.service, tower.service.core, channel, observer)(
+                    body, user_agent, content_type
+                )
+            finally:
+                channel.close()
+
+        return asyncio.run(run())
+
+    return call
+
+
 def fast_answer(tower: Tower, body: bytes, headers: dict[str, str], content_type: str | None) -> Any:
-    answer = FastAdd(tower.service)(body, headers.get("User-Agent"), content_type)
+    answer = fast_path(tower)(body, headers.get("User-Agent"), content_type)
     if answer is None:
         return None
     return answer.status, dict(answer.headers)["Content-Type"], answer.body
@@ -171,7 +201,7 @@ def test_the_fast_path_counts_its_requests(tower: Tower) -> None:
     alice = Client.new()
     tower.register(alice, Dialect.RUST)
     recorder = Recorder()
-    fast = FastAdd(tower.service, recorder)
+    fast = fast_path(tower, recorder)
     assert fast(encoded(alice, appointment()), None, None) is not None
     assert fast(encoded(Client.new(), appointment()), None, None) is not None
     assert recorder.seen == [("/add_appointment", 200, "POST"), ("/add_appointment", 401, "POST")]
