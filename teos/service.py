@@ -354,10 +354,15 @@ class TowerService:
         return self.accepted(record, user)
 
     def accepted(self, record: AppointmentRecord, user: UserRecord) -> AcceptedAppointment:
-        """An appointment the core stored, with its receipt signed (also for ``AsyncFastAdd``, which
+        """An appointment the core stored, with its receipt signed."""
+        signature = self.receipt_signature(record.dialect, record.user_signature, record.start_block)
+        return AcceptedAppointment(record=record, user=user, signature=signature)
+
+    def receipt_signature(self, dialect: Dialect, user_signature: str, start_block: int) -> str:
+        """The tower's signature of an accepted appointment's receipt (also for ``AsyncFastAdd``, which
         reaches the core itself)."""
-        receipt = receipts.appointment_receipt(record.dialect, record.user_signature, record.start_block)
-        return AcceptedAppointment(record=record, user=user, signature=crypto.sign(receipt, self._secret_key))
+        receipt = receipts.appointment_receipt(dialect, user_signature, start_block)
+        return crypto.sign(receipt, self._secret_key)
 
     def get_appointment(self, caller: Caller, locator: Locator) -> AppointmentState:
         """The caller's appointment at ``locator``: watched, or responded (its tracker). Raises

@@ -37,6 +37,7 @@ from teos.api.errors import error_body, http_status
 from teos.api.ipc import AsyncCoreClient, RemoteCore
 from teos.api.public import NOT_ENOUGH_SLOTS, PYTHON_ADD_PREFIX, RUST_BODY_LIMITS, guess_dialect
 from teos.service import AcceptedAppointment, TowerService, caller_of, signer
+from teos.storage.codec import UserRecord
 
 PATH = "/add_appointment"
 _RUST_LIMIT = RUST_BODY_LIMITS["public.add_appointment"]
@@ -129,13 +130,20 @@ def _parse(
 
 
 def _accepted(accepted: AcceptedAppointment) -> Answer:
-    return json_answer(200, {
-        "locator": accepted.record.locator.hex(),
-        "start_block": accepted.record.start_block,
-        "signature": accepted.signature,
-        "available_slots": accepted.user.available_slots,
-        "subscription_expiry": accepted.user.subscription_expiry,
-    })  # fmt: skip
+    record = accepted.record
+    return _accepted_answer(record.locator.hex(), record.start_block, accepted.signature, accepted.user)
+
+
+def _accepted_answer(locator_hex: str, start_block: int, signature: str, user: UserRecord) -> Answer:
+    """``json_answer(200, {...})`` of an accepted appointment, formatted directly: the keys in sorted order,
+    every value an integer or a hex or z-base-32 string (nothing to escape), so the bytes are the same
+    (``tests/api/test_fastpath.py`` compares them with Flask's)."""
+    body = (
+        f'{{"available_slots":{int(user.available_slots)},"locator":"{locator_hex}",'
+        f'"signature":"{signature}","start_block":{int(start_block)},'
+        f'"subscription_expiry":{int(user.subscription_expiry)}}}\n'
+    ).encode()
+    return Answer(200, [("Content-Type", _JSON_HEADERS), ("Content-Length", str(len(body)))], body)
 
 
 _NO_CALLER = TeosError(ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION, NOT_ENOUGH_SLOTS)
@@ -217,11 +225,11 @@ class AsyncFastAdd:
             return _refusal(_NO_CALLER, request.guessed)
         try:
             request_args = remote.add_request(caller.user_id, caller.signature, request.appointment)
-            answer = await self.channel.call(*request_args)
-            record, user = remote.add_answer(answer, caller.user_id, caller.signature, request.appointment)
+            start_block, user = remote.added(await self.channel.call(*request_args))
         except TeosError as e:
             return _refusal(e, caller.dialect)
-        return _accepted(self.service.accepted(record, user))
+        signature = self.service.receipt_signature(caller.dialect, caller.signature, start_block)
+        return _accepted_answer(request.appointment.locator.hex(), start_block, signature, user)
 
 
 def _refusal(error: TeosError, dialect: Dialect) -> Answer:

@@ -426,48 +426,110 @@ def _result(answer: Any) -> Any:
     raise RequestError(kind, message) if is_request_error else TeosError(kind, message)
 
 
+class _FrameProtocol(asyncio.Protocol):
+    """One connection of an ``AsyncCoreClient``: frames in, and the one answer awaited at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[bytes] | None = None
+        self.lost: BaseException | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) < _HEADER.size:
+            return
+        (size,) = _HEADER.unpack_from(self.buffer)
+        if size > MAX_ANSWER_BYTES:
+            self._fail(ChannelError(f"frame of {size} bytes over the limit of {MAX_ANSWER_BYTES}"))
+        elif len(self.buffer) >= _HEADER.size + size:
+            payload = bytes(self.buffer[_HEADER.size : _HEADER.size + size])
+            del self.buffer[: _HEADER.size + size]
+            waiter, self.waiter = self.waiter, None
+            if waiter is None or waiter.done() or self.buffer:
+                self._fail(ChannelError("an answer nobody asked for"))
+            else:
+                waiter.set_result(payload)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ChannelError("the main process closed the worker channel"))
+
+    def _fail(self, error: BaseException) -> None:
+        self.lost = error
+        if self.transport is not None:
+            self.transport.close()
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
+    def ask(self, frame: bytes) -> asyncio.Future[bytes]:
+        assert self.transport is not None and self.waiter is None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(frame)
+        return self.waiter
+
+
 class AsyncCoreClient:
     """A worker's connections to the ``CoreServer`` for its event loop (the add_appointment fast path,
     ``teos.api.fastpath.AsyncFastAdd``): a call borrows an idle connection, or opens one while fewer than
     ``size`` are open (else it waits for one), sends its frame and awaits the answer; the loop serves other
     requests meanwhile, with no thread handed the request and none waiting for it. Each connection carries
     one request at a time, so the main process answers them on as many threads and they share its fsync.
-    Errors are those of ``CoreClient.call``."""
+    A connection is a plain ``asyncio.Protocol`` that completes the awaited answer when its frame is in (the
+    streams' buffering and two reads per answer cost a worker more than the rest of the channel). Errors
+    are those of ``CoreClient.call``, and a call not answered within ``timeout`` seconds is one of them."""
 
     def __init__(self, address: str, token: bytes, size: int, timeout: float = 120.0) -> None:
         self.address = address
         self.token = token
         self.timeout = timeout
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._idle: list[_FrameProtocol] = []
         self._slots = asyncio.Semaphore(size)
 
     async def call(self, op: str, *args: Any) -> Any:
         async with self._slots:
-            conn = self._idle.pop() if self._idle else None
+            conn = None
+            while self._idle and conn is None:
+                conn = self._idle.pop()
+                if conn.lost is not None:  # closed while idle (the main process restarted its channel)
+                    conn = None
+            loop = asyncio.get_running_loop()
+            timer = None
             try:
-                async with asyncio.timeout(self.timeout):
-                    if conn is None:
-                        conn = await asyncio.open_unix_connection(self.address, limit=MAX_ANSWER_BYTES)
-                        conn[1].write(self.token)
-                    reader, writer = conn
-                    data = marshal.dumps((op, *args))
-                    writer.write(_HEADER.pack(len(data)) + data)
-                    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-                    if size > MAX_ANSWER_BYTES:
-                        raise ChannelError(f"frame of {size} bytes over the limit of {MAX_ANSWER_BYTES}")
-                    answer = marshal.loads(await reader.readexactly(size))
-            except (OSError, EOFError, ValueError, TypeError, TimeoutError, asyncio.IncompleteReadError) as e:
+                if conn is None:
+                    async with asyncio.timeout(self.timeout):
+                        _, conn = await loop.create_unix_connection(_FrameProtocol, self.address)
+                    assert conn.transport is not None
+                    conn.transport.write(self.token)
+                data = marshal.dumps((op, *args))
+                answer = conn.ask(_HEADER.pack(len(data)) + data)
+                timer = loop.call_later(self.timeout, _expire, answer)
+                result = marshal.loads(await answer)
+            except (OSError, EOFError, ValueError, TypeError, TimeoutError) as e:
                 if conn is not None:
-                    conn[1].close()
+                    conn._fail(ChannelError("dropped"))
                 log.warning("the worker channel failed during %s: %r", op, e)
                 raise TeosError(ErrorKind.SERVICE_UNAVAILABLE, "Service currently unavailable") from None
+            finally:
+                if timer is not None:
+                    timer.cancel()
             self._idle.append(conn)
-        return _result(answer)
+        return _result(result)
 
     def close(self) -> None:
-        for _, writer in self._idle:
-            writer.close()
+        for conn in self._idle:
+            if conn.transport is not None:
+                conn.transport.close()
         self._idle.clear()
+
+
+def _expire(answer: asyncio.Future[bytes]) -> None:
+    if not answer.done():
+        answer.set_exception(TimeoutError("the main process did not answer in time"))
 
 
 class RemoteAdmission:
@@ -536,13 +598,19 @@ class RemoteCore:
         return ("add", user_id.raw, signature, appointment.locator.raw, appointment.encrypted_blob,
                 appointment.to_self_delay)  # fmt: skip
 
+    def added(self, result: Any) -> tuple[int, UserRecord]:
+        """The start block and the user (remembered, with its new slots) of an ``add``'s answer."""
+        start_block, raw_user = result
+        if not isinstance(start_block, int):
+            raise TypeError("start block is not an int")
+        return start_block, self._remember(UserRecord.decode(raw_user))
+
     def add_answer(
         self, result: Any, user_id: UserId, signature: str, appointment: Appointment
     ) -> tuple[AppointmentRecord, UserRecord]:
         """The stored record and the user (remembered, with its new slots) from the main process's answer
         to the ``add`` of ``appointment``: the start block and the user record (the worker has the rest)."""
-        start_block, raw_user = result
-        user = self._remember(UserRecord.decode(raw_user))
+        start_block, user = self.added(result)
         record = AppointmentRecord(
             uuid=compute_uuid(appointment.locator, user_id),
             locator=appointment.locator,
