@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from common.appointment import Appointment, compute_uuid
 from common.errors import ErrorKind, RequestError, TeosError
@@ -436,8 +436,7 @@ class _FrameProtocol(asyncio.Protocol):
         self.lost: BaseException | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is one without deriving from it
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
