@@ -9,7 +9,11 @@ Usage: ``python bench/payments_bench.py [--payments 2000] [--threads 16]``
    at the payment signature;
 3. ``compare_and_swap`` on the LevelDB back-end (synced writes): one thread, then ``--threads`` threads on
    distinct keys (they share fsyncs through the store's group commit), then all on one key (serialised
-   by its stripe).
+   by its stripe);
+4. what the claims add to each block on the engine thread (``ClaimRunner.block_connected``) with
+   ``--channels`` paid channels far from expiry in LevelDB, a block of 4000 txids, and the same with
+   ``--channels`` more channels past their expiry (the block is then read in full: ``getblock`` raw is
+   not counted, only finding the spends in it), against ``common.tx.decode_block`` for scale.
 
 Prints one JSON object of figures.
 """
@@ -152,10 +156,90 @@ def bench_cas(store: Store, n: int, threads: int) -> dict[str, float]:
     return out
 
 
+class _NoCarrier:
+    def send(self, raw_tx: bytes, txid: Txid) -> object:
+        raise AssertionError("nothing is due in this benchmark")
+
+
+class _Blocks:
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def block_hash(self, height: int) -> object:
+        raise AssertionError("no catch-up in this benchmark")
+
+    def block_txids(self, block_hash: object) -> list[Txid]:
+        raise AssertionError("no catch-up in this benchmark")
+
+    def raw_block(self, block_hash: object) -> bytes:
+        return self.raw
+
+
+def _big_block(n_tx: int) -> tuple[bytes, list[Txid]]:
+    from common.tx import Block, BlockHeader, Transaction, TxIn, TxOut, merkle_root
+    from common.types import BlockHash
+
+    txs = []
+    for i in range(n_tx):
+        prev = Txid(_key(f"prev {i}"))
+        witness = (bytes(72), bytes(33))
+        txs.append(
+            Transaction(2, (TxIn(prev, i % 4, b"", 0xFFFFFFFD, witness),),
+                        (TxOut(10_000, bytes(22)), TxOut(20_000, bytes(34))), 0)
+        )  # fmt: skip
+    root = merkle_root([t.txid.raw for t in txs])
+    block = Block(BlockHeader(0x20000000, BlockHash(bytes(32)), root, 0, 0x207FFFFF, 0), tuple(txs))
+    return block.raw, [t.txid for t in txs]
+
+
+def bench_runner(store: Store, channels: int) -> dict[str, float]:
+    from common.tx import decode_block
+    from common.types import BlockHash
+    from teos.payments.claims import Claimer
+    from teos.payments.runner import ClaimRunner
+    from teos.payments.spends import spends_in_block
+    from teos.payments.state import ChannelState
+    from teos.payments.tower_key import TowerPaymentKey
+
+    tower = TowerPaymentKey.from_tower_secret(_key("bench tower id"))
+    user = PrivateKey(_key("bench user")).public_key.format()
+    change = script.p2wpkh(user)
+    cstore = ChannelStore(LevelDBAtomicStore(store))
+    config = PaymentConfig(price=PRICE, min_funding_confirmations=1)
+    raw, txids = _big_block(4000)
+    runner = ClaimRunner(Claimer(config, cstore, tower), _NoCarrier(), _Blocks(raw))  # type: ignore[arg-type]
+    out: dict[str, float] = {}
+
+    def add(n: int, expiry: int, tag: str) -> None:
+        for i in range(n):
+            params = ChannelParams(
+                ChannelId(Txid(_key(f"{tag} {i}")), 0), 100_000, user, tower.public_key, expiry, change, 2_000
+            )
+            cstore.create(ChannelState(params, opened_at=1, amount=PRICE))
+
+    def per_block(height: int, rounds: int = 5) -> float:
+        start = time.perf_counter()
+        for k in range(rounds):
+            runner.block_connected(BlockHash(_key(f"block {height} {k}")), height, txids)
+        return 1000 * (time.perf_counter() - start) / rounds
+
+    add(channels, 1_000_000, "far")
+    out[f"block_ms_{channels}_channels_far_from_expiry"] = per_block(1000)
+    wanted = {(Txid(_key(f"prev {i}")), i % 4): i for i in range(0, 4000, 400)}
+    start = time.perf_counter()
+    spends_in_block(raw, wanted)
+    out["find_spends_in_4000_tx_block_ms"] = 1000 * (time.perf_counter() - start)
+    start = time.perf_counter()
+    decode_block(raw)
+    out["decode_block_4000_tx_ms"] = 1000 * (time.perf_counter() - start)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--payments", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--channels", type=int, default=1000)
     args = parser.parse_args()
     figures: dict[str, object] = {"payments": args.payments}
     figures["memory"] = bench_pay(MemoryAtomicStore(), args.payments)
@@ -166,6 +250,12 @@ def main() -> None:
         try:
             figures["leveldb"] = bench_pay(LevelDBAtomicStore(store), args.payments)
             figures["leveldb_cas"] = bench_cas(store, args.payments, args.threads)
+        finally:
+            store.close()
+        store = Store(tmp / "claims-db")
+        store.open()
+        try:
+            figures["claims_per_block"] = bench_runner(store, args.channels)
         finally:
             store.close()
     finally:

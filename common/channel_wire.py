@@ -83,6 +83,8 @@ class Refusal(Enum):
     FUNDING_WRONG_VALUE = ("funding_wrong_value", ErrorKind.INVALID_FUNDING)
     FUNDING_SPENT = ("funding_spent", ErrorKind.INVALID_FUNDING)
     CHANNEL_EXISTS = ("channel_exists", ErrorKind.INVALID_FUNDING)
+    TOWER_FULL = ("tower_full", ErrorKind.RESOURCE_EXHAUSTED)
+    RATE_LIMITED = ("rate_limited", ErrorKind.RESOURCE_EXHAUSTED)
 
     def __init__(self, text: str, kind: ErrorKind) -> None:
         self.text = text

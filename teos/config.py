@@ -19,9 +19,11 @@ import argparse
 import configparser
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from teos.payments.config import CONSTRAINTS, PaymentConfig, PaymentConfigError
 
 CONF_FILE_NAME = "teos.conf"
 ENV_PREFIX = "TEOS_"
@@ -85,6 +87,7 @@ class Config:
     registrations_per_hour: int = 30
     api_requests_per_second: int = 50
     btc_rpc_password_file: Path | None = None
+    payment: PaymentConfig = field(default_factory=PaymentConfig)  # price 0: a free tower
     notes: tuple[str, ...] = ()  # warnings about the configuration, logged at start
 
     @property
@@ -211,7 +214,8 @@ HARDENING_OPTIONS: tuple[_Option, ...] = (
             "connections each API worker holds at most (bounded by the open-file limit)"),
     _Option("behindproxy", "behind_proxy", _bool, "false",
             "clients reach the API through Tor or a reverse proxy, so their address means nothing: "
-            "per-address limits are off", is_flag=True),
+            "per-address limits (apirequestspersecond, requests in progress, registrationsperhour, a paid "
+            "tower's channel openings) are off", is_flag=True),
     _Option("maxappointmentsperuser", "max_appointments_per_user", _int_in(1), "100000",
             "appointments one user may hold at most"),
     _Option("newuserreserve", "new_user_reserve", _int_in(0, 90), "20",
@@ -285,6 +289,30 @@ OPTIONS: tuple[_Option, ...] = (
             "recent blocks whose txids are checked against new appointments"),
     _Option("rebroadcastafter", "rebroadcast_after", _int_in(1, 2**31), "6",
             "blocks without a confirmation after which a penalty is broadcast again"),
+    _Option("paymentprice", "payment_price", _int_in(0, 21_000_000 * 100_000_000), "0",
+            "satoshis per registration, paid through a payment channel (0: a free tower; both client "
+            "dialects register as always)"),
+    _Option("paymentminconf", "payment_min_confirmations", _int_in(0), "3",
+            "confirmations a channel's funding output needs to open it and to take payments"),
+    _Option("paymentminblocks", "payment_min_blocks", _int_in(0), "288",
+            "blocks a channel must have left before its expiry to open or take a payment"),
+    _Option("paymentmaxchannelblocks", "payment_max_channel_blocks", _int_in(0), "52560",
+            "blocks above the tip a channel's expiry may be at most when it opens"),
+    _Option("paymentfeerate", "payment_fee_rate", _int_in(0), "2000",
+            "fee rate of every payment transaction (hence of the claim), sat per 1000 vbytes"),
+    _Option("paymentclaimmargin", "payment_claim_margin", _int_in(0), "144",
+            "the tower claims a channel this many blocks before its expiry (below paymentminblocks)"),
+    _Option("paymentrebroadcast", "payment_rebroadcast", _int_in(0), "3",
+            "blocks without a confirmation after which a claim is broadcast again"),
+    _Option("paymentbumpmargin", "payment_bump_margin", _int_in(0), "36",
+            "from this many blocks before expiry an unconfirmed claim's fee is raised at every block "
+            "(CPFP)"),
+    _Option("paymentmaxbumpfeerate", "payment_max_bump_fee_rate", _int_in(0), "100000",
+            "highest fee rate a claim's fee bumps go to, sat per 1000 vbytes"),
+    _Option("paymentclaimconfirmations", "payment_claim_confirmations", _int_in(0), "100",
+            "confirmations after which a claim is irrevocable"),
+    _Option("paymentmaxunpaidchannels", "payment_max_unpaid_channels", _int_in(0), "10000",
+            "open channels without a payment the tower accepts at most"),
     _Option("logfile", "log_file", _optional_path, "",
             "also write the log to this file (relative to the datadir; empty: stderr only)"),
     _Option("debug", "debug", _bool, "false", "log debug messages", is_flag=True),
@@ -449,4 +477,36 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         parsed["btc_rpc_cookie"] = Path("~/.bitcoin").expanduser() / subdir / ".cookie"
     if parsed["log_file"] is not None and not parsed["log_file"].is_absolute():
         parsed["log_file"] = datadir / parsed["log_file"]
+    parsed["payment"] = _payment_config(parsed, chosen)
     return Config(**parsed)
+
+
+# PaymentConfig's fields -> the options that set them.
+PAYMENT_OPTIONS = {
+    "price": "paymentprice",
+    "min_funding_confirmations": "paymentminconf",
+    "min_blocks_before_expiry": "paymentminblocks",
+    "max_channel_blocks": "paymentmaxchannelblocks",
+    "fee_rate": "paymentfeerate",
+    "claim_margin": "paymentclaimmargin",
+    "rebroadcast_blocks": "paymentrebroadcast",
+    "bump_margin": "paymentbumpmargin",
+    "max_bump_fee_rate": "paymentmaxbumpfeerate",
+    "claim_confirmations": "paymentclaimconfirmations",
+    "max_unpaid_channels": "paymentmaxunpaidchannels",
+}
+
+
+def _payment_config(parsed: dict[str, Any], chosen: Mapping[str, tuple[str, str]]) -> PaymentConfig:
+    """The payment options as one validated ``PaymentConfig``; a ConfigError names each option that does
+    not fit (with its value and where it came from)."""
+    values = {name: parsed.pop(_BY_KEY[key].field) for name, key in PAYMENT_OPTIONS.items()}
+    try:
+        return PaymentConfig(**values)
+    except PaymentConfigError as e:
+        parts = []
+        for name in e.fields:
+            key = PAYMENT_OPTIONS[name]
+            text, source = chosen[key]
+            parts.append(f"{key} ({source}) is {text.strip()!r} but must be {CONSTRAINTS[name]}")
+        raise ConfigError("invalid payment settings: " + "; ".join(parts)) from None

@@ -5,10 +5,12 @@ Each part receives, through its constructor, only the narrow seams it uses (smal
 logging -> store (``<datadir>/<network>/db``, LevelDB; its network checked) -> tower key -> bitcoind client
 -> the tip (``ChainTip``, shared by both sides) -> an older database's layout migrated
 (``teos.storage.migrate``) -> the locator index (``teos.storage.index``: loaded, or built once on an older
-database) -> Gatekeeper -> the chain side (``build_chain_side``: Watcher, Responder, monitor, engine; its
-start-up checks bitcoind's network and pruning) -> TowerCore and its worker channel
-(``teos.api.ipc.CoreServer``) -> admin API -> API workers (granian). Stopping goes the other way: granian
-stops accepting and each worker finishes the requests in hand (each request's write is either synced or not
+database) -> Gatekeeper -> a paid tower's payments (``build_payments``, only when ``paymentprice`` is above
+0) -> the chain side (``build_chain_side``: Watcher, Responder, monitor, engine, and the claims as the
+engine's last step; its start-up checks bitcoind's network and pruning) -> the grants a crash left
+unapplied (``PaymentsSide.reconcile``) -> TowerCore and its worker channel (``teos.api.ipc.CoreServer``,
+with the payment ops) -> admin API -> API workers (granian). Stopping goes the other way: granian stops
+accepting and each worker finishes the requests in hand (each request's write is either synced or not
 started, never partial), then the worker channel closes, then the chain side stops and joins its threads (a
 block's effects are one atomic batch), then the index folds its journal, then the store is closed. SIGTERM
 and SIGINT trigger that and teosd exits 0; a second signal during shutdown changes nothing.
@@ -65,7 +67,15 @@ from teos.chain.monitor import ChainMonitor, ChainSource
 from teos.chain.recent import RecentBlocks
 from teos.chain.tip import ChainTip
 from teos.config import Config
-from teos.engine.engine import Engine, EngineConfig, EngineMetrics, Inbox, NoMetrics, decode_penalty
+from teos.engine.engine import (
+    ClaimsStep,
+    Engine,
+    EngineConfig,
+    EngineMetrics,
+    Inbox,
+    NoMetrics,
+    decode_penalty,
+)
 from teos.engine.pointer import PointerStore
 from teos.engine.progress import BlockCounter, Progress
 from teos.engine.startup import BootstrapError, ChainInfoSource, Startup, StartupConfig
@@ -74,9 +84,22 @@ from teos.fatal import FatalError
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.interfaces import BlockListener, SlotLedger
 from teos.logs import GRANIAN_LOGGING, setup_logging
+from teos.payments.chain import BoundedFundingChain, RpcFundingChain
+from teos.payments.claims import Claimer
+from teos.payments.config import PaymentConfig
+from teos.payments.handler import PaymentHandler
+from teos.payments.income import FixedPrice
+from teos.payments.ledger import GatekeeperLedger
+from teos.payments.operator import PaymentsOperator
+from teos.payments.report import payments_report
+from teos.payments.runner import ClaimRunner, RpcBlocks
+from teos.payments.service import PaymentCore, PaymentOps
+from teos.payments.store import ChannelStore
+from teos.payments.tower_key import TowerPaymentKey
 from teos.responder.responder import Responder
 from teos.service import DEFAULT_MAX_BLOB_BYTES, TowerCore
 from teos.storage import keys
+from teos.storage.atomic import LevelDBAtomicStore
 from teos.storage.index import LocatorIndex
 from teos.storage.migrate import MigrationError, migrate
 from teos.storage.store import Batch, StorageError, Store
@@ -93,6 +116,7 @@ if TYPE_CHECKING:  # the HTTP side (flask, granian, prometheus_client) is import
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT = 10.0  # seconds the HTTP threads get to finish the requests in hand
+ADMIN_CLAIM_TIMEOUT = 60.0  # seconds an operator's claim waits for the engine thread (a block in hand)
 EXIT_FATAL = 1  # could not start, or could not go on (see the log's "fatal:" line)
 EXIT_WATCHDOG = 3  # the watchdog ended a tower that had stopped watching the chain
 
@@ -197,6 +221,7 @@ def build_chain_side(
     index: LocatorIndex,
     listeners: Sequence[BlockListener] = (),
     metrics: ChainMetrics | None = None,
+    claims: ClaimsStep | None = None,
 ) -> ChainSide:
     """Builds and wires the chain side (nothing starts): Watcher and Responder over the store, the
     monitor feeding the engine's inbox, one record of recent blocks for both, the tip for everyone."""
@@ -219,9 +244,61 @@ def build_chain_side(
         bitcoind, bitcoind, pointer, store, cache, tip,
     )  # fmt: skip
     engine = Engine(
-        config, inbox, tip, watcher, responder, pointer, recent, store, ledger, listeners, progress, counters
-    )
+        config, inbox, tip, watcher, responder, pointer, recent, store, ledger, listeners, progress, counters,
+        claims,
+    )  # fmt: skip
     return ChainSide(tip, cache, watcher, responder, recent, monitor, progress, startup, engine)
+
+
+# -- a paid tower's payments ------------------------------------------------------------------------
+
+
+@dataclass
+class PaymentsSide:
+    """A paid tower's payment parts, wired by ``build_payments`` (nothing runs by itself: the runner is
+    driven by the engine thread, the core by the worker channel's threads)."""
+
+    config: PaymentConfig
+    key: TowerPaymentKey
+    channels: ChannelStore
+    handler: PaymentHandler
+    core: PaymentCore
+    runner: ClaimRunner
+
+    def reconcile(self) -> None:
+        """Applies every grant a crash left unapplied (the tip must be known: run after the chain side
+        started, before the API)."""
+        applied = self.handler.reconcile()
+        log.info("payments ready channels=%d grants_applied_at_start=%d price=%d payment_key=%s",
+                 len(self.channels.all()), applied, self.config.price, self.key.public_key.hex())  # fmt: skip
+
+
+def build_payments(
+    config: PaymentConfig,
+    store: Store,
+    bitcoind: BitcoindClient,
+    tip: Callable[[], int],
+    gatekeeper: Gatekeeper,
+    tower_secret: bytes,
+    metrics: Metrics | None = None,
+) -> PaymentsSide:
+    """The payment parts over the tower's own database (the atomic store's ``c|`` namespace) and bitcoind:
+    the payment key derived from the tower key; funding checks through ``gettxout`` (at most two at once,
+    so requests from the network can never fill bitcoind's RPC queue and slow the engine) against
+    ``tip`` (the payments' idea of the chain's height); grants applied by the Gatekeeper; claims
+    broadcast through a Carrier."""
+    key = TowerPaymentKey.from_tower_secret(tower_secret)
+    channels = ChannelStore(LevelDBAtomicStore(store))
+    funding = BoundedFundingChain(RpcFundingChain(bitcoind.call, tip=tip))
+    gk = gatekeeper.config
+    handler = PaymentHandler(
+        config, channels, funding, GatekeeperLedger(gatekeeper), FixedPrice(config.price), key.public_key,
+        gk.subscription_slots, gk.subscription_duration,
+    )  # fmt: skip
+    runner = ClaimRunner(
+        Claimer(config, channels, key), Carrier(bitcoind), RpcBlocks(bitcoind), gatekeeper, metrics
+    )
+    return PaymentsSide(config, key, channels, handler, PaymentCore(handler), runner)
 
 
 # -- the daemon -----------------------------------------------------------------------------------
@@ -239,6 +316,7 @@ class Daemon:
         self.index: LocatorIndex | None = None
         self.gatekeeper: Gatekeeper | None = None
         self.chain: ChainSide | None = None
+        self.payments: PaymentsSide | None = None
         self.core: TowerCore | None = None
         self.core_server: CoreServer | None = None
         self.server: ApiServer | None = None
@@ -255,8 +333,8 @@ class Daemon:
         # stack; teosd needs it all.
         from teos.api import DEFAULT_MAX_BODY_BYTES
         from teos.api.ipc import TOKEN_BYTES, CoreServer, socket_address
-        from teos.api.limits import registration_limiter
-        from teos.api.worker import WorkerSettings
+        from teos.api.limits import address_limits
+        from teos.api.worker import PaymentSettings, WorkerSettings
         from teos.hardening import secure_datadir
         from teos.metrics import Metrics
 
@@ -293,6 +371,14 @@ class Daemon:
             min_to_self_delay=c.min_to_self_delay, max_appointments_per_user=c.max_appointments_per_user,
             max_users=c.max_users, new_user_reserve=c.new_user_reserve, new_user_blocks=c.new_user_blocks,
         ), self.tip, index)
+        payments = None
+        if c.payment.paid:
+            payments = self.payments = build_payments(
+                c.payment, store, bitcoind, self._payments_tip, gatekeeper, secret, metrics
+            )
+            metrics.bind_payments(
+                lambda: payments_report(payments.channels, self.tip.tip_height, payments.config)
+            )
         chain = self.chain = build_chain_side(
             EngineConfig(
                 btc_network=c.chain_name, poll_interval=c.poll_interval, zmq_url=c.zmq_hashblock or None,
@@ -300,6 +386,7 @@ class Daemon:
                 startup_retry=RetryPolicy(initial_delay=0.5, max_delay=10.0, max_wait=c.btc_startup_timeout),
             ),
             store, bitcoind, self.tip, gatekeeper, index, [gatekeeper], metrics,
+            payments.runner if payments is not None else None,
         )
         gatekeeper.start()
         try:
@@ -313,11 +400,17 @@ class Daemon:
         else:
             log.warning("watchdog off (--watchdogtimeout 0): a stuck engine is not restarted")
         health = self.health = Health(chain, self.watchdog)
-        self.core = TowerCore(gatekeeper, self.tip, chain.engine, store, health)
+        if payments is not None:
+            payments.reconcile()
+            payments.core.watching = health
+        self.core = TowerCore(gatekeeper, self.tip, chain.engine, store, health, paid=payments is not None)
+        ops: dict[str, Callable[..., Any]] = {"observe_refusals": metrics.observe_refusals}
+        if payments is not None:
+            ops.update(PaymentOps(payments.core).handlers())
         core_server = self.core_server = CoreServer(
             self.core, os.urandom(TOKEN_BYTES), socket_address(c.network_dir),
             on_observations=metrics.observe_requests, on_dropped=metrics.observations_dropped,
-            admission=registration_limiter(c),
+            admission=address_limits(c), extra_ops=ops,
         )
         core_server.start()
         self._worker_settings = WorkerSettings(
@@ -327,10 +420,19 @@ class Daemon:
             log_file=str(c.log_file) if c.log_file else None, parent_pid=os.getpid(),
             threads=c.api_threads, client_timeout=c.client_timeout, behind_proxy=c.behind_proxy,
             requests_per_second=c.api_requests_per_second,
-            limit_registrations=core_server.admission is not None,
-        )
+            address_limits=core_server.admission is not None,
+            payments=PaymentSettings(c.payment, c.subscription_slots, c.subscription_duration,
+                                     c.btc_network) if payments is not None else None,
+        )  # fmt: skip
         self.server = self._make_server()
-        self._start_admin(store, chain.progress, health, tower_id, metrics, index)
+        self._start_admin(store, chain, health, tower_id, metrics, index)
+
+    def _payments_tip(self) -> int:
+        """The height payments are checked against: the higher of the last block processed and bitcoind's
+        tip as last seen. While the tower catches up after downtime, the processed tip lags; checking a
+        payment's expiry against it would accept payments on channels whose refund is already valid."""
+        seen = self.chain.monitor.best_height_seen if self.chain is not None else -1
+        return max(self.tip.tip_height, seen)
 
     def _on_watchdog(self, reason: str) -> None:
         """The watchdog tripped (it logged why): stop as on SIGTERM, and exit with ``EXIT_WATCHDOG``."""
@@ -340,7 +442,7 @@ class Daemon:
     def _start_admin(
         self,
         store: Store,
-        progress: Progress,
+        chain: ChainSide,
         health: Health,
         tower_id: UserId,
         metrics: Metrics,
@@ -350,12 +452,18 @@ class Daemon:
         from teos.admin import AdminServer, AdminServerError, StoreAdminBackend
 
         def status() -> dict[str, Any]:
-            return {**progress.status(), "stopped_watching": health.stopped_watching()}
+            return {**chain.progress.status(), "stopped_watching": health.stopped_watching()}
 
         c = self.config
+        operator = None
+        if self.payments is not None:
+            p = self.payments
+            operator = PaymentsOperator(p.channels, p.config, lambda: self.tip.tip_height, p.runner,
+                                        lambda fn: chain.engine.call(fn, timeout=ADMIN_CLAIM_TIMEOUT))
         backend = StoreAdminBackend(
-            store, status, tower_id, stop_callback=lambda: os.kill(os.getpid(), signal.SIGTERM), counts=index
-        )
+            store, status, tower_id,
+            stop_callback=lambda: os.kill(os.getpid(), signal.SIGTERM), counts=index, payments=operator,
+        )  # fmt: skip
         admin = AdminServer(backend, c.network_dir, host=c.rpc_bind, port=c.rpc_port, metrics=metrics,
                             client_timeout=c.client_timeout)
         try:

@@ -18,7 +18,6 @@ apps (tests build many) never collide on metric names.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
@@ -27,6 +26,8 @@ from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from common.channel_wire import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ _PULLED_GAUGES: tuple[tuple[str, str, str], ...] = (
     ("teos_blocks_behind", "blocks_behind", "Blocks between bitcoind's tip and the last processed one"),
 )
 
-UNMATCHED_ENDPOINT = "<unmatched>"
+UNMATCHED_ENDPOINT = "<unmatched>"  # a request that matched no route
+GUARD_ENDPOINT = "<guard>"  # a request the public API's guard (teos.api.serving) answered itself
 
 # Request labels come from fixed sets, whatever a client sends: a label made from request data (a made-up
 # method, a path) creates a new time series per value, and 80,000 requests with made-up methods grew
@@ -49,8 +51,26 @@ UNMATCHED_ENDPOINT = "<unmatched>"
 OTHER_LABEL = "other"
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 APPS = frozenset({"public", "admin"})
-MAX_ENDPOINT_LABEL = 64  # characters of a route
-MAX_ENDPOINTS = 64  # distinct endpoint labels (the apps have about 15 routes)
+# Every route of the public app (a paid tower's payment routes included) and of the admin app, as Flask
+# names them (tests/admin/test_metric_labels.py checks this against the apps' url maps).
+ENDPOINTS = frozenset({
+    UNMATCHED_ENDPOINT, GUARD_ENDPOINT,
+    "/register", "/add_appointment", "/get_appointment", "/get_subscription_info", "/ping",
+    "/payment_terms", "/open_channel", "/pay", "/get_channel",
+    "/gettowerinfo", "/getallappointments", "/getappointments/<locator>", "/getusers", "/getuser/<user_id>",
+    "/stop", "/listchannels", "/claim/<channel_id>", "/claimall", "/ready", "/metrics",
+})  # fmt: skip
+MAX_ENDPOINT_LABEL = 64  # characters of a route a worker reports (ENDPOINTS' are shorter)
+# Why a payment request was refused: a ``common.channel_wire.Refusal``, or an unpaid /register.
+REFUSAL_REASONS = frozenset([*(r.text for r in Refusal), "payment_required"])
+
+
+def endpoint_label(endpoint: str) -> str:
+    return endpoint if endpoint in ENDPOINTS else OTHER_LABEL
+
+
+def refusal_label(reason: str) -> str:
+    return reason if reason in REFUSAL_REASONS else OTHER_LABEL
 
 
 def method_label(method: str) -> str:
@@ -102,29 +122,112 @@ class _StatusCollector(Collector):
             yield gauge
 
 
+class PaymentsStatus(Protocol):
+    """What the payment gauges show (``teos.payments.report.PaymentsReport`` satisfies it)."""
+
+    @property
+    def sats(self) -> Mapping[str, int]:
+        """``earned``, ``claimed``, ``at_risk``, ``lost``."""
+        ...
+
+    @property
+    def channels_by_status(self) -> Mapping[str, int]: ...
+
+    @property
+    def claims_by_status(self) -> Mapping[str, int]: ...
+
+
+class _PaymentsCollector(Collector):
+    """The payment gauges of one report, read at each scrape (nothing is kept in sync by hand)."""
+
+    def __init__(self, source: Callable[[], PaymentsStatus]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            report = self._source()
+        except Exception:
+            log.exception("metrics: payments report unavailable")
+            return
+        for kind, help_text in (
+            ("earned", "Satoshis of every accepted payment (the channels' amounts)"),
+            ("claimed", "Satoshis irrevocably claimed"),
+            ("at_risk", "Satoshis of unconfirmed claims near their deadline, or spent by someone else"),
+            ("lost", "Satoshis the users refunded before the claim confirmed"),
+        ):
+            gauge = GaugeMetricFamily(f"teos_payments_sats_{kind}", help_text)
+            gauge.add_metric([], float(report.sats.get(kind, 0)))
+            yield gauge
+        channels = GaugeMetricFamily(
+            "teos_payments_channels", "Payment channels, by status", labels=["status"]
+        )
+        for status, n in sorted(report.channels_by_status.items()):
+            channels.add_metric([status], float(n))
+        yield channels
+        claims = GaugeMetricFamily("teos_payments_claims", "Claims, by status", labels=["status"])
+        for status, n in sorted(report.claims_by_status.items()):
+            claims.add_metric([status], float(n))
+        yield claims
+
+
 class Metrics:
     """The tower's metrics (see the module docstring). Thread-safe: prometheus_client locks its values."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
-        self._breaches = Counter("teos_breaches_seen", "Breaches found (a watched locator in a block)",
-                                 registry=r)
-        self._broadcast = Counter("teos_penalties_broadcast", "Penalty transactions broadcast (rebroadcasts "
-                                  "included)", registry=r)
-        self._confirmed = Counter("teos_penalties_confirmed", "Penalty transactions seen confirmed",
-                                  registry=r)
+        self._breaches = Counter(
+            "teos_breaches_seen", "Breaches found (a watched locator in a block)", registry=r
+        )
+        self._broadcast = Counter(
+            "teos_penalties_broadcast", "Penalty transactions broadcast (rebroadcasts included)", registry=r
+        )
+        self._confirmed = Counter(
+            "teos_penalties_confirmed", "Penalty transactions seen confirmed", registry=r
+        )
         self._blocks = Counter("teos_blocks_processed", "Blocks connected and processed", registry=r)
-        self._requests = Counter("teos_http_requests", "HTTP requests answered",
-                                 ["app", "endpoint", "method", "status"], registry=r)
-        self._dropped = Counter("teos_http_observations_dropped", "Answered requests an API worker could "
-                                "not report (it had too many pending, or could not reach this process)",
-                                registry=r)
-        self._endpoints: set[str] = set()
-        self._endpoints_lock = threading.Lock()
-        self._latency = Histogram("teos_http_request_duration_seconds", "Time to answer an HTTP request",
-                                  ["app", "endpoint"], registry=r)
+        self._requests = Counter(
+            "teos_http_requests",
+            "HTTP requests answered",
+            ["app", "endpoint", "method", "status"],
+            registry=r,
+        )
+        self._dropped = Counter(
+            "teos_http_observations_dropped",
+            "Answered requests an API worker could not report (it had too many pending, or could not reach "
+            "this process)",
+            registry=r,
+        )
+        self._latency = Histogram(
+            "teos_http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            ["app", "endpoint"],
+            registry=r,
+        )
         self._status_bound = False
+        self._payments_bound = False
+        self._refusals = Counter(
+            "teos_payments_refusals",
+            "Payment requests refused, by the check that "
+            "refused them (payment_required: an unpaid /register)",
+            ["reason"],
+            registry=r,
+        )
+        self._claim_broadcasts = Counter(
+            "teos_payments_claim_broadcasts",
+            "Claim transactions sent to bitcoind (rebroadcasts included)",
+            ["delivered"],
+            registry=r,
+        )
+        self._claim_bumps = Counter(
+            "teos_payments_claim_bumps", "Fee bumps (CPFP children) sent for claims", registry=r
+        )
+        self._claim_failures = Counter(
+            "teos_payments_claim_failures",
+            "Steps of a claim that failed and will be tried again",
+            ["step"],
+            registry=r,
+        )
 
     # -- events --------------------------------------------------------------------------------------
 
@@ -144,27 +247,10 @@ class Metrics:
         self, endpoint: str, status: int, seconds: float, *, method: str = "", app: str = "public"
     ) -> None:
         """Records one answered request; every label is mapped into its fixed set (see OTHER_LABEL)."""
-        endpoint_label = self._endpoint_label(endpoint)
+        endpoint = endpoint_label(endpoint)
         app = app_label(app)
-        self._requests.labels(app, endpoint_label, method_label(method), status_label(status)).inc()
-        self._latency.labels(app, endpoint_label).observe(seconds)
-
-    def _endpoint_label(self, endpoint: str) -> str:
-        """``endpoint`` if it looks like a route and the set of endpoints seen is not full, else other.
-        (Routes come from the apps' url maps, so this only ever bites on a bug or a forged report.)"""
-        if endpoint in self._endpoints:
-            return endpoint
-        if (
-            not isinstance(endpoint, str)
-            or len(endpoint) > MAX_ENDPOINT_LABEL
-            or not (endpoint.startswith("/") or endpoint.startswith("<"))
-        ):
-            return OTHER_LABEL
-        with self._endpoints_lock:
-            if len(self._endpoints) >= MAX_ENDPOINTS:
-                return OTHER_LABEL
-            self._endpoints.add(endpoint)
-        return endpoint
+        self._requests.labels(app, endpoint, method_label(method), status_label(status)).inc()
+        self._latency.labels(app, endpoint).observe(seconds)
 
     def observe_requests(self, observations: Iterable[tuple[str, str, str, int, float]]) -> None:
         """Records requests answered elsewhere (an API worker): (app, endpoint, method, status, seconds)."""
@@ -174,6 +260,35 @@ class Metrics:
     def observations_dropped(self, n: int) -> None:
         """Counts requests an API worker answered but could not report."""
         self._dropped.inc(n)
+
+    # -- paid subscriptions --------------------------------------------------------------------------
+
+    def payment_refused(self, reason: str, n: int = 1) -> None:
+        """Counts ``n`` refusals; an unknown reason is counted as ``other`` (labels stay bounded)."""
+        self._refusals.labels(refusal_label(reason)).inc(n)
+
+    def observe_refusals(self, counts: Iterable[tuple[str, int]]) -> None:
+        """Refusals counted elsewhere (an API worker): (reason, count) pairs."""
+        for reason, n in counts:
+            if isinstance(n, int) and n > 0:
+                self.payment_refused(str(reason), n)
+
+    def claim_broadcast(self, delivered: bool) -> None:
+        self._claim_broadcasts.labels("true" if delivered else "false").inc()
+
+    def claim_bumped(self) -> None:
+        self._claim_bumps.inc()
+
+    def claim_failure(self, step: str) -> None:
+        self._claim_failures.labels(step).inc()
+
+    def bind_payments(self, source: Callable[[], PaymentsStatus]) -> None:
+        """Pulls the payment gauges (sats earned, claimed, at risk and lost; channels and claims by status)
+        from ``source()`` at every scrape. Once only."""
+        if self._payments_bound:
+            raise RuntimeError("a payments source is already bound to these metrics")
+        self.registry.register(_PaymentsCollector(source))
+        self._payments_bound = True
 
     # -- state ---------------------------------------------------------------------------------------
 

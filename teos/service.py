@@ -142,7 +142,9 @@ class TowerCore:
     ``tip`` says where the chain is and whether bitcoind answers; ``late`` finds a breach already in the
     chain and hands such an appointment to the engine; ``watching`` (when given) says whether the tower
     still watches the chain: registrations and appointments are refused (503) while it does not, so no
-    receipt is ever signed by a tower whose engine is dead or stuck.
+    receipt is ever signed by a tower whose engine is dead or stuck. A ``paid`` tower registers users
+    only through payments (``teos.payments``): ``register`` is refused with PAYMENT_REQUIRED (the API
+    workers answer 402 before asking; this guards any other way in).
     """
 
     def __init__(
@@ -152,12 +154,15 @@ class TowerCore:
         late: LateBreaches,
         store: Store,
         watching: Watching | None = None,
+        *,
+        paid: bool = False,
     ) -> None:
         self.gatekeeper = gatekeeper
         self.tip = tip
         self.late = late
         self.store = store
         self.watching = watching
+        self.paid = paid
 
     def _require_bitcoind(self) -> None:
         """Refuses (503) while bitcoind does not answer or the tower has stopped watching the chain."""
@@ -182,6 +187,10 @@ class TowerCore:
 
     def register(self, user_id: UserId, dialect: Dialect) -> UserRecord:
         """Registers (or tops up) ``user_id``; returns the stored subscription."""
+        if self.paid:
+            raise TeosError(
+                ErrorKind.PAYMENT_REQUIRED, "Payment required: this tower charges for registrations"
+            )
         self._require_bitcoind()
         return self.gatekeeper.register(user_id, dialect)
 

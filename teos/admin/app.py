@@ -9,6 +9,9 @@ file, see ``common.cookie``; anything else is answered 401 with a JSON body):
     GET  /getusers?cursor=<hex>&limit=<n>                  one page of users
     GET  /getuser/<user_id>                                a user and their appointments (404 if unknown)
     POST /stop                                             asks the daemon to stop
+    GET  /listchannels                                     a paid tower's channels and totals (404: free)
+    POST /claim/<txid>:<vout>                              claims one channel now (on the engine thread)
+    POST /claimall                                         claims every open channel with a payment
 
 Two routes need no cookie: ``GET /ready`` (200 ``{"ready": true}`` or 503 with the reason) and ``GET
 /metrics`` (Prometheus text format). They reveal only aggregate numbers, and probes and scrapers cannot
@@ -20,15 +23,24 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 
 from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from common.channel import ChannelError, ChannelId
 from common.cookie import COOKIE_USER
 from common.errors import RequestError
 from common.types import UserId
 from common.validation import parse_locator
-from teos.admin.backend import DEFAULT_PAGE_LIMIT, SECTION_WATCHER, AdminBackend, AdminError
+from teos.admin.backend import (
+    DEFAULT_PAGE_LIMIT,
+    SECTION_WATCHER,
+    AdminBackend,
+    AdminError,
+    JsonObject,
+    PaymentsAdmin,
+)
 from teos.metrics import Metrics, instrument, metrics_response
 
 log = logging.getLogger(__name__)
@@ -54,6 +66,14 @@ def _page_args() -> tuple[str | None, int]:
     except ValueError:
         raise AdminError("limit must be an integer") from None
     return cursor, limit
+
+
+def _on_engine(fn: Callable[[], JsonObject]) -> JsonObject:
+    """A claim waits for the engine thread; one that does not get to it in time is a 503 (try again)."""
+    try:
+        return fn()
+    except TimeoutError as e:
+        raise AdminError(f"{e}; try again", 503) from None
 
 
 def create_admin_app(backend: AdminBackend, cookie: str, metrics: Metrics | None = None) -> Flask:
@@ -140,6 +160,28 @@ def create_admin_app(backend: AdminBackend, cookie: str, metrics: Metrics | None
         response = jsonify({"stopping": True})
         response.call_on_close(_backend().stop)
         return response
+
+    def _payments() -> PaymentsAdmin:
+        payments = _backend().payments()
+        if payments is None:
+            raise AdminError("this tower is free (paymentprice = 0): it has no payment channels", 404)
+        return payments
+
+    @app.get("/listchannels")
+    def listchannels() -> Response:
+        return jsonify(_payments().channels())
+
+    @app.post("/claim/<channel_id>")
+    def claim(channel_id: str) -> Response:
+        try:
+            cid = ChannelId.parse(channel_id)
+        except ChannelError as e:
+            raise AdminError(str(e)) from None
+        return jsonify(_on_engine(lambda: _payments().claim(cid)))
+
+    @app.post("/claimall")
+    def claimall() -> Response:
+        return jsonify(_on_engine(lambda: _payments().claim_all()))
 
     @app.get("/ready")
     def ready() -> tuple[Response, int]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from common.appointment import compute_uuid
+from common.channel import ChannelId
 from common.types import Locator, UserId
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, CodecError, TrackerRecord, UserRecord, decode_block_pointer
@@ -85,6 +86,26 @@ class AdminBackend(Protocol):
     def user(self, user_id: UserId) -> JsonObject | None: ...
 
     def stop(self) -> None: ...
+
+    def payments(self) -> PaymentsAdmin | None:
+        """The payment controls of a paid tower (None: a free tower)."""
+        ...
+
+
+class PaymentsAdmin(Protocol):
+    """What ``teos-cli`` can do with a paid tower's channels (``teos.payments.operator`` satisfies it)."""
+
+    def channels(self) -> JsonObject:
+        """Every channel (paid, claimed, unclaimed, blocks to expiry, at risk) and the totals."""
+        ...
+
+    def claim(self, channel_id: ChannelId) -> JsonObject:
+        """Claims one channel now (on the engine thread)."""
+        ...
+
+    def claim_all(self) -> JsonObject:
+        """Claims every open channel with a payment."""
+        ...
 
 
 # -- JSON shapes of the stored records ----------------------------------------------------------------
@@ -168,7 +189,9 @@ class StoreAdminBackend:
         *,
         max_blocks_behind: int = 1,
         max_tip_age: float = 600.0,
+        payments: PaymentsAdmin | None = None,
     ) -> None:
+        self._payments = payments
         self._store = store
         self._counts = counts
         self._engine_status = engine_status
@@ -339,3 +362,6 @@ class StoreAdminBackend:
     def stop(self) -> None:
         log.info("stop requested through the admin API")
         self._stop_callback()
+
+    def payments(self) -> PaymentsAdmin | None:
+        return self._payments

@@ -14,7 +14,11 @@ event loop in one thread, where a connection costs a few hundred bytes until its
 - at most ``max_connections`` (16,384) are open; at the limit, the oldest connection still waiting for
   its request is closed to make room, so whoever sends a request promptly is served;
 - the Flask app runs in a pool of ``THREADS`` threads with at most ``MAX_QUEUED`` requests waiting
-  (then 503): an admin-port flood can occupy two threads of the main process, never more;
+  (then 503): an admin-port flood can occupy two threads of the main process, never more. A paid tower's
+  claims (``POST /claim/<channel_id>``, ``POST /claimall``) wait for the engine thread, up to a minute
+  while it has a block in hand, so they run in a pool of their own (``CLAIM_THREADS`` thread,
+  ``MAX_CLAIMS_QUEUED`` waiting): neither the event loop nor ``/ready``, ``/metrics`` and the other routes
+  ever wait behind a claim;
 - the answer must be read within ``client_timeout`` too, or the connection is dropped.
 """
 
@@ -48,10 +52,17 @@ MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 4096  # the admin app's own limit too
 THREADS = 2
 MAX_QUEUED = 32
+CLAIM_THREADS = 1  # claims run one at a time on the engine thread anyway
+MAX_CLAIMS_QUEUED = 4
 SWEEP_INTERVAL = 0.5  # seconds between checks for connections past their deadline
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
             408: "Request Timeout", 411: "Length Required", 413: "Content Too Large",
             431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+
+
+def is_claim(path: str) -> bool:
+    """A route that waits for the engine thread (served by the claims' own pool)."""
+    return path == "/claimall" or path.startswith("/claim/")
 
 
 class AdminServerError(RuntimeError):
@@ -181,10 +192,13 @@ class AdminServer:
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._claims_pool: ThreadPoolExecutor | None = None
         self._ready = threading.Event()
         self._connections: dict[_Connection, None] = {}  # every open one, oldest first
         self._queued = 0
+        self._claims_queued = 0
         self.evicted = 0  # connections closed to make room (for tests and logs)
+        self.refused = 0  # requests answered 503 because their pool was full (for tests and logs)
 
     @property
     def port(self) -> int:
@@ -212,6 +226,7 @@ class AdminServer:
             raise AdminServerError(f"cannot listen on {self.host}:{self._port} for the admin API: {e} "
                                    "(is another teosd running? see --rpcport)") from e
         self._pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="admin")
+        self._claims_pool = ThreadPoolExecutor(max_workers=CLAIM_THREADS, thread_name_prefix="admin-claims")
         self._ready.clear()
         self._thread = threading.Thread(target=self._run, name="admin-api", daemon=True)
         self._thread.start()
@@ -224,6 +239,9 @@ class AdminServer:
         if loop is not None and self._server is not None:
             with contextlib.suppress(RuntimeError):  # the loop already ended
                 loop.call_soon_threadsafe(self._server.close)
+        if self._claims_pool is not None:  # a claim in hand ends with the engine (Engine.call), not here
+            self._claims_pool.shutdown(wait=False, cancel_futures=True)
+            self._claims_pool = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)  # their answers are written by the loop, still running
             self._pool = None
@@ -293,18 +311,29 @@ class AdminServer:
                     self._connections.pop(conn, None)
 
     def _dispatch(self, conn: _Connection, request: dict[str, Any], body: bytes) -> None:
-        if self._queued >= THREADS + MAX_QUEUED or self._pool is None or self._loop is None:
+        claim = is_claim(request["path"])
+        pool = self._claims_pool if claim else self._pool
+        full = (self._claims_queued >= CLAIM_THREADS + MAX_CLAIMS_QUEUED if claim
+                else self._queued >= THREADS + MAX_QUEUED)
+        if full or pool is None or self._loop is None:
+            self.refused += 1
             conn.reply_error(503)
             return
         try:
-            future = self._loop.run_in_executor(self._pool, self._call, self._environ(conn, request, body))
+            future = self._loop.run_in_executor(pool, self._call, self._environ(conn, request, body))
         except RuntimeError:  # the pool is shutting down: teosd is stopping
             conn.reply_error(503)
             return
-        self._queued += 1
+        if claim:
+            self._claims_queued += 1
+        else:
+            self._queued += 1
 
         def done(f: asyncio.Future[tuple[int, list[tuple[str, str]], bytes]]) -> None:
-            self._queued -= 1
+            if claim:
+                self._claims_queued -= 1
+            else:
+                self._queued -= 1
             conn.deadline = time.monotonic() + self.client_timeout  # to read the answer
             try:
                 status, headers, answer = f.result()

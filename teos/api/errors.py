@@ -14,8 +14,17 @@ from __future__ import annotations
 
 from flask import Response, jsonify
 
+from common.channel_wire import PaymentError
 from common.errors import ErrorKind, TeosError, error_code
 from common.types import Dialect
+
+# Paid subscriptions (docs/PAYMENTS.md §10) exist in neither family's tower: the same statuses in both.
+PAYMENT_STATUS: dict[ErrorKind, int] = {
+    ErrorKind.PAYMENT_REQUIRED: 402,
+    ErrorKind.CHANNEL_NOT_FOUND: 404,
+    ErrorKind.CHANNEL_UNAVAILABLE: 409,
+    ErrorKind.PAYMENT_CONFLICT: 409,
+}
 
 HTTP_STATUS: dict[Dialect, dict[ErrorKind, int]] = {
     Dialect.PYTHON: {
@@ -23,6 +32,7 @@ HTTP_STATUS: dict[Dialect, dict[ErrorKind, int]] = {
         ErrorKind.SERVICE_UNAVAILABLE: 503,
         ErrorKind.RESOURCE_EXHAUSTED: 503,
         ErrorKind.UNEXPECTED: 503,
+        **PAYMENT_STATUS,
     },
     Dialect.RUST: {
         ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION: 401,
@@ -30,6 +40,7 @@ HTTP_STATUS: dict[Dialect, dict[ErrorKind, int]] = {
         ErrorKind.SERVICE_UNAVAILABLE: 503,
         ErrorKind.RESOURCE_EXHAUSTED: 503,
         ErrorKind.UNEXPECTED: 503,
+        **PAYMENT_STATUS,
     },
 }
 DEFAULT_STATUS = 400  # every other kind is a refusal of the request itself
@@ -50,7 +61,10 @@ def error_response(error: TeosError, dialect: Dialect, prefix: str = "") -> tupl
     "appointment rejected. ").
     """
     message = error.message if error.message.startswith(prefix) else prefix + error.message
-    return jsonify(error_body(error.kind, message, dialect)), http_status(error.kind, dialect)
+    body = error_body(error.kind, message, dialect)
+    if isinstance(error, PaymentError):
+        body["reason"] = error.reason.text  # which payment check refused it (docs/PAYMENTS.md §10)
+    return jsonify(body), http_status(error.kind, dialect)
 
 
 def http_error_response(status: int, message: str, dialect: Dialect) -> tuple[Response, int]:

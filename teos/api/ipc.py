@@ -16,10 +16,12 @@ engine stay in the main process, the single writer. A worker's ``RemoteCore`` as
   and refusals are logged once a minute with a count (another user's 1,100 connections used to hold the
   channel full and write 4,400 lines a minute).
 - Frames: a 4-byte big-endian length, then a ``marshal`` payload. Requests are ``(op, *args)``; answers are
-  ``("ok", result)`` or ``("err", kind_name, message, is_request_error)``. Only bytes, str, int, None,
-  tuples and lists cross (records travel as their storage encodings); ``marshal`` cannot build other
-  objects, and the peer is authenticated anyway. An ``add`` is answered with the start block and the user
-  record only: the worker has the rest of the appointment's record.
+  ``("ok", result)`` or ``("err", kind_name, message, is_request_error)`` (a payment refusal adds the
+  name of its ``Refusal``). Only bytes, str, int, None, tuples and lists cross (records travel as their
+  storage encodings); ``marshal`` cannot build other objects, and the peer is authenticated anyway. An
+  ``add`` is answered with the start block and the user record only: the worker has the rest of the
+  appointment's record. A paid tower adds the payment ops (``teos.payments.service.PaymentOps``) to the
+  server's.
 - Connections: one per worker thread (kept for the thread's life), and the connections of a worker's
   event loop (``AsyncCoreClient``, one per request in flight, up to the worker's thread count); one
   server thread per connection, which blocks in the use case (a synced group commit) exactly as an
@@ -41,11 +43,12 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 from common.appointment import Appointment, compute_uuid
+from common.channel_wire import PaymentError, Refusal
 from common.errors import ErrorKind, RequestError, TeosError
 from common.types import Dialect, Locator, UserId
 from teos.api.limits import Admission
@@ -179,6 +182,7 @@ class CoreServer:
         on_observations: Callable[[Sequence[Observation]], None] | None = None,
         on_dropped: Callable[[int], None] | None = None,
         admission: Admission | None = None,
+        extra_ops: Mapping[str, Callable[..., Any]] | None = None,
     ) -> None:
         self.core = core
         self.token = token
@@ -204,7 +208,12 @@ class CoreServer:
             "page": self._page,
             "observe": self._observe,
             "admit": self._admit,
+            "admit_open": self._admit_open,
         }
+        for name, op in (extra_ops or {}).items():  # a paid tower's payment ops (teos.payments.service)
+            if name in self._ops:
+                raise ValueError(f"worker channel op {name!r} is defined twice")
+            self._ops[name] = op
 
     @property
     def socket_file(self) -> Path | None:
@@ -313,6 +322,8 @@ class CoreServer:
             return ("err", ErrorKind.UNEXPECTED.name, "Unexpected error", False)
         try:
             return ("ok", self._ops[request[0]](*request[1:]))
+        except PaymentError as e:  # the check that refused it travels too (the answer's "reason")
+            return ("err", e.kind.name, e.message, False, e.reason.name)
         except TeosError as e:
             return ("err", e.kind.name, e.message, isinstance(e, RequestError))
         except Exception:
@@ -356,6 +367,10 @@ class CoreServer:
     def _admit(self, address: str) -> None:
         if self.admission is not None:
             self.admission.admit_registration(str(address))
+
+    def _admit_open(self, address: str) -> None:
+        if self.admission is not None:
+            self.admission.admit_channel_opening(str(address))
 
     def _observe(self, observations: list[Observation], dropped: int = 0) -> None:
         if self.on_observations is not None and observations:
@@ -421,6 +436,8 @@ def _result(answer: Any) -> Any:
     """An answer's result, or its error raised as it was raised in the main process."""
     if answer[0] == "ok":
         return answer[1]
+    if len(answer) == 5:
+        raise PaymentError(Refusal[answer[4]], answer[2])
     _, kind_name, message, is_request_error = answer
     kind = ErrorKind[kind_name]
     raise RequestError(kind, message) if is_request_error else TeosError(kind, message)
@@ -539,6 +556,9 @@ class RemoteAdmission:
 
     def admit_registration(self, address: str) -> None:
         self.client.call("admit", address)
+
+    def admit_channel_opening(self, address: str) -> None:
+        self.client.call("admit_open", address)
 
 
 class RemoteCore:

@@ -31,13 +31,15 @@ from common.errors import ErrorKind, RequestError, TeosError
 from common.messages import GET_SUBSCRIPTION_INFO_MESSAGE, get_appointment_message
 from common.types import Dialect, Locator, UserId
 from common.validation import parse_appointment, parse_locator, parse_signature, parse_user_id
+from teos.api.limits import admission
+from teos.api.payments import count_refusal
+from teos.api.payments import gateway as payment_gateway
 from teos.service import AppointmentState, TowerService
 from teos.storage.codec import UserRecord
 
 bp = Blueprint("public", __name__)
 
 SERVICE_KEY = "teos.service"
-ADMISSION_KEY = "teos.admission"  # a teos.api.limits.Admission, or None
 PYTHON_ADD_PREFIX = "appointment rejected. "
 
 # rust-teos's whole-body limits, in bytes.
@@ -149,9 +151,13 @@ def register() -> tuple[Response, int]:
         _rust_require(body, field)
         _rust_check_hex_field(value, field, UserId.SIZE)
     user_id = parse_user_id(value)
-    admission = current_app.extensions.get(ADMISSION_KEY)
-    if admission is not None:
-        admission.admit_registration(request.remote_addr or "")
+    paid = payment_gateway()
+    if paid is not None:  # a paid tower registers through /pay (docs/PAYMENTS.md §10)
+        count_refusal("payment_required")
+        return jsonify(paid.payment_required_body(dialect)), 402
+    limits = admission()
+    if limits is not None:
+        limits.admit_registration(request.remote_addr or "")
     registration = _service().register(user_id, dialect)
     user = registration.user
     response: JsonObject = {

@@ -8,7 +8,8 @@ slow reader of a streamed answer. So the public API is an RSGI app, ``GuardedApp
 worker's event loop and uses a thread only for work that is ready:
 
 1. the body, awaited on the event loop: refused at once (413) if its declared length is over the limit
-   (``max_body_bytes`` for add_appointment, ``SMALL_BODY_BYTES`` for everything else), and answered
+   (``max_body_bytes`` for add_appointment, a paid tower's payment requests their own ``BODY_LIMITS``
+   from ``teos.api.payments``, ``SMALL_BODY_BYTES`` for everything else), and answered
    408 unless it is complete within ``client_timeout`` seconds. Waiting for a body costs an asyncio
    task and the bytes received so far (at most ``max_body_bytes``), no thread;
 2. admission: at most ``rate_per_address`` requests a second per client address (a burst of twice that),
@@ -40,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import ipaddress
 import json
 import logging
 import resource
@@ -55,7 +55,10 @@ from urllib.parse import unquote
 
 from common.errors import ErrorKind
 from teos.api.errors import error_body
+from teos.api.limits import host_key
+from teos.api.payments import BODY_LIMITS as PAYMENT_BODY_LIMITS
 from teos.api.public import guess_dialect
+from teos.metrics import GUARD_ENDPOINT
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +69,13 @@ RESPONSE_TIMEOUT = 120.0  # seconds a client has to read a streamed answer
 WAITING_PER_THREAD = 16  # admitted requests waiting for a thread, per thread, before 503
 FD_RESERVE = 256  # open files a worker keeps for itself (logs, the worker channel, libraries)
 MAX_TRACKED_ADDRESSES = 100_000  # request-rate buckets kept per worker
-GUARD_ENDPOINT = "<guard>"  # the metrics label of requests the guard answers itself
 # Only add_appointment carries a blob; every other request of either client family is a few hundred
 # bytes (a 104-character signature, a 66-character key, a 32-character locator), so a bigger body there
-# is refused before it is read or parsed.
+# is refused before it is read or parsed. A paid tower's payment requests have their own, tighter limits.
 LARGE_BODY_PATHS = frozenset({"/add_appointment"})
 FAST_PATH = "/add_appointment"  # answered by ``GuardedApp.fast`` when it can (nearly every request)
 SMALL_BODY_BYTES = 4096
+PATH_BODY_LIMITS = {path: min(limit, SMALL_BODY_BYTES) for path, limit in PAYMENT_BODY_LIMITS.items()}
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -122,28 +125,21 @@ class GuardSettings:
         )
 
 
+def body_limit(path: str, max_body_bytes: int) -> int:
+    """The most bytes a request's body to ``path`` may have."""
+    if path in LARGE_BODY_PATHS:
+        return max_body_bytes
+    return PATH_BODY_LIMITS.get(path, SMALL_BODY_BYTES)
+
+
 def client_host(client: str) -> str:
     """The address part of RSGI's ``host:port`` (``[v6]:port`` for IPv6)."""
     return client[1:].split("]", 1)[0] if client.startswith("[") else client.rsplit(":", 1)[0]
 
 
 def address_key(client: str) -> str:
-    """Whom a request from RSGI's ``client`` counts against (see ``host_key``)."""
+    """Whom a request from RSGI's ``client`` counts against (see ``teos.api.limits.host_key``)."""
     return host_key(client_host(client))
-
-
-def host_key(host: str) -> str:
-    """Whom a request from ``host`` counts against: its IPv4 address, or the /64 of its IPv6 address
-    (anything unparsable counts as itself)."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False).network_address) + "/64"
-    return str(address)
 
 
 class _Refusal(Exception):
@@ -286,7 +282,7 @@ class GuardedApp:
             self._admitted -= 1
 
     async def _read_body(self, scope: Any, protocol: Any) -> bytes:
-        limit = self.settings.max_body_bytes if scope.path in LARGE_BODY_PATHS else SMALL_BODY_BYTES
+        limit = body_limit(scope.path, self.settings.max_body_bytes)
         declared = scope.headers.get("content-length")
         if declared is not None:
             try:

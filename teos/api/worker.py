@@ -10,8 +10,10 @@ the tower key, which arrives in ``WorkerSettings`` through the spawn pickle (nev
 A worker must not outlive teosd: if the main process is killed (even with SIGKILL), the kernel kills its
 workers too (``PR_SET_PDEATHSIG``), so nothing keeps answering on the API port without a tower behind it.
 
-Request metrics are counted in the worker and forwarded to the main process every second, where
-``/metrics`` shows them with everything else.
+Request metrics (and a paid tower's refusals by reason) are counted in the worker and forwarded to the
+main process every second, where ``/metrics`` shows them with everything else. A paid tower's workers
+also serve the payment endpoints (``PaymentSettings``: the terms; the payment key is derived from the
+tower key they already hold).
 """
 
 from __future__ import annotations
@@ -42,7 +44,12 @@ from teos.api.ipc import (
 from teos.api.public import SERVICE_KEY
 from teos.api.serving import GuardedApp, GuardSettings
 from teos.logs import setup_logging
-from teos.metrics import MAX_ENDPOINT_LABEL, app_label, instrument, method_label
+from teos.metrics import app_label, endpoint_label, instrument, method_label, refusal_label
+from teos.payments.config import PaymentConfig
+from teos.payments.handler import PaymentRules
+from teos.payments.income import FixedPrice
+from teos.payments.service import PaymentBackend, PaymentGateway, RemotePayments
+from teos.payments.tower_key import TowerPaymentKey
 from teos.service import TowerService
 
 log = logging.getLogger(__name__)
@@ -74,10 +81,35 @@ class WorkerSettings:
     client_timeout: float = 10.0
     behind_proxy: bool = False
     requests_per_second: float = 0.0  # per client address (0: no limit)
-    limit_registrations: bool = False  # the main process limits registrations per address
+    address_limits: bool = False  # the main process limits registrations and channel openings per address
+    payments: PaymentSettings | None = None  # a paid tower's terms (None: free)
 
     def __repr__(self) -> str:  # never print the key or the token
         return f"WorkerSettings(address={self.address!r}, parent_pid={self.parent_pid})"
+
+
+@dataclass(frozen=True)
+class PaymentSettings:
+    """What a worker of a paid tower needs to check payments and publish the terms."""
+
+    config: PaymentConfig
+    subscription_slots: int
+    subscription_duration: int
+    network: str  # "mainnet", "regtest"... as the terms name it
+
+    def gateway(self, tower_secret_key: bytes, backend: PaymentBackend) -> PaymentGateway:
+        tower_key = TowerPaymentKey.from_tower_secret(tower_secret_key).public_key
+        rules = PaymentRules(
+            self.config,
+            FixedPrice(self.config.price),
+            tower_key,
+            self.subscription_slots,
+            self.subscription_duration,
+        )
+        terms = self.config.terms(
+            tower_key, self.subscription_slots, self.subscription_duration, self.network
+        )
+        return PaymentGateway(rules, backend, terms, tower_secret_key)
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -107,6 +139,7 @@ class ForwardingMetrics:
         self._lock = threading.Lock()
         self._pending: list[Observation] = []
         self._dropped = 0
+        self._refusals: dict[str, int] = {}
         self._thread = threading.Thread(target=self._run, name="metrics-forwarder", daemon=True)
 
     def start(self) -> None:
@@ -115,17 +148,25 @@ class ForwardingMetrics:
     def observe_request(
         self, endpoint: str, status: int, seconds: float, *, method: str = "", app: str = "public"
     ) -> None:
-        observation = (app_label(app), endpoint[:MAX_ENDPOINT_LABEL], method_label(method), status, seconds)
+        observation = (app_label(app), endpoint_label(endpoint), method_label(method), status, seconds)
         with self._lock:
             if len(self._pending) < MAX_PENDING_OBSERVATIONS:
                 self._pending.append(observation)
             else:
                 self._dropped += 1
 
+    def payment_refused(self, reason: str) -> None:
+        """Counts a refused payment request by ``reason`` (mapped into the fixed set of
+        ``teos.metrics.REFUSAL_REASONS``)."""
+        label = refusal_label(reason)
+        with self._lock:
+            self._refusals[label] = self._refusals.get(label, 0) + 1
+
     def flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
             dropped, self._dropped = self._dropped, 0
+            refusals, self._refusals = self._refusals, {}
         batches = [pending[i : i + MAX_BATCH] for i in range(0, len(pending), MAX_BATCH)] or [[]]
         for batch in batches:
             if batch or dropped:
@@ -133,6 +174,8 @@ class ForwardingMetrics:
         if dropped:
             with self._lock:
                 self._dropped += dropped
+        if refusals:
+            self._send_refusals(refusals)
 
     def _send(self, batch: list[Observation], dropped: int) -> int:
         """Sends one report; returns the dropped count still to report (0 once it got through)."""
@@ -147,6 +190,16 @@ class ForwardingMetrics:
             with self._lock:
                 self._dropped += len(batch)
             return dropped
+
+    def _send_refusals(self, refusals: dict[str, int]) -> None:
+        """Sends the refusal counts (a few labels: one small frame); kept for the next flush if it fails."""
+        try:
+            self.client.call("observe_refusals", list(refusals.items()))
+        except Exception as e:  # the main process is stopping or gone: count them again next time
+            log.debug("payment refusal counts not forwarded: %s", e)
+            with self._lock:
+                for reason, n in refusals.items():
+                    self._refusals[reason] = self._refusals.get(reason, 0) + n
 
     def _run(self) -> None:
         while True:  # a daemon thread: it ends with the worker
@@ -181,9 +234,17 @@ def _build(settings: WorkerSettings) -> tuple[Flask, ForwardingMetrics]:
         min_to_self_delay=settings.min_to_self_delay,
         max_blob_bytes=settings.max_blob_bytes,
     )
-    admission = RemoteAdmission(client) if settings.limit_registrations else None
-    app = create_app(service, max_body_bytes=settings.max_body_bytes, admission=admission)
     metrics = ForwardingMetrics(client)
+    payments = None
+    if settings.payments is not None:
+        payments = settings.payments.gateway(settings.tower_secret_key, RemotePayments(client.call))
+    app = create_app(
+        service,
+        max_body_bytes=settings.max_body_bytes,
+        admission=RemoteAdmission(client) if settings.address_limits else None,
+        payments=payments,
+        refusals=metrics,
+    )
     instrument(app, metrics, name="public")
     metrics.start()
     return app, metrics

@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote, urlencode
 
+from coincurve import PrivateKey
+
+from common import bech32, payment_key, script
 from common.cookie import CookieError, read_cookie
 from common.http import JsonHttp
 from teos.cli.errors import EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, REPORTED, CommandError, report
@@ -79,6 +82,15 @@ class AdminClient:
 
     def stop(self) -> Any:
         return self._call("POST", "/stop")
+
+    def list_channels(self) -> Any:
+        return self._call("GET", "/listchannels")
+
+    def claim(self, channel_id: str) -> Any:
+        return self._call("POST", f"/claim/{quote(channel_id, safe=':')}")
+
+    def claim_all(self) -> Any:
+        return self._call("POST", "/claimall")
 
     def iter_pages(self, fetch: Callable[[str | None], Any]) -> Iterator[Any]:
         """Every item of a paged listing, one page in memory at a time."""
@@ -143,6 +155,41 @@ def cmd_stop(client: AdminClient, args: argparse.Namespace, out: TextIO) -> None
     _print_json(client.stop(), out)
 
 
+def cmd_listchannels(client: AdminClient, args: argparse.Namespace, out: TextIO) -> None:
+    _print_json(client.list_channels(), out)
+
+
+def cmd_claim(client: AdminClient, args: argparse.Namespace, out: TextIO) -> None:
+    _print_json(client.claim(args.channel_id), out)
+
+
+def cmd_claimall(client: AdminClient, args: argparse.Namespace, out: TextIO) -> None:
+    _print_json(client.claim_all(), out)
+
+
+def cmd_paymentkey(args: argparse.Namespace, out: TextIO) -> None:
+    """The key claims pay to, from the tower key file (teosd need not run): the address and, to spend
+    what the tower earned, the key as WIF and as a descriptor for a wallet to import. Prints a secret."""
+    datadir = Path(args.datadir or os.environ.get("TEOS_DATADIR") or DEFAULT_DATADIR).expanduser()
+    network = normalise_network(args.btcnetwork or os.environ.get("TEOS_BTCNETWORK")
+                                or _read_conf(datadir).get("btcnetwork") or DEFAULT_NETWORK)  # fmt: skip
+    path = datadir / network / "teos_sk.der"
+    try:
+        tower_secret = bytes(PrivateKey.from_der(path.read_bytes()).secret)
+    except OSError as e:
+        raise CommandError(f"cannot read the tower key {path}: {e.strerror}", EXIT_USAGE) from None
+    except ValueError as e:
+        raise CommandError(f"{path} is not a tower key: {e}", EXIT_USAGE) from None
+    secret = payment_key.derive_payment_secret(tower_secret)
+    public = PrivateKey(secret).public_key.format(compressed=True)
+    _print_json({
+        "payment_key": public.hex(),
+        "address": bech32.script_to_address(script.p2wpkh(public), network),
+        "wif": payment_key.wif(secret, network),
+        "descriptor": payment_key.descriptor(secret, network),
+    }, out)  # fmt: skip
+
+
 # -- arguments and configuration ---------------------------------------------------------------------
 
 
@@ -168,6 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user_id", help="66 hex characters")
     p.set_defaults(handler=cmd_getuser)
     sub.add_parser("stop", help="stop teosd").set_defaults(handler=cmd_stop)
+    sub.add_parser("listchannels", help="a paid tower's payment channels: status, paid, claimed, "
+                   "unclaimed, blocks to expiry, at risk").set_defaults(handler=cmd_listchannels)
+    p = sub.add_parser("claim", help="claim a channel's payments now (teosd claims by itself near expiry)")
+    p.add_argument("channel_id", help="<funding txid>:<vout>")
+    p.set_defaults(handler=cmd_claim)
+    sub.add_parser("claimall", help="claim every open channel that has been paid").set_defaults(
+        handler=cmd_claimall)
+    sub.add_parser("paymentkey", help="the key claims pay to (from the tower key file): its address, and "
+                   "its secret as WIF and descriptor, to sweep what the tower earned (prints a secret)"
+                   ).set_defaults(offline=cmd_paymentkey)
     return parser
 
 
@@ -226,6 +283,10 @@ def make_client(args: argparse.Namespace) -> AdminClient:
 def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     args = build_parser().parse_args(argv)
     try:
+        offline = getattr(args, "offline", None)
+        if offline is not None:  # works from the datadir alone, teosd running or not
+            offline(args, out)
+            return 0
         client = make_client(args)
         args.handler(client, args, out)
         return 0

@@ -27,23 +27,28 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from coincurve import PrivateKey
 
-from common import crypto
+from common import bech32, channel, crypto, script
+from common.channel import ChannelError, ChannelId, ChannelParams
 from common.client import TowerClient, build_appointment
 from common.fsutil import write_private_file
 from common.http import HttpError
+from common.payment_client import PLACEHOLDER_ID, ChannelBook, ChannelRecord, PaymentClient
+from common.tx import TxOut, decode_transaction
 from common.types import Dialect, Locator, Txid, UserId
 from teos.cli.errors import EXIT_BAD_ANSWER, EXIT_USAGE, REPORTED, CommandError, report
+from teos.cli.wallet_rpc import WalletError, WalletRPC, btc
 
 DEFAULT_DATADIR = "~/.teos_client"
 DEFAULT_TOWER_PORT = 9814
 DEFAULT_TO_SELF_DELAY = 20
 KEY_FILE = "user_sk.der"
+DEFAULT_CHANNEL_BLOCKS = 4320  # about a month
 
 JsonObject = dict[str, Any]
 
@@ -181,6 +186,10 @@ class Context:
     timeout: float
     dialect_flag: Dialect | None
 
+    @property
+    def channels(self) -> ChannelBook:
+        return ChannelBook(self.data.datadir)
+
     def known_dialect(self, tower_id: UserId) -> Dialect | None:
         """The dialect the user registered with ``tower_id`` in, if they did."""
         if tower_id not in self.data.towers():
@@ -221,7 +230,19 @@ def cmd_register(ctx: Context, args: argparse.Namespace) -> Any:
     address = TowerAddress.parse(args.tower)
     dialect = ctx.dialect_flag or ctx.known_dialect(address.tower_id) or Dialect.RUST
     tower = ctx.client(address, dialect)
-    receipt = tower.check_registration(tower.register(), address.tower_id)
+    try:
+        answer = tower.register()
+    except HttpError as e:
+        if e.status != 402:
+            raise
+        terms = PaymentClient(tower, address.tower_id).check_terms(e.body)
+        raise CommandError(
+            f"this tower charges {terms.price} sat per registration ({terms.subscription_slots} slots for "
+            f"{terms.subscription_duration} blocks): fund a channel and pay (teos-client terms, fundchannel, "
+            "openchannel, pay)",
+            details={"terms": terms.to_json()},
+        ) from None
+    receipt = tower.check_registration(answer, address.tower_id)
     ctx.data.save_tower(address, dialect, receipt)
     return {"tower_id": address.tower_id.hex(), "dialect": dialect.value, **receipt}
 
@@ -252,6 +273,226 @@ def cmd_get_subscription_info(ctx: Context, args: argparse.Namespace) -> Any:
     return tower.get_subscription_info()
 
 
+# -- paid subscriptions (docs/PAYMENTS.md) -----------------------------------------------------------
+
+
+def _channel_summary(record: ChannelRecord, path: Path | None = None) -> JsonObject:
+    """What the user is shown of a channel (never its secret key)."""
+    p = record.params
+    out: JsonObject = {
+        "channel_id": str(p.channel_id) if record.funded else None,
+        "tower_id": record.tower_id.hex(),
+        "status": record.status,
+        "funding_address": p.address(record.terms.network),
+        "funding_value": p.funding_value,
+        "expiry": p.expiry,
+        "nonce": record.nonce,
+        "amount": record.amount,
+        "max_amount": p.max_amount,
+        "registrations": record.registrations,
+        "price": record.terms.price,
+    }
+    if path is not None:
+        out["channel_file"] = str(path)
+    return out
+
+
+def _parse_channel_id(text: str) -> ChannelId:
+    try:
+        return ChannelId.parse(text)
+    except ChannelError as e:
+        raise CommandError(f"a channel id is <funding txid>:<vout> ({e})", EXIT_USAGE) from None
+
+
+def _script_for(address_text: str | None, network: str, default: bytes) -> bytes:
+    if not address_text:
+        return default
+    try:
+        return bech32.address_to_script(address_text, network)
+    except ValueError as e:
+        message = f"{address_text!r} is not a segwit address on {network}: {e}"
+        raise CommandError(message, EXIT_USAGE) from None
+
+
+def _record(ctx: Context, channel: str | None) -> ChannelRecord:
+    """The channel a command is about: the one named, else the only funded channel kept."""
+    if channel:
+        record = ctx.channels.get(_parse_channel_id(channel))
+        if record is None:
+            raise CommandError(f"no channel {channel} in {ctx.channels.root}", EXIT_USAGE)
+        return record
+    funded = [r for r in ctx.channels.records() if r.funded]
+    if len(funded) != 1:
+        raise CommandError(f"{len(funded)} channels are kept: name one with --channel", EXIT_USAGE)
+    return funded[0]
+
+
+def _payments(ctx: Context, record: ChannelRecord) -> PaymentClient:
+    address = TowerAddress(record.tower_id, record.netaddr)
+    dialect = ctx.dialect_flag or ctx.known_dialect(record.tower_id) or Dialect.RUST
+    return PaymentClient(ctx.client(address, dialect), record.tower_id)
+
+
+def cmd_terms(ctx: Context, args: argparse.Namespace) -> Any:
+    address = TowerAddress.parse(args.tower)
+    terms, tip = PaymentClient(ctx.client(address, Dialect.RUST), address.tower_id).terms()
+    return {"tower_id": address.tower_id.hex(), "terms": terms.to_json(), "tip_height": tip}
+
+
+def cmd_fundchannel(ctx: Context, args: argparse.Namespace) -> Any:
+    address = TowerAddress.parse(args.tower)
+    payments = PaymentClient(ctx.client(address, Dialect.RUST), address.tower_id)
+    terms, tower_tip = payments.terms()
+    wallet = WalletRPC(args.bitcoind) if args.bitcoind else None
+    expiry = args.expiry
+    if expiry is None:
+        tip = int(wallet.call("getblockcount")) if wallet is not None else tower_tip
+        if tip is None:
+            raise CommandError("the tower did not say its height: give --expiry", EXIT_USAGE)
+        expiry = tip + min(args.blocks, terms.max_channel_blocks)
+    secret = crypto.generate_secret_key()
+    user_key = crypto.public_key(secret).raw
+    change = _script_for(args.change_address, terms.network, script.p2wpkh(user_key))
+    params = ChannelParams(
+        PLACEHOLDER_ID, args.amount, user_key, terms.tower_key, expiry, change, terms.fee_rate
+    )
+    try:
+        params.validate()
+    except ChannelError as e:
+        raise CommandError(f"cannot make this channel: {e}", EXIT_USAGE) from None
+    if params.max_amount < terms.price:
+        raise CommandError(f"{args.amount} sat cannot pay one registration ({terms.price} sat and the fee)",
+                           EXIT_USAGE)
+    record = ChannelRecord(address.tower_id, address.netaddr, terms, secret, params)
+    out = {"funding_address": params.address(terms.network), "funding_value": args.amount, "expiry": expiry,
+           "witness_script": params.witness_script.hex(), "registrations": params.max_amount // terms.price}
+    if wallet is not None:
+        txid = Txid.from_hex(wallet.call("sendtoaddress", out["funding_address"], btc(args.amount)))
+        raw = bytes.fromhex(wallet.call("gettransaction", txid.hex())["hex"])
+        outputs = decode_transaction(raw).outputs
+        vouts = [i for i, o in enumerate(outputs) if o.script_pubkey == params.script_pubkey]
+        if not vouts:
+            raise CommandError(f"the wallet's transaction {txid.hex()} does not pay the channel", details=out)
+        record = replace(record, params=replace(params, channel_id=ChannelId(txid, vouts[0])), funded=True)
+        out["channel_id"] = str(record.channel_id)
+    elif args.input:
+        spends = [_parse_input(text) for text in args.input]
+        change_out = None
+        if args.input_change_address:
+            rest = sum(utxo.value for _, _, utxo in spends) - args.amount - args.fee
+            change_out = TxOut(rest, _script_for(args.input_change_address, terms.network, b""))
+        out["psbt"] = channel.funding_psbt(user_key, terms.tower_key, expiry, args.amount, spends,
+                                           change_out).to_base64()
+    out["channel_file"] = str(ctx.channels.save(record))
+    return out
+
+
+def _parse_input(text: str) -> tuple[Txid, int, TxOut]:
+    """``<txid>:<vout>:<sats>:<scriptPubKey hex>``: a coin of the user's wallet, for the PSBT."""
+    try:
+        txid_hex, vout, sats, spk = text.split(":")
+        return Txid.from_hex(txid_hex), int(vout), TxOut(int(sats), bytes.fromhex(spk))
+    except ValueError:
+        raise CommandError(f"an input is <txid>:<vout>:<sats>:<scriptPubKey hex>, not {text!r}",
+                           EXIT_USAGE) from None
+
+
+def cmd_openchannel(ctx: Context, args: argparse.Namespace) -> Any:
+    cid = _parse_channel_id(args.channel_id)
+    record = ctx.channels.get(cid)
+    if record is None:
+        pending = [r for r in ctx.channels.pending()
+                   if not args.address or r.params.address(r.terms.network) == args.address]
+        if len(pending) != 1:
+            raise CommandError(f"{len(pending)} channels wait for their funding: choose one with --address",
+                               EXIT_USAGE)
+        record = replace(pending[0], params=replace(pending[0].params, channel_id=cid), funded=True)
+    record = _payments(ctx, record).open_channel(record)
+    return _channel_summary(record, ctx.channels.save(record))
+
+
+def cmd_pay(ctx: Context, args: argparse.Namespace) -> Any:
+    record = _record(ctx, args.channel)
+    payments = _payments(ctx, record)
+    try:
+        paid = payments.pay_retrying(record, args.registrations)
+    except ValueError as e:
+        raise CommandError(str(e), EXIT_USAGE) from None
+    path = ctx.channels.save(paid.record)
+    address = TowerAddress(record.tower_id, record.netaddr)
+    ctx.data.save_tower(address, payments.tower.dialect, paid.receipt)
+    return {"tower_id": record.tower_id.hex(), "dialect": payments.tower.dialect.value, **paid.receipt,
+            "registrations": paid.registrations, "channel": _channel_summary(paid.record, path)}
+
+
+def cmd_getchannel(ctx: Context, args: argparse.Namespace) -> Any:
+    kept = _record(ctx, args.channel)
+    record = _payments(ctx, kept).get_channel(kept)
+    return _channel_summary(record, ctx.channels.save(record))
+
+
+def cmd_refund(ctx: Context, args: argparse.Namespace) -> Any:
+    record = _record(ctx, args.channel)
+    destination = _script_for(args.to, record.terms.network, script.p2wpkh(record.user_key))
+    try:
+        tx = channel.refund_tx(record.params, destination, args.feerate * 1000, record.user_secret)
+    except ChannelError as e:
+        raise CommandError(str(e), EXIT_USAGE) from None
+    out = {"channel_id": str(record.channel_id), "refund_txid": tx.txid.hex(), "refund_tx": tx.raw.hex(),
+           "valid_in_blocks_above": record.params.expiry}
+    if args.bitcoind:
+        WalletRPC(args.bitcoind).call("sendrawtransaction", tx.raw.hex())
+        ctx.channels.save(replace(record, status="refunded"))
+        out["broadcast"] = True
+    return out
+
+
+def cmd_listchannels(ctx: Context, args: argparse.Namespace) -> Any:
+    return {"channels": [_channel_summary(r) for r in ctx.channels.records()]}
+
+
+def _add_payment_commands(sub: Any) -> None:
+    p = sub.add_parser("terms", help="a paid tower's terms (checked against its tower id)")
+    p.add_argument("tower", help="<tower_id>@<host>[:<port>]")
+    p.set_defaults(handler=cmd_terms)
+    p = sub.add_parser("fundchannel", help="make a channel key and fund a channel to the tower: prints its "
+                       "address, a PSBT for your wallet (with --input), or funds it from a bitcoind wallet")
+    p.add_argument("tower", help="<tower_id>@<host>[:<port>]")
+    p.add_argument("--amount", type=int, required=True, help="satoshis to lock in the channel")
+    p.add_argument("--expiry", type=int, help="the channel's expiry height (default: tip + --blocks)")
+    p.add_argument("--blocks", type=int, default=DEFAULT_CHANNEL_BLOCKS,
+                   help=f"blocks until expiry (default {DEFAULT_CHANNEL_BLOCKS}; at most the tower's "
+                   "maximum)")
+    p.add_argument("--change-address", help="where each payment's change goes (default: your channel key)")
+    p.add_argument("--bitcoind", help="fund from this bitcoind wallet: http://user:password@host:port"
+                   "[/wallet/<name>]")
+    p.add_argument("--input", action="append", help="a coin to spend in the PSBT: "
+                   "<txid>:<vout>:<sats>:<scriptPubKey hex> (repeat for more)")
+    p.add_argument("--input-change-address", help="the PSBT's change address (default: no change output)")
+    p.add_argument("--fee", type=int, default=1000, help="the PSBT's fee in satoshis (with a change output)")
+    p.set_defaults(handler=cmd_fundchannel)
+    p = sub.add_parser("openchannel", help="open a funded channel with the tower")
+    p.add_argument("channel_id", help="<funding txid>:<vout>")
+    p.add_argument("--address", help="the funding address, when several channels wait for their funding")
+    p.set_defaults(handler=cmd_openchannel)
+    p = sub.add_parser("pay", help="register (or top up) with a paid tower through a channel")
+    p.add_argument("--channel", help="<funding txid>:<vout> (default: the only channel kept)")
+    p.add_argument("--registrations", type=int, default=1, help="how many registrations to pay for")
+    p.set_defaults(handler=cmd_pay)
+    p = sub.add_parser("getchannel", help="the channel's state as the tower has it (checked); resumes a "
+                       "client that lost track")
+    p.add_argument("--channel", help="<funding txid>:<vout> (default: the only channel kept)")
+    p.set_defaults(handler=cmd_getchannel)
+    p = sub.add_parser("refund", help="after expiry, take back a channel the tower never claimed")
+    p.add_argument("--channel", help="<funding txid>:<vout> (default: the only channel kept)")
+    p.add_argument("--to", help="address to refund to (default: your channel key)")
+    p.add_argument("--feerate", type=int, default=2, help="sat/vB (default 2)")
+    p.add_argument("--bitcoind", help="broadcast through this bitcoind: http://user:password@host:port")
+    p.set_defaults(handler=cmd_refund)
+    sub.add_parser("listchannels", help="the channels kept in the datadir").set_defaults(
+        handler=cmd_listchannels)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="teos-client", description="Use a watchtower as a Lightning user.")
     parser.add_argument("--datadir", default=DEFAULT_DATADIR, help="the user's key and receipts "
@@ -275,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_get_appointment)
     p = sub.add_parser("get_subscription_info", help="slots, expiry and locators the tower holds for you")
     p.set_defaults(handler=cmd_get_subscription_info)
+    _add_payment_commands(sub)
     for name in ("add_appointment", "get_appointment", "get_subscription_info"):
         sub.choices[name].add_argument("--tower", help="tower id or <tower_id>@<host>:<port> (default: the "
                                        "only one registered)")
@@ -290,6 +532,9 @@ def run(argv: Sequence[str] | None = None, out: TextIO = sys.stdout, err: TextIO
                       Dialect(args.dialect) if args.dialect else None)
         out.write(_dumps(args.handler(ctx, args)))
         return 0
+    except WalletError as e:  # the user's own bitcoind refused (teos-client fundchannel/refund --bitcoind)
+        return report(CommandError(f"bitcoind refused: {e.message} ({e.code})"), err, peer="bitcoind",
+                      bad_answer=EXIT_BAD_ANSWER, http_details=True)  # fmt: skip
     except REPORTED as e:
         return report(e, err, peer="the tower", bad_answer=EXIT_BAD_ANSWER, http_details=True)
 

@@ -12,7 +12,9 @@ Order in which the parts see a connected block (on the engine thread):
    recent blocks (``teos.engine.pointer``); through ``SlotLedger.release`` when slots go back (completed
    trackers, invalid blobs); then the tip (``ChainTip``) moves to the block and progress is counted;
 4. penalty broadcasts (after the write, so a crash never leaves a broadcast penalty untracked);
-5. BlockListeners (the Gatekeeper's expiry), in the order given.
+5. BlockListeners (the Gatekeeper's expiry), in the order given;
+6. a paid tower's claims (``ClaimsStep``): spends of the channels' funding outputs, claims decided,
+   followed, broadcast and fee-bumped (``teos.payments.runner``; its failures stay there).
 A disconnected block: Responder (penalties unconfirmed, disputes back under watch), Watcher (cache),
 write, broadcasts, listeners.
 
@@ -61,7 +63,10 @@ from teos.watcher.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BootstrapError", "Engine", "EngineConfig", "Inbox", "decode_penalty"]
+__all__ = ["BootstrapError", "ClaimsStep", "Engine", "EngineConfig", "Inbox", "decode_penalty"]
+
+CLAIMS_RETRY_SECONDS = 5.0  # while idle, how often blocks the claims could not read are tried again
+CALL_POLL_INTERVAL = 0.1  # seconds between checks, while Engine.call waits, that the engine is not stopping
 
 
 @dataclass(frozen=True)
@@ -162,13 +167,40 @@ def decode_penalty(raw: bytes) -> Txid:
     return decode_transaction(raw).txid
 
 
+class ClaimsStep(Protocol):
+    """A paid tower's claims (``teos.payments.runner.ClaimRunner`` satisfies it): the last step of every
+    block, after the Watcher, the Responder, the write and the listeners. Its methods never raise; work it
+    could not do yet (bitcoind did not give a block) is ``pending`` and done by ``retry_pending``."""
+
+    @property
+    def pending(self) -> bool: ...
+
+    def resume(self, tip: int) -> None: ...
+
+    def block_connected(self, block_hash: BlockHash, height: int, txids: Sequence[Txid]) -> None: ...
+
+    def block_disconnected(self, block_hash: BlockHash, height: int) -> None: ...
+
+    def retry_pending(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class _AppointmentAdded:
     record: AppointmentRecord
     dispute_txid: Txid
 
 
-_Event = ChainEvent | _AppointmentAdded
+@dataclass
+class _Call:
+    """A function to run on the engine thread between two events (``Engine.call``)."""
+
+    fn: Callable[[], Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+_Event = ChainEvent | _AppointmentAdded | _Call
 
 
 class Inbox:
@@ -188,6 +220,9 @@ class Inbox:
         self.queue.put(event)
 
     def put_appointment(self, event: _AppointmentAdded) -> None:
+        self.queue.put(event)
+
+    def put_call(self, event: _Call) -> None:
         self.queue.put(event)
 
     def block_done(self) -> None:
@@ -240,6 +275,7 @@ class Engine:
         listeners: Sequence[BlockListener],
         progress: BlockProgress,
         metrics: EngineMetrics,
+        claims: ClaimsStep | None = None,
     ) -> None:
         self.config = config
         self.inbox = inbox
@@ -253,6 +289,8 @@ class Engine:
         self._listeners = list(listeners)
         self._progress = progress
         self._metrics = metrics
+        self._claims = claims
+        self._claims_retry_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -316,6 +354,23 @@ class Engine:
             log.error("engine thread did not stop in time")
         self._thread = None
 
+    def call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
+        """Runs ``fn`` on the engine thread, between two events, and returns its result (or raises its
+        error). For work that must not race the blocks, such as an operator's claim. TimeoutError if the
+        engine has not run it within ``timeout`` seconds (it may still run it later), or at once when the
+        engine is being stopped (so that a caller never holds teosd's stop up)."""
+        event = _Call(fn)
+        self.inbox.put_call(event)
+        deadline = time.monotonic() + timeout
+        while not event.done.wait(min(CALL_POLL_INTERVAL, max(0.0, deadline - time.monotonic()))):
+            if self._stop.is_set():
+                raise TimeoutError("the engine is stopping")
+            if time.monotonic() >= deadline:
+                raise TimeoutError("the engine did not get to the request in time")
+        if event.error is not None:
+            raise event.error
+        return event.result
+
     def wait_processed(self, height: int, timeout: float) -> bool:
         """Waits until the engine has processed a block at ``height`` or above (tests, tools)."""
         deadline = time.monotonic() + timeout
@@ -341,15 +396,20 @@ class Engine:
                 delay = min(delay * 2, self.config.retry_max_delay)
 
     def _next_event(self) -> bool:
-        """Handles the next event (or retries pending broadcasts while none comes); True at ``Stop``."""
-        pending = self._responder.pending_broadcasts
+        """Handles the next event (or retries pending broadcasts and claims while none comes); True at
+        ``Stop``."""
+        pending = self._responder.pending_broadcasts or self._claims_pending()
         try:
             event = self.inbox.queue.get(timeout=0.5 if pending else None)
         except queue.Empty:
             self._retry_broadcasts()
+            self._retry_claims()
             return False
         if isinstance(event, Stop):
             return True
+        if isinstance(event, _Call):
+            self._run_call(event)
+            return False
         try:
             self._with_retry(_describe(event), functools.partial(self._handle, event))
         finally:
@@ -405,6 +465,7 @@ class Engine:
         block = self._tip.block
         if block is not None:
             self._notify(True, block.hash, block.height)
+            self._claims_step("resume", lambda c: c.resume(block.height))
 
     def _block_connected(self, e: BlockConnected) -> None:
         pointer = self._tip.block
@@ -435,6 +496,7 @@ class Engine:
         to_broadcast = [*updated.to_broadcast, *created.to_broadcast]
         self._after_commit(f"{where} broadcasts", self._broadcast, to_broadcast)
         self._notify(True, e.hash, e.height)
+        self._claims_step("block", lambda c: c.block_connected(e.hash, e.height, e.txids))
 
     def _block_disconnected(self, e: BlockDisconnected) -> None:
         pointer = self._tip.block
@@ -451,6 +513,7 @@ class Engine:
         where = f"disconnected block height={e.height} block={e.hash}:"
         self._after_commit(f"{where} broadcasts", self._broadcast, outcome.to_broadcast)
         self._notify(False, e.hash, e.height)
+        self._claims_step("reorg", lambda c: c.block_disconnected(e.hash, e.height))
 
     def _appointment_added(self, e: _AppointmentAdded) -> None:
         batch = Batch()
@@ -493,6 +556,34 @@ class Engine:
             log.exception("broadcast retry failed, again soon n=%d", self._responder.pending_broadcasts)
         if self._responder.pending_broadcasts:
             self._stop.wait(min(1.0, self.config.retry_max_delay))
+
+    # -- a paid tower's claims (after everything else; never able to stop the thread) --------------
+
+    def _claims_step(self, what: str, step: Callable[[ClaimsStep], None]) -> None:
+        if self._claims is None:
+            return
+        try:
+            step(self._claims)
+        except Exception:  # the runner contains its own failures; this is the last line of defence
+            log.exception("claims step failed step=%s", what)
+
+    def _claims_pending(self) -> bool:
+        return self._claims is not None and self._claims.pending
+
+    def _retry_claims(self) -> None:
+        """Blocks the claims could not read yet are tried again every few seconds while idle."""
+        if not self._claims_pending() or time.monotonic() < self._claims_retry_at:
+            return
+        self._claims_retry_at = time.monotonic() + CLAIMS_RETRY_SECONDS
+        self._claims_step("retry", lambda c: c.retry_pending())
+
+    def _run_call(self, event: _Call) -> None:
+        try:
+            event.result = event.fn()
+        except Exception as e:  # handed to the caller, never raised here
+            event.error = e
+        finally:
+            event.done.set()
 
     def _notify(self, connected: bool, block_hash: BlockHash, height: int) -> None:
         for listener in self._listeners:

@@ -1,7 +1,8 @@
 """The Gatekeeper: who may use the tower, and how much of it.
 
 It owns the users' subscriptions (``u|``) and numbers (``r|``), their appointment index (``h|``) and its
-size per user (``n|``), the expiry schedule (``x|``) and the tower-wide counts of users and stored
+size per user (``n|``), the expiry schedule (``x|``), on a paid tower the markers of the payments whose
+registrations it added (``g|``, see ``apply_grant``), and the tower-wide counts of users and stored
 appointments (counters of ``teos.storage.index``, changed in the batch of the change they count). Every
 change of a user's state is a read-modify-write of the user record under that user's lock, committed as
 ONE synced batch together with
@@ -44,9 +45,11 @@ from typing import Protocol
 
 from common import crypto
 from common.appointment import compute_uuid, slots_for
+from common.channel import ChannelId
 from common.errors import ErrorKind, TeosError
 from common.types import BlockHash, Dialect, Locator, UserId, Uuid
 from teos.interfaces import TipView
+from teos.payments.state import Grant
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, UserRecord
 from teos.storage.index import APPOINTMENTS, USERS
@@ -115,6 +118,15 @@ class Tally(IndexJournal, Protocol):
     """The locator index as the Gatekeeper uses it: changes staged in its batches, and the counts."""
 
     def count(self, name: str) -> int: ...
+
+
+def wrong_dialect(user: UserRecord) -> TeosError:
+    """A user registered in one dialect asked for (or paid for) a registration in the other."""
+    return TeosError(
+        ErrorKind.REGISTRATION_WRONG_FIELD_FORMAT,
+        f"This user is registered with the {user.dialect.value}-teos client dialect; "
+        f"register with `{'public_key' if user.dialect is Dialect.PYTHON else 'user_id'}`",
+    )
 
 
 def subscription_expired(user: UserRecord) -> TeosError:
@@ -334,11 +346,7 @@ class Gatekeeper:
                 )
             else:
                 if old.dialect is not dialect:
-                    raise TeosError(
-                        ErrorKind.REGISTRATION_WRONG_FIELD_FORMAT,
-                        f"This user is registered with the {old.dialect.value}-teos client dialect; "
-                        f"register with `{'public_key' if old.dialect is Dialect.PYTHON else 'user_id'}`",
-                    )
+                    raise wrong_dialect(old)
                 user = replace(
                     old,
                     available_slots=old.available_slots + cfg.subscription_slots,
@@ -362,14 +370,15 @@ class Gatekeeper:
         )
         return user
 
-    def _commit_new_user(self, batch: Batch, user: UserRecord) -> UserRecord:
-        """Numbers a new user and commits its registration (refused if ``max_users`` are registered).
+    def _commit_new_user(self, batch: Batch, user: UserRecord, *, capped: bool = True) -> UserRecord:
+        """Numbers a new user and commits its registration (refused if ``max_users`` are registered, unless
+        not ``capped``: a paid registration, checked before its payment, is never refused after it).
         Numbers are handed out and written (``m|next_usernum``) under one lock held across
         ``Store.submit``, so the stored next number never goes back and no number is given twice, even
         across a crash; one lost with a failed write is skipped."""
         cap = self.config.max_users
         with self._counter_lock:
-            if cap is not None and self._n_users + 1 > cap:
+            if capped and cap is not None and self._n_users + 1 > cap:
                 raise TeosError(
                     ErrorKind.RESOURCE_EXHAUSTED, "The tower is not accepting new users (user limit reached)"
                 )
@@ -389,6 +398,90 @@ class Gatekeeper:
                 self._n_users -= 1
             raise
         return user
+
+    # -- paid registrations (teos.payments) ------------------------------------------------------
+
+    def check_grant(self, grant: Grant) -> None:
+        """Checked before a payment is accepted (``apply_grant`` itself never refuses): raises
+        REGISTRATION_WRONG_FIELD_FORMAT if the grant's user is registered in the other dialect, and
+        RESOURCE_EXHAUSTED if the user is new while the tower holds ``max_users`` users or is in the
+        reserve kept for established users, as ``register`` would refuse it (so a newcomer is not charged
+        for what it could not use). Concurrent payments of new users may pass it together: ``max_users``
+        may then be overshot by that many, never refused after a payment."""
+        user = self.get_user(grant.user_id)
+        if user is not None:
+            if user.dialect is not grant.dialect:
+                raise wrong_dialect(user)
+            return
+        if self._nearly_full():
+            raise TeosError(ErrorKind.RESOURCE_EXHAUSTED,
+                            "The tower is nearly full and not accepting new users")
+        cap = self.config.max_users
+        if cap is not None and self._n_users >= cap:
+            raise TeosError(ErrorKind.RESOURCE_EXHAUSTED,
+                            "The tower is not accepting new users (user limit reached)")
+
+    def apply_grant(self, grant: Grant) -> tuple[UserRecord, bool]:
+        """Adds what one accepted payment bought to its user, exactly once; returns the user's record and
+        whether this call applied it.
+
+        Under the user's lock: if the marker ``g|channel|nonce`` exists the grant was applied before and
+        the current record is returned. Otherwise the user is created at the tip if new (an existing user
+        keeps its dialect), gets ``grant.slots`` more slots (capped at 2^32-1) and an expiry extended by
+        ``grant.duration`` from the later of its expiry and the tip (as ``register``), its ``x|`` entry
+        moves, and the user record, the ``x|`` entry and the marker are committed as one synced batch.
+        It never refuses: the payment it pays for is already accepted (docs/PAYMENTS.md §11).
+        """
+        cfg = self.config
+        user_id = grant.user_id
+        marker = keys.grant(grant.channel_id.raw, grant.nonce)
+        with self._locked([user_id]):
+            tip = self.chain.tip_height
+            old = self.get_user(user_id)
+            if self.store.get(marker) is not None:
+                if old is None:  # applied, and the user has expired and been deleted since
+                    old = UserRecord(user_id, grant.dialect, 0, tip, tip)
+                return old, False
+            batch = Batch()
+            if old is None:
+                user = UserRecord(
+                    user_id, grant.dialect, min(U32_MAX, grant.slots), tip, tip + grant.duration, usernum=-1
+                )
+            else:
+                batch.delete(keys.expiry(old.subscription_expiry + cfg.expiry_delta, user_id))
+                user = replace(
+                    old,
+                    available_slots=min(U32_MAX, old.available_slots + grant.slots),
+                    subscription_expiry=max(old.subscription_expiry, tip) + grant.duration,
+                )
+            if user.subscription_expiry + cfg.expiry_delta > U32_MAX:
+                user = replace(user, subscription_expiry=U32_MAX - cfg.expiry_delta)
+            batch.put(keys.expiry(user.subscription_expiry + cfg.expiry_delta, user_id), b"")
+            batch.put(marker, b"")
+            if old is None:
+                # Numbered and counted, never capped here: check_grant refused it before the payment if full.
+                user = self._commit_new_user(batch, user, capped=False)
+            else:
+                batch.put(keys.user(user_id), user.encode())
+                self._commit(batch, 0)
+        log.info(
+            "paid registration applied user_id=%s channel=%s nonce=%d registrations=%d slots=%d expiry=%d",
+            user_id,
+            grant.channel_id,
+            grant.nonce,
+            grant.registrations,
+            user.available_slots,
+            user.subscription_expiry,
+        )
+        return user, True
+
+    def forget_grants(self, channel_id: ChannelId) -> None:
+        """Deletes the grant markers of a channel that has been forgotten (its state is deleted first)."""
+        batch = Batch()
+        for key, _ in self.store.iterate(keys.grants_of_channel(channel_id.raw)):
+            batch.delete(key)
+        if len(batch):
+            self._commit(batch, 0)
 
     # -- appointments ----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ with SERVICE_UNAVAILABLE and charges nothing.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -82,3 +83,28 @@ class RpcFundingChain:
         if not isinstance(height, int) or isinstance(height, bool) or height < 0:
             raise ChainUnavailable(f"unusable getblockcount reply: {height!r}")
         return height
+
+
+class BoundedFundingChain:
+    """A ``FundingChain`` that lets at most ``max_calls`` ``gettxout`` run at once, waiting ``wait`` seconds
+    for a turn and answering ChainUnavailable (a 503, nothing charged) after that.
+
+    Opening a channel and paying both cost a ``gettxout``, and those requests come from the network:
+    bounded here, they can never fill bitcoind's RPC work queue (16 by default) and keep the engine, which
+    shares that queue, from reading blocks. The tip is the engine's and costs nothing."""
+
+    def __init__(self, chain: FundingChain, max_calls: int = 2, wait: float = 2.0) -> None:
+        self.chain = chain
+        self.wait = wait
+        self._slots = threading.BoundedSemaphore(max_calls)
+
+    def get_tx_out(self, txid: Txid, vout: int) -> TxOutInfo | None:
+        if not self._slots.acquire(timeout=self.wait):
+            raise ChainUnavailable("too many funding checks in progress")
+        try:
+            return self.chain.get_tx_out(txid, vout)
+        finally:
+            self._slots.release()
+
+    def tip_height(self) -> int:
+        return self.chain.tip_height()

@@ -46,7 +46,7 @@ from common.tx import Transaction, TxIn, TxOut, decode_transaction
 from common.types import Txid
 from teos.payments.config import PaymentConfig
 from teos.payments.state import ChannelState, ChannelStatus, ClaimRecord, ClaimStatus
-from teos.payments.store import ChannelStore
+from teos.payments.store import ChannelStore, Snapshot
 from teos.payments.tower_key import TowerPaymentKey
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,7 @@ def cpfp_child(
 
 
 class Claimer:
-    """Decides claims and keeps their records (the engine thread calls it; part 2 wires it).
+    """Decides claims and keeps their records (the engine thread drives it: teos.payments.runner).
 
     Every change is a compare-and-swap; a lost CAS means another writer moved the record first, and the
     caller simply sees the newer record on its next look.
@@ -236,11 +236,12 @@ class Claimer:
         self.tower = tower
         self.policy = ClaimPolicy.from_config(config)
 
-    def due(self, tip: int) -> list[ChannelState]:
-        """OPEN channels whose claim is due: paid, and within ``claim_margin`` of expiry (or past it)."""
+    def due(self, tip: int, snapshots: list[Snapshot] | None = None) -> list[ChannelState]:
+        """OPEN channels whose claim is due: paid, and within ``claim_margin`` of expiry (or past it).
+        ``snapshots``: the channels as the caller just read them (else they are read here)."""
         return [
             s.state
-            for s in self.store.all()
+            for s in (self.store.all() if snapshots is None else snapshots)
             if s.state.status is ChannelStatus.OPEN
             and s.state.amount > 0
             and s.state.params.expiry - tip <= self.config.claim_margin
@@ -348,11 +349,20 @@ class Claimer:
                 _, todo = self.on_event(cid, BlockConnected(height, spends.get(cid)))
                 if todo:
                     actions[cid] = todo
-        for channel_snap in self.store.all():
+        self.expire_unpaid(height)
+        return actions
+
+    def expire_unpaid(self, height: int, snapshots: list[Snapshot] | None = None) -> list[ChannelId]:
+        """Marks UNPAID the OPEN channels that reach their expiry without a single payment (nothing to
+        claim; the user refunds); returns them."""
+        expired = []
+        for channel_snap in self.store.all() if snapshots is None else snapshots:
             state = channel_snap.state
             if state.status is ChannelStatus.OPEN and state.amount == 0 and height >= state.params.expiry:
-                self.store.swap(channel_snap, replace(state, status=ChannelStatus.UNPAID))
-        return actions
+                if self.store.swap(channel_snap, replace(state, status=ChannelStatus.UNPAID)):
+                    expired.append(state.channel_id)
+                    log.info("channel expired unpaid channel=%s expiry=%d", state.channel_id, height)
+        return expired
 
     def on_block_disconnected(self, height: int) -> dict[ChannelId, list[Action]]:
         actions: dict[ChannelId, list[Action]] = {}

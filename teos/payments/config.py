@@ -10,6 +10,32 @@ from common.channel_wire import PaymentTerms
 U32_MAX = 2**32 - 1
 
 
+# What each setting must be, in words (the error says it; teos.config names the option).
+CONSTRAINTS = {
+    "price": "0 (free) to 2,100,000,000,000,000 sat",
+    "min_funding_confirmations": "1 to 1000",
+    "min_blocks_before_expiry": "at least 1",
+    "max_channel_blocks": "at least the minimum blocks before expiry, below 500,000,000",
+    "fee_rate": "100 to 1,000,000 sat per 1000 vbytes",
+    "claim_margin": "at least 1 and below the minimum blocks before expiry",
+    "rebroadcast_blocks": "1 to 1000",
+    "bump_margin": "0 to the claim margin",
+    "max_bump_fee_rate": "the fee rate to 1,000,000 sat per 1000 vbytes",
+    "claim_confirmations": "1 to 10000",
+    "max_unpaid_channels": "1 to 1,000,000",
+}
+
+
+class PaymentConfigError(ValueError):
+    """Settings that do not fit together; ``fields`` names them."""
+
+    def __init__(self, fields: list[str]) -> None:
+        self.fields = fields
+        super().__init__(
+            "invalid payment settings: " + "; ".join(f"{name} must be {CONSTRAINTS[name]}" for name in fields)
+        )
+
+
 @dataclass(frozen=True)
 class PaymentConfig:
     """Payment policy. ``price == 0`` (the default) is a free tower: no payment endpoint is needed and
@@ -23,6 +49,9 @@ class PaymentConfig:
     Claims (teos.payments.claims): rebroadcast every ``rebroadcast_blocks`` blocks while unconfirmed, and
     every block once ``expiry - tip <= bump_margin``, where each block also raises the fee through a child
     paying from the tower's output (CPFP), up to ``max_bump_fee_rate``; done at ``claim_confirmations``.
+
+    ``max_unpaid_channels`` bounds the OPEN channels without a payment yet: each is looked at every block
+    until it expires, so an opener with many small outputs must not grow that work without bound.
     """
 
     price: int = 0  # satoshis per registration
@@ -35,6 +64,7 @@ class PaymentConfig:
     bump_margin: int = 36
     max_bump_fee_rate: int = 100_000
     claim_confirmations: int = 100
+    max_unpaid_channels: int = 10_000
 
     def __post_init__(self) -> None:
         checks = {
@@ -48,12 +78,11 @@ class PaymentConfig:
             "bump_margin": 0 <= self.bump_margin <= self.claim_margin,
             "max_bump_fee_rate": self.fee_rate <= self.max_bump_fee_rate <= MAX_FEE_RATE,
             "claim_confirmations": 1 <= self.claim_confirmations <= 10_000,
+            "max_unpaid_channels": 1 <= self.max_unpaid_channels <= 1_000_000,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(
-                f"invalid payment settings: {', '.join(bad)} (see teos.payments.config.PaymentConfig)"
-            )
+            raise PaymentConfigError(bad)
 
     @property
     def paid(self) -> bool:

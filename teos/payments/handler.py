@@ -1,22 +1,27 @@
 """The payment handler: opens channels, validates payments, and grants what they buy exactly once.
 
-No HTTP here: the service (part 2) parses requests with ``common.channel_wire`` and calls these methods;
-every refusal is a ``PaymentError`` whose reason names the check, and a refused request has changed
-nothing (no state written, no grant applied).
+No HTTP here: the API parses requests with ``common.channel_wire`` and the use cases
+(``teos.payments.service``) call these; every refusal is a ``PaymentError`` whose reason names the check,
+and a refused request has changed nothing (no state written, no grant applied). The checks that need
+neither the store nor bitcoind are ``PaymentRules``: the API workers run them (the signatures are the
+CPU work of a request), and the ``PaymentHandler`` in the main process runs them again against the state
+it swaps from, without the signatures (``verified=True``).
 
 A payment is accepted in this order, cheapest checks first so that a forged request costs the tower no
 bitcoind call: the channel exists; the request is signed by the channel's key; it is OPEN; the nonce is
 the next one; the amount rises by at least the price (the income validator says by how many
 registrations); the expiry is far enough; the payment transaction is exactly the one the channel's
 parameters give for that amount (one input, the two outputs, the fixed fee, no lock time); the user's
-signature signs it; the grant can be applied to that user; the funding output is still unspent and
-confirmed enough (``gettxout``). Then the state moves by compare-and-swap from the snapshot all of that was
-checked against, so of two concurrent payments on one channel at most one is accepted.
+signature signs it; the grant can be applied to that user (its dialect; a new user only while the tower
+takes new users); the funding output is still unspent and confirmed enough (``gettxout``). Then the state
+moves by compare-and-swap from the snapshot all of that was checked against, so of two concurrent
+payments on one channel at most one is accepted.
 
 Grants and atomicity. The accepted state carries the grant it pays for (``last_grant``): the CAS is the
 commit point of the payment, and the grant is applied after it through ``GrantLedger.apply``, which is
 idempotent per (channel, nonce) (the Gatekeeper writes the marker ``g|channel|nonce`` in the same batch as
-the user record, part 2). Three rules make "slots are never granted twice, and never lost":
+the user record: ``Gatekeeper.apply_grant``, through ``teos.payments.ledger``). Three rules make "slots
+are never granted twice, and never lost":
 
 1. before a payment replaces ``last_grant`` (its CAS), the handler applies the grant it replaces;
 2. after its CAS it applies its own grant, and answers only once that is done;
@@ -29,6 +34,7 @@ from the stored state, and grants nothing new.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,11 +52,11 @@ from common.channel_wire import (
 )
 from common.crypto import verify
 from common.errors import ErrorKind, TeosError
-from common.types import Dialect, UserId
+from common.types import Dialect, Txid, UserId
 from teos.payments.chain import ChainUnavailable, FundingChain, TxOutInfo
 from teos.payments.config import PaymentConfig
 from teos.payments.income import IncomeValidator
-from teos.payments.state import ChannelState, ChannelStatus, ClaimRecord, Grant
+from teos.payments.state import ChannelState, ChannelStatus, Grant
 from teos.payments.store import ChannelStore, Snapshot
 
 log = logging.getLogger(__name__)
@@ -69,7 +75,7 @@ class GrantOutcome:
 
 
 class GrantLedger(Protocol):
-    """What the handler needs from the Gatekeeper (part 2 implements it there)."""
+    """What the handler needs from the Gatekeeper (``teos.payments.ledger.GatekeeperLedger`` over it)."""
 
     def check(self, grant: Grant) -> None:
         """Raises a TeosError if ``grant`` would be refused now (the user is registered in the other
@@ -100,7 +106,7 @@ def channel_ack(state: ChannelState) -> bytes:
     return ack_message(state.channel_id, state.nonce, state.amount, state.params.expiry)
 
 
-def channel_view(state: ChannelState, claim: ClaimRecord | None = None) -> ChannelView:
+def channel_view(state: ChannelState, claim_txid: Txid | None = None) -> ChannelView:
     """What the user is shown of its channel (the API signs ``view.ack_message()`` with the tower key)."""
     return ChannelView(
         state.params,
@@ -109,7 +115,7 @@ def channel_view(state: ChannelState, claim: ClaimRecord | None = None) -> Chann
         state.nonce,
         state.amount,
         state.registrations,
-        claim.txid if claim is not None else None,
+        claim_txid,
     )
 
 
@@ -117,8 +123,180 @@ def _refuse(reason: Refusal, message: str) -> PaymentError:
     return PaymentError(reason, message)
 
 
+class PaymentRules:
+    """The checks that need neither the channel store nor bitcoind: the parameters of a channel, who signed
+    a request, whether a payment is the next one, raises the amount enough and is exactly the transaction
+    the channel's parameters give. The API workers run them (the CPU work of a request: ECDSA), and the
+    main process runs them again against the state it swaps from, skipping only the two signature checks
+    its worker already made (``verify_signatures=False``)."""
+
+    def __init__(
+        self,
+        config: PaymentConfig,
+        income: IncomeValidator,
+        tower_key: bytes,
+        subscription_slots: int,
+        subscription_duration: int,
+    ) -> None:
+        self.config = config
+        self.income = income
+        self.tower_key = tower_key
+        self.subscription_slots = subscription_slots
+        self.subscription_duration = subscription_duration
+
+    # -- open ------------------------------------------------------------------------------------------
+
+    def check_open(self, request: OpenChannelRequest, verify_signature: bool = True) -> channel.ChannelParams:
+        """The channel's parameters, once they can make a channel on this tower and (unless the caller
+        checked it already) the request is signed by ``user_key``."""
+        cfg = self.config
+        params = request.params(self.tower_key)
+        try:
+            params.validate()
+        except ChannelError as exc:
+            raise _refuse(Refusal.BAD_PARAMETERS, str(exc)) from None
+        if params.fee_rate != cfg.fee_rate:
+            raise _refuse(
+                Refusal.TERMS_CHANGED, f"payments on this tower use a fee rate of {cfg.fee_rate} sat/kvB"
+            )
+        if params.max_amount < self.income.price:
+            raise _refuse(Refusal.BAD_PARAMETERS, "the channel cannot pay for a single registration")
+        if verify_signature and not request.signed_by_user(self.tower_key):
+            raise _refuse(Refusal.BAD_REQUEST_SIGNATURE, "the request is not signed by user_key")
+        return params
+
+    def check_window(self, params: channel.ChannelParams, tip: int) -> None:
+        """A new channel's expiry must leave room for payments and not lock the tower in for too long."""
+        cfg = self.config
+        if params.expiry - tip < cfg.min_blocks_before_expiry:
+            raise _refuse(
+                Refusal.EXPIRY_TOO_NEAR,
+                f"expiry must be at least {cfg.min_blocks_before_expiry} blocks above the tip ({tip})",
+            )
+        if params.expiry - tip > cfg.max_channel_blocks:
+            raise _refuse(
+                Refusal.EXPIRY_TOO_FAR,
+                f"expiry must be at most {cfg.max_channel_blocks} blocks above the tip ({tip})",
+            )
+
+    # -- read ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def check_get_channel(state: ChannelState, request: GetChannelRequest) -> None:
+        if not verify(
+            get_channel_message(request.channel_id), request.signature, UserId(state.params.user_key)
+        ):
+            raise _refuse(
+                Refusal.BAD_REQUEST_SIGNATURE, "the request is not signed by the channel's user key"
+            )
+
+    # -- pay -------------------------------------------------------------------------------------------
+
+    def check_pay(
+        self,
+        state: ChannelState,
+        request: PayRequest,
+        tip: Callable[[], int],
+        verify_signatures: bool = True,
+    ) -> Grant | None:
+        """Steps 2 to 6 of docs/PAYMENTS.md §6 against ``state``, in that order: the grant the payment
+        buys, or None when the request repeats the last accepted payment exactly. ``tip`` is asked only
+        once the cheap checks passed (it may need bitcoind)."""
+        params = state.params
+        if verify_signatures and not verify(request.message(), request.signature, UserId(params.user_key)):
+            raise _refuse(
+                Refusal.BAD_REQUEST_SIGNATURE, "the request is not signed by the channel's user key"
+            )
+        if is_repeat(state, request):  # answered again even once the channel is closing
+            return None
+        if state.status is not ChannelStatus.OPEN:
+            raise _refuse(Refusal.CHANNEL_CLOSED, f"the channel is {state.status.name.lower()}")
+        if request.nonce <= state.nonce:
+            raise _refuse(
+                Refusal.STALE_NONCE, f"nonce {request.nonce} is used; the channel is at {state.nonce}"
+            )
+        if request.nonce != state.nonce + 1:
+            raise _refuse(Refusal.NONCE_GAP, f"the next nonce is {state.nonce + 1}")
+        registrations = self.income.registrations_for(state.amount, request.amount)
+        if registrations < 1:
+            raise _refuse(
+                Refusal.AMOUNT_TOO_LOW,
+                f"amount must rise by at least the price ({self.income.price} sat) above {state.amount}",
+            )
+        if params.expiry - tip() < self.config.min_blocks_before_expiry:
+            raise _refuse(
+                Refusal.EXPIRY_TOO_NEAR,
+                f"the channel expires at {params.expiry}; payments stop "
+                f"{self.config.min_blocks_before_expiry} blocks before",
+            )
+        check_transaction(params, request)
+        if verify_signatures and not channel.verify_payment_signature(
+            params, request.amount, request.payment_signature
+        ):
+            raise _refuse(Refusal.BAD_PAYMENT_SIGNATURE, "payment_signature does not sign this payment")
+        return Grant(
+            params.channel_id,
+            request.nonce,
+            request.user_id,
+            request.dialect,
+            registrations,
+            registrations * self.subscription_slots,
+            registrations * self.subscription_duration,
+        )
+
+
+def is_repeat(state: ChannelState, request: PayRequest) -> bool:
+    """``request`` repeats the channel's last accepted payment exactly (a client that lost the answer)."""
+    g = state.last_grant
+    return (
+        g is not None
+        and request.nonce == state.nonce
+        and request.amount == state.amount
+        and request.payment_signature == state.user_signature
+        and request.user_id == g.user_id
+        and request.dialect is g.dialect
+    )
+
+
+def check_transaction(params: channel.ChannelParams, request: PayRequest) -> None:
+    """The request's transaction must be exactly the payment of ``request.amount``; each way it can
+    differ gets its own reason."""
+    try:
+        expected = channel.payment_tx(params, request.amount)
+    except ChannelError as exc:
+        raise _refuse(Refusal.AMOUNT_NOT_ALLOWED, str(exc)) from None
+    tx = request.payment_tx
+    if tx.locktime != expected.locktime:
+        raise _refuse(Refusal.LOCK_TIME, f"the payment must have nLockTime 0, not {tx.locktime}")
+    if len(tx.outputs) > len(expected.outputs):
+        raise _refuse(
+            Refusal.EXTRA_OUTPUTS,
+            f"the payment has {len(tx.outputs)} outputs; it pays the tower and the change only",
+        )
+    if [o.script_pubkey for o in tx.outputs] == [o.script_pubkey for o in expected.outputs]:
+        paid_fee = params.funding_value - sum(o.value for o in tx.outputs)
+        if tx.outputs[0].value == request.amount and paid_fee != params.funding_value - sum(
+            o.value for o in expected.outputs
+        ):
+            raise _refuse(
+                Refusal.WRONG_FEE,
+                f"the payment's fee must be {params.payment_fee(len(expected.outputs) == 2)} sat "
+                f"({params.fee_rate} sat/kvB), not {paid_fee}",
+            )
+    if tx.stripped != expected.stripped or tx.has_witness:
+        raise _refuse(
+            Refusal.WRONG_TRANSACTION,
+            f"payment_tx is not the unsigned payment of {request.amount} sat "
+            f"(expected {expected.stripped.hex()})",
+        )
+
+
 class PaymentHandler:
-    """Opening channels and taking payments (see the module docstring)."""
+    """Opening channels and taking payments (see the module docstring).
+
+    ``verified=True`` (``open_channel``, ``pay``) says that the caller, an API worker, already checked
+    the request's signatures with ``PaymentRules``; everything else is checked again here, against the
+    state the compare-and-swap starts from."""
 
     def __init__(
         self,
@@ -137,8 +315,7 @@ class PaymentHandler:
         self.ledger = ledger
         self.income = income
         self.tower_key = tower_key
-        self.subscription_slots = subscription_slots
-        self.subscription_duration = subscription_duration
+        self.rules = PaymentRules(config, income, tower_key, subscription_slots, subscription_duration)
 
     # -- start -----------------------------------------------------------------------------------------
 
@@ -159,7 +336,7 @@ class PaymentHandler:
 
     # -- chain -----------------------------------------------------------------------------------------
 
-    def _tip(self) -> int:
+    def tip(self) -> int:
         try:
             return self.chain.tip_height()
         except ChainUnavailable as exc:
@@ -198,42 +375,21 @@ class PaymentHandler:
 
     # -- open ------------------------------------------------------------------------------------------
 
-    def open_channel(self, request: OpenChannelRequest) -> ChannelState:
+    def open_channel(self, request: OpenChannelRequest, verified: bool = False) -> ChannelState:
         """Checks the parameters and the funding output, and stores the channel (idempotent: opening the
         same channel again returns its current state)."""
-        cfg = self.config
-        params = request.params(self.tower_key)
-        try:
-            params.validate()
-        except ChannelError as exc:
-            raise _refuse(Refusal.BAD_PARAMETERS, str(exc)) from None
-        if params.fee_rate != cfg.fee_rate:
-            raise _refuse(
-                Refusal.TERMS_CHANGED, f"payments on this tower use a fee rate of {cfg.fee_rate} sat/kvB"
-            )
-        if params.max_amount < self.income.price:
-            raise _refuse(Refusal.BAD_PARAMETERS, "the channel cannot pay for a single registration")
-        if not request.signed_by_user(self.tower_key):
-            raise _refuse(Refusal.BAD_REQUEST_SIGNATURE, "the request is not signed by user_key")
+        params = self.rules.check_open(request, verify_signature=not verified)
         existing = self.store.get(params.channel_id)
         if existing is not None:
             return self._existing(existing, params)
-        tip = self._tip()
-        if params.expiry - tip < cfg.min_blocks_before_expiry:
-            raise _refuse(
-                Refusal.EXPIRY_TOO_NEAR,
-                f"expiry must be at least {cfg.min_blocks_before_expiry} blocks above the tip ({tip})",
-            )
-        if params.expiry - tip > cfg.max_channel_blocks:
-            raise _refuse(
-                Refusal.EXPIRY_TOO_FAR,
-                f"expiry must be at most {cfg.max_channel_blocks} blocks above the tip ({tip})",
-            )
+        tip = self.tip()
+        self.rules.check_window(params, tip)
         self._check_funding(params, self._funding(params.channel_id), opening=True)
         state = ChannelState(params, opened_at=tip)
         if not self.store.create(state):
             raced = self.store.get(params.channel_id)
-            assert raced is not None  # channels are never deleted while a request can name them
+            if raced is None:  # created and forgotten in between: cannot happen to a live channel
+                raise _refuse(Refusal.CHANNEL_EXISTS, f"{params.channel_id} was closed")
             return self._existing(raced, params)
         log.info(
             "channel opened channel=%s value=%d expiry=%d tip=%d",
@@ -252,16 +408,11 @@ class PaymentHandler:
     # -- read ------------------------------------------------------------------------------------------
 
     def get_channel(self, request: GetChannelRequest) -> ChannelState:
-        snap = self._snapshot(request.channel_id)
-        if not verify(
-            get_channel_message(request.channel_id), request.signature, UserId(snap.state.params.user_key)
-        ):
-            raise _refuse(
-                Refusal.BAD_REQUEST_SIGNATURE, "the request is not signed by the channel's user key"
-            )
+        snap = self.snapshot(request.channel_id)
+        self.rules.check_get_channel(snap.state, request)
         return snap.state
 
-    def _snapshot(self, channel_id: ChannelId) -> Snapshot:
+    def snapshot(self, channel_id: ChannelId) -> Snapshot:
         snap = self.store.get(channel_id)
         if snap is None:
             raise _refuse(Refusal.CHANNEL_NOT_FOUND, f"no channel {channel_id}")
@@ -269,57 +420,23 @@ class PaymentHandler:
 
     # -- pay -------------------------------------------------------------------------------------------
 
-    def pay(self, request: PayRequest) -> PaymentResult:
+    def pay(self, request: PayRequest, verified: bool = False) -> PaymentResult:
         """Accepts ``request`` or raises (see the module docstring for the checks and their order)."""
-        snap = self._snapshot(request.channel_id)
+        snap = self.snapshot(request.channel_id)
         state = snap.state
-        params = state.params
-        if not verify(request.message(), request.signature, UserId(params.user_key)):
-            raise _refuse(
-                Refusal.BAD_REQUEST_SIGNATURE, "the request is not signed by the channel's user key"
-            )
-        if self._is_repeat(state, request):  # answered again even once the channel is closing
+        grant = self.rules.check_pay(state, request, self.tip, verify_signatures=not verified)
+        if grant is None:
             assert state.last_grant is not None
             return PaymentResult(state, state.last_grant, self.ledger.apply(state.last_grant), replayed=True)
-        if state.status is not ChannelStatus.OPEN:
-            raise _refuse(Refusal.CHANNEL_CLOSED, f"the channel is {state.status.name.lower()}")
-        if request.nonce <= state.nonce:
-            raise _refuse(
-                Refusal.STALE_NONCE, f"nonce {request.nonce} is used; the channel is at {state.nonce}"
-            )
-        if request.nonce != state.nonce + 1:
-            raise _refuse(Refusal.NONCE_GAP, f"the next nonce is {state.nonce + 1}")
-        registrations = self.income.registrations_for(state.amount, request.amount)
-        if registrations < 1:
-            raise _refuse(
-                Refusal.AMOUNT_TOO_LOW,
-                f"amount must rise by at least the price ({self.income.price} sat) above {state.amount}",
-            )
-        tip = self._tip()
-        if params.expiry - tip < self.config.min_blocks_before_expiry:
-            raise _refuse(
-                Refusal.EXPIRY_TOO_NEAR,
-                f"the channel expires at {params.expiry}; payments stop "
-                f"{self.config.min_blocks_before_expiry} blocks before",
-            )
-        self._check_transaction(params, request)
-        if not channel.verify_payment_signature(params, request.amount, request.payment_signature):
-            raise _refuse(Refusal.BAD_PAYMENT_SIGNATURE, "payment_signature does not sign this payment")
-        grant = Grant(
-            params.channel_id,
-            request.nonce,
-            request.user_id,
-            request.dialect,
-            registrations,
-            registrations * self.subscription_slots,
-            registrations * self.subscription_duration,
-        )
         try:
             self.ledger.check(grant)
         except TeosError as exc:
             if exc.kind is ErrorKind.REGISTRATION_WRONG_FIELD_FORMAT and not isinstance(exc, PaymentError):
                 raise _refuse(Refusal.WRONG_DIALECT, exc.message) from None
+            if exc.kind is ErrorKind.RESOURCE_EXHAUSTED and not isinstance(exc, PaymentError):
+                raise _refuse(Refusal.TOWER_FULL, exc.message) from None
             raise
+        params = state.params
         self._check_funding(params, self._funding(params.channel_id), opening=False)
         if state.last_grant is not None:
             self.ledger.apply(state.last_grant)  # rule 1: never overwrite a grant that was not applied
@@ -332,52 +449,7 @@ class PaymentHandler:
             params.channel_id,
             request.nonce,
             request.amount,
-            registrations,
+            grant.registrations,
             request.user_id,
         )
         return PaymentResult(new_state, grant, outcome, replayed=False)
-
-    @staticmethod
-    def _is_repeat(state: ChannelState, request: PayRequest) -> bool:
-        g = state.last_grant
-        return (
-            g is not None
-            and request.nonce == state.nonce
-            and request.amount == state.amount
-            and request.payment_signature == state.user_signature
-            and request.user_id == g.user_id
-            and request.dialect is g.dialect
-        )
-
-    @staticmethod
-    def _check_transaction(params: channel.ChannelParams, request: PayRequest) -> None:
-        """The request's transaction must be exactly the payment of ``request.amount``; each way it can
-        differ gets its own reason."""
-        try:
-            expected = channel.payment_tx(params, request.amount)
-        except ChannelError as exc:
-            raise _refuse(Refusal.AMOUNT_NOT_ALLOWED, str(exc)) from None
-        tx = request.payment_tx
-        if tx.locktime != expected.locktime:
-            raise _refuse(Refusal.LOCK_TIME, f"the payment must have nLockTime 0, not {tx.locktime}")
-        if len(tx.outputs) > len(expected.outputs):
-            raise _refuse(
-                Refusal.EXTRA_OUTPUTS,
-                f"the payment has {len(tx.outputs)} outputs; it pays the tower and the change only",
-            )
-        if [o.script_pubkey for o in tx.outputs] == [o.script_pubkey for o in expected.outputs]:
-            paid_fee = params.funding_value - sum(o.value for o in tx.outputs)
-            if tx.outputs[0].value == request.amount and paid_fee != params.funding_value - sum(
-                o.value for o in expected.outputs
-            ):
-                raise _refuse(
-                    Refusal.WRONG_FEE,
-                    f"the payment's fee must be {params.payment_fee(len(expected.outputs) == 2)} sat "
-                    f"({params.fee_rate} sat/kvB), not {paid_fee}",
-                )
-        if tx.stripped != expected.stripped or tx.has_witness:
-            raise _refuse(
-                Refusal.WRONG_TRANSACTION,
-                f"payment_tx is not the unsigned payment of {request.amount} sat "
-                f"(expected {expected.stripped.hex()})",
-            )

@@ -8,6 +8,7 @@ changes once created.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from common.channel import ChannelId
@@ -20,6 +21,9 @@ from teos.payments.state import (
     claim_key,
 )
 from teos.storage.atomic import AtomicStore
+from teos.storage.codec import CodecError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class ChannelStore:
 
     def __init__(self, atomic: AtomicStore) -> None:
         self.atomic = atomic
+        self._decoded: dict[bytes, ChannelState] = {}
 
     # -- channels --------------------------------------------------------------------------------------
 
@@ -57,7 +62,27 @@ class ChannelStore:
         return self.atomic.compare_and_swap(channel_key(new.channel_id), old.raw, new.encode())
 
     def all(self) -> list[Snapshot]:
-        return [Snapshot(ChannelState.decode(v), v) for _, v in self.atomic.get_by_prefix(CHANNEL_PREFIX)]
+        """Every channel. A record that cannot be decoded is logged and left out (one corrupt record must
+        not keep the tower from claiming every other channel).
+
+        The engine reads every channel at every block; decoding is most of that work, and most states do
+        not change between two blocks, so the states decoded by the previous call are reused when their
+        bytes are the same (a state is a pure function of its bytes)."""
+        previous = self._decoded
+        decoded: dict[bytes, ChannelState] = {}
+        out = []
+        for key, value in self.atomic.get_by_prefix(CHANNEL_PREFIX):
+            state = previous.get(value)
+            if state is None:
+                try:
+                    state = ChannelState.decode(value)
+                except CodecError as e:
+                    log.error("corrupt channel state left out key=%s error=%s", key.hex(), e)
+                    continue
+            decoded[value] = state
+            out.append(Snapshot(state, value))
+        self._decoded = decoded
+        return out
 
     # -- claims ----------------------------------------------------------------------------------------
 
@@ -73,5 +98,17 @@ class ChannelStore:
             raise ValueError("a swap cannot change the channel id")
         return self.atomic.compare_and_swap(claim_key(new.channel_id), old.raw, new.encode())
 
+    def forget(self, channel_id: ChannelId) -> None:
+        """Deletes a closed channel's claim, then its state (the grant markers are the Gatekeeper's)."""
+        self.atomic.delete(claim_key(channel_id))
+        self.atomic.delete(channel_key(channel_id))
+
     def claims(self) -> list[ClaimSnapshot]:
-        return [ClaimSnapshot(ClaimRecord.decode(v), v) for _, v in self.atomic.get_by_prefix(CLAIM_PREFIX)]
+        """Every claim record (a corrupt one is logged and left out, as in ``all``)."""
+        out = []
+        for key, value in self.atomic.get_by_prefix(CLAIM_PREFIX):
+            try:
+                out.append(ClaimSnapshot(ClaimRecord.decode(value), value))
+            except CodecError as e:
+                log.error("corrupt claim record left out key=%s error=%s", key.hex(), e)
+        return out

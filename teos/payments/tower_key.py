@@ -8,18 +8,7 @@ from functools import cached_property
 
 from coincurve import PrivateKey
 
-from common.tx import sha256
-
-DERIVATION_TAG = b"teos/payment-key/v1"
-
-
-def derive_payment_secret(tower_secret: bytes) -> bytes:
-    """``SHA256("teos/payment-key/v1" || tower_secret)``, a valid secp256k1 scalar (checked)."""
-    if not isinstance(tower_secret, bytes) or len(tower_secret) != 32:
-        raise ValueError("the tower secret is 32 bytes")
-    secret = sha256(DERIVATION_TAG + tower_secret)
-    PrivateKey(secret)  # raises for the (2^-128 likely) out-of-range scalar
-    return secret
+from common.payment_key import DERIVATION_TAG, derive_payment_secret
 
 
 @dataclass(frozen=True)
@@ -36,3 +25,6 @@ class TowerPaymentKey:
 
     def __repr__(self) -> str:  # never print the secret
         return f"TowerPaymentKey({self.public_key.hex()})"
+
+
+__all__ = ["DERIVATION_TAG", "TowerPaymentKey", "derive_payment_secret"]

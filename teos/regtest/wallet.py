@@ -214,6 +214,11 @@ class Wallet:
         with self._lock:
             self._coins[coin.outpoint] = coin
 
+    def take(self, count: int = 1) -> list[Coin]:
+        """``count`` coins the wallet hands over and will not spend itself (it mines more when it holds
+        too few): for a caller that spends them in transactions of its own making."""
+        return self._take(count)
+
     def _take(self, count: int = 1) -> list[Coin]:
         with self._lock:
             if len(self._coins) < count:

@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
+from common.channel import ChannelId
 from common.cookie import read_cookie
 from teos.admin import AdminServer, StoreAdminBackend
-from teos.admin.server import MAX_QUEUED, THREADS
+from teos.admin.server import CLAIM_THREADS, MAX_CLAIMS_QUEUED, MAX_QUEUED, THREADS
 from teos.storage.store import Store
-from tests.admin.support import FakeEngineStatus, new_user_id
+from tests.admin.support import FakeEngineStatus, NoCounts, new_user_id
 from tests.support.wait import wait_until
 
 
@@ -35,16 +36,6 @@ class BlockingStatus(FakeEngineStatus):
         self.waiting += 1
         self.release.wait(30)
         return super().__call__()
-
-
-class NoCounts:
-    """An empty tower's counts (these tests bound the server, not what it reports)."""
-
-    def count(self, name: str) -> int:
-        return 0
-
-    def __len__(self) -> int:
-        return 0
 
 
 def make_server(
@@ -163,13 +154,71 @@ def test_a_flood_gets_503_beyond_the_threads_and_the_queue(tmp_path: Path, store
     try:
         for s in socks:
             s.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
-        wait_until(lambda: server._queued == THREADS + MAX_QUEUED and status.waiting == THREADS, timeout=10,
-                   message="threads busy and the queue full")
+        # Every request dispatched (the last five refused) before the threads are released: released any
+        # earlier, the queue would have room again for a request still on its way.
+        wait_until(lambda: server._queued == THREADS + MAX_QUEUED and status.waiting == THREADS
+                   and server.refused == 5, timeout=10, message="the threads busy, the queue full, 5 refused")
         status.release.set()
         answers = sorted(s.recv(100).split(b" ", 2)[1] for s in socks)
         assert answers == [b"200"] * (THREADS + MAX_QUEUED) + [b"503"] * 5
     finally:
         status.release.set()
+        for s in socks:
+            s.close()
+        server.stop()
+
+
+class BlockingClaims:
+    """A paid tower's operator whose claims wait for ``release``, as a claim waits for the engine thread."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.waiting = 0
+
+    def channels(self) -> dict[str, Any]:
+        return {"channels": []}
+
+    def claim(self, channel_id: ChannelId) -> dict[str, Any]:
+        return {"claims": self.claim_all()["claims"]}
+
+    def claim_all(self) -> dict[str, Any]:
+        self.waiting += 1
+        self.release.wait(30)
+        return {"claims": []}
+
+
+def _authorization(server: AdminServer) -> str:
+    import base64
+
+    user, secret = read_cookie(server.cookie_dir)
+    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
+
+
+def test_claims_wait_in_a_thread_of_their_own_and_hold_up_nothing_else(tmp_path: Path, store: Store) -> None:
+    """A claim waits for the engine thread (up to a minute with a block in hand): claims queue in their own
+    pool, bounded, while the event loop and the other routes (/ready, /metrics, teos-cli's) go on."""
+    claims = BlockingClaims()
+    backend = StoreAdminBackend(
+        store, FakeEngineStatus(), new_user_id(), lambda: None, NoCounts(), payments=claims
+    )
+    server = AdminServer(backend, tmp_path / "regtest", host="127.0.0.1", port=0)
+    server.start()
+    socks = connect_many(server, CLAIM_THREADS + MAX_CLAIMS_QUEUED + 2)
+    try:
+        request = (f"POST /claimall HTTP/1.1\r\nHost: x\r\nAuthorization: {_authorization(server)}\r\n"
+                   "Content-Length: 0\r\n\r\n").encode()
+        for s in socks:
+            s.sendall(request)
+        wait_until(lambda: claims.waiting == CLAIM_THREADS and server.refused == 2, timeout=10,
+                   message="the claims' thread busy, its queue full and the rest refused")
+        for _ in range(2 * THREADS + 1):  # more than the general pool's threads: none of them is held
+            assert get(server, "/ready", auth=False)[0] == 200
+            assert get(server, "/gettowerinfo")[0] == 200
+        claims.release.set()
+        answers = sorted(s.recv(100).split(b" ", 2)[1] for s in socks)
+        assert answers == [b"200"] * (CLAIM_THREADS + MAX_CLAIMS_QUEUED) + [b"503"] * 2
+    finally:
+        claims.release.set()
         for s in socks:
             s.close()
         server.stop()

@@ -106,21 +106,28 @@ def test_instrument_counts_requests_per_route() -> None:
     def register() -> str:
         return "ok"
 
-    @app.get("/fail")
+    @app.get("/ping")
     def fail() -> str:
         abort(400)
+
+    @app.get("/made_up")  # a route that is not one of the tower's: counted, under ``other``
+    def made_up() -> str:
+        return "ok"
 
     instrument(app, m)
     client = app.test_client()
     for _ in range(3):
         client.post("/register")
-    client.get("/fail")
+    client.get("/ping")
+    client.get("/made_up")
     client.get("/random/path/1")
     client.get("/random/path/2")
     labels = {"app": "public", "endpoint": "/register", "method": "POST", "status": "200"}
     assert m.value("teos_http_requests_total", labels) == 3
-    assert m.value("teos_http_requests_total", {**labels, "endpoint": "/fail", "method": "GET",
+    assert m.value("teos_http_requests_total", {**labels, "endpoint": "/ping", "method": "GET",
                                                 "status": "400"}) == 1
+    assert m.value("teos_http_requests_total", {**labels, "endpoint": "other", "method": "GET",
+                                                "status": "200"}) == 1
     assert m.value("teos_http_requests_total", {**labels, "endpoint": "<unmatched>", "method": "GET",
                                                 "status": "404"}) == 2
     count = m.value("teos_http_request_duration_seconds_count", {"app": "public", "endpoint": "/register"})

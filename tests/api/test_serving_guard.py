@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from teos.api.payments import BODY_LIMITS as PAYMENT_BODY_LIMITS
 from teos.api.serving import SMALL_BODY_BYTES, STREAM_THRESHOLD, GuardedApp, GuardSettings, address_key
 
 
@@ -245,6 +246,18 @@ def test_only_add_appointment_may_carry_a_large_body() -> None:
         serve(guard, (FakeScope(path=path, headers=FakeHeaders({"content-length": "5000"})), protocol))
         assert protocol.status == status, path
     assert SMALL_BODY_BYTES < 5000
+
+
+@pytest.mark.parametrize("path", sorted(PAYMENT_BODY_LIMITS))
+def test_a_paid_towers_payment_requests_have_their_own_limits(path: str) -> None:
+    """``/open_channel``, ``/pay`` and ``/get_channel`` are refused unread beyond their own limits, and
+    served up to them."""
+    guard = GuardedApp(wsgi(lambda env: [b"{}"]), settings(max_body_bytes=64 * 1024))
+    limit = PAYMENT_BODY_LIMITS[path]
+    for size, status in ((limit + 1, 413), (limit, 200)):
+        protocol = FakeProtocol([b"x" * size], forbid_reading=status == 413)
+        serve(guard, (FakeScope(path=path, headers=FakeHeaders({"content-length": str(size)})), protocol))
+        assert protocol.status == status, (path, size)
 
 
 def test_a_chunked_body_growing_too_big_is_refused() -> None:

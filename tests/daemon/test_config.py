@@ -97,5 +97,27 @@ def test_example_file_documents_every_file_option_and_loads(tmp_path: Path) -> N
     for option in OPTIONS:
         if option.in_file:
             assert f"# {option.name} =" in example
+            if option.default is not None:  # the value shown is the default teosd uses
+                assert f"\n# {option.name} = {option.default}\n" in example, option.name
     _write(tmp_path, example)
     load_config(["--datadir", str(tmp_path)], {})
+
+
+def test_payment_options_make_one_payment_config(tmp_path: Path) -> None:
+    flags = ["--datadir", str(tmp_path), "--paymentprice", "2500", "--paymentclaimmargin", "100"]
+    config = load_config(flags, {"TEOS_PAYMENTFEERATE": "3000"})
+    assert (config.payment.price, config.payment.claim_margin, config.payment.fee_rate) == (2500, 100, 3000)
+    assert config.payment.paid
+    free = load_config(["--datadir", str(tmp_path)], {})
+    assert not free.payment.paid and free.payment.min_blocks_before_expiry == 288
+
+
+def test_payment_options_that_do_not_fit_are_named(tmp_path: Path) -> None:
+    _write(tmp_path, "paymentminblocks = 100\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(["--datadir", str(tmp_path), "--paymentclaimmargin", "150"], {})
+    message = str(info.value)
+    assert "paymentclaimmargin (command line --paymentclaimmargin) is '150'" in message
+    assert "below the minimum blocks before expiry" in message
+    with pytest.raises(ConfigError, match=r"paymentfeerate .* is '5' but must be 100 to"):
+        load_config(["--datadir", str(tmp_path), "--paymentfeerate", "5"], {})

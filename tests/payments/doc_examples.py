@@ -74,7 +74,7 @@ def examples() -> dict[str, str]:
 
     terms_sig = crypto.sign(terms.message(), TOWER_SECRET)
     out["terms-message"] = terms.message().hex()
-    out["terms-response"] = js(terms_response(tower_id, terms, terms_sig))
+    out["terms-response"] = js({**terms_response(tower_id, terms, terms_sig), "tip_height": TIP})
     out["witness-script"] = params.witness_script.hex()
     out["funding-script"] = params.script_pubkey.hex()
     out["funding-address"] = params.address("mainnet")

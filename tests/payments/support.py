@@ -15,8 +15,6 @@ from common.types import Dialect, Txid, UserId
 from teos.payments.chain import ChainUnavailable, TxOutInfo
 from teos.payments.handler import GrantOutcome
 from teos.payments.state import Grant
-from teos.storage import keys
-from teos.storage.store import Batch, Store
 
 U32_MAX = 2**32 - 1
 
@@ -127,37 +125,3 @@ class FakeLedger:
     @staticmethod
     def _outcome(uid: UserId, user: _User, applied_now: bool) -> GrantOutcome:
         return GrantOutcome(uid, user.dialect, user.slots, user.start, user.expiry, applied_now)
-
-
-class StoreLedger:
-    """A GrantLedger over the tower's LevelDB the way part 2's Gatekeeper must do it: the user's new record
-    and the grant marker ``g|channel|nonce`` in one synced batch, under one lock; a grant whose marker
-    exists is not applied again. (Users here are a test record, ``T|user_id -> slots u32 | expiry u32``.)"""
-
-    def __init__(self, store: Store, tip: int = 100) -> None:
-        self.store = store
-        self.tip = tip
-        self.lock = threading.Lock()
-
-    def _user(self, uid: UserId) -> tuple[int, int] | None:
-        raw = self.store.get(b"T" + uid.raw)
-        return None if raw is None else (int.from_bytes(raw[:4], "big"), int.from_bytes(raw[4:], "big"))
-
-    def check(self, grant: Grant) -> None:
-        return None
-
-    def apply(self, grant: Grant) -> GrantOutcome:
-        with self.lock:
-            marker = keys.grant(grant.channel_id.raw, grant.nonce)
-            user = self._user(grant.user_id) or (0, self.tip)
-            if self.store.get(marker) is not None:
-                return GrantOutcome(
-                    grant.user_id, grant.dialect, user[0], self.tip, user[1], applied_now=False
-                )
-            slots = min(U32_MAX, user[0] + grant.slots)
-            expiry = max(user[1], self.tip) + grant.duration
-            batch = Batch()
-            batch.put(b"T" + grant.user_id.raw, slots.to_bytes(4, "big") + expiry.to_bytes(4, "big"))
-            batch.put(marker, b"")
-            self.store.commit(batch, sync=True)
-            return GrantOutcome(grant.user_id, grant.dialect, slots, self.tip, expiry, applied_now=True)

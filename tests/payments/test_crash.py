@@ -12,12 +12,13 @@ from pathlib import Path
 from teos.payments.config import PaymentConfig
 from teos.payments.handler import PaymentHandler
 from teos.payments.income import FixedPrice
+from teos.payments.ledger import GatekeeperLedger
 from teos.payments.store import ChannelStore
 from teos.storage import keys
 from teos.storage.atomic import LevelDBAtomicStore
 from teos.storage.store import Store
-from tests.payments.crash_child import PRICE, SLOTS
-from tests.payments.support import TOWER_KEY, FakeChain, StoreLedger, make_params, user_id
+from tests.payments.crash_child import PRICE, SLOTS, gatekeeper
+from tests.payments.support import TOWER_KEY, FakeChain, make_params, user_id
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,7 +53,8 @@ def test_kill_9_after_acknowledged_payments(tmp_path: Path) -> None:
     try:
         params = make_params(value=10_000_000, expiry=1_100)
         channels = ChannelStore(LevelDBAtomicStore(store))
-        ledger = StoreLedger(store)
+        gk = gatekeeper(store)
+        ledger = GatekeeperLedger(gk)
         snap = channels.get(params.channel_id)
         assert snap is not None
         nonce = snap.state.nonce
@@ -65,8 +67,9 @@ def test_kill_9_after_acknowledged_payments(tmp_path: Path) -> None:
         handler.reconcile()
         markers = [k for k, _ in store.iterate(keys.grants_of_channel(params.channel_id.raw))]
         assert markers == [keys.grant(params.channel_id.raw, n) for n in range(1, nonce + 1)]
-        user = ledger._user(user_id(0))
-        assert user is not None and user[0] == nonce * SLOTS  # every payment granted exactly once
+        user = gk.get_user(user_id(0))
+        assert user is not None and user.available_slots == nonce * SLOTS  # every payment granted once
+        assert user.subscription_expiry == 100 + nonce * 10
         assert handler.reconcile() == 0
     finally:
         store.close()

@@ -28,7 +28,7 @@ def test_the_document_shows_the_computed_examples() -> None:
     assert set(in_doc) == set(expected)
     for name, value in expected.items():
         assert in_doc[name] == value, (
-            f"example {name} is stale: run python -m tests.payments.doc_examples --write"
+            f"example {name} is stale: run python -m tests.payments.doc_examples --write docs/PAYMENTS.md"
         )
 
 

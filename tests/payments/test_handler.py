@@ -433,3 +433,18 @@ def test_a_repeat_is_answered_even_after_the_claim_froze_the_channel() -> None:
     again = w.handler.pay(request)
     assert again.replayed and again.outcome.available_slots == SLOTS
     assert w.ledger.applied == {(w.params.channel_id, 1): 1}
+
+
+def test_a_new_user_on_a_full_tower_is_refused_before_anything_is_charged() -> None:
+    """The Gatekeeper refuses a new user when the tower is at ``maxusers`` or in its reserve
+    (RESOURCE_EXHAUSTED): the payment is refused as ``tower_full``, and the channel does not move."""
+    w = make_world()
+
+    def full(grant: object) -> None:
+        raise TeosError(ErrorKind.RESOURCE_EXHAUSTED, "not accepting new users (user limit reached)")
+
+    w.ledger.check = full  # type: ignore[method-assign]
+    before = w.snapshot()
+    error = refused(Refusal.TOWER_FULL, lambda: w.handler.pay(w.pay(1, PRICE)))
+    assert "user limit" in error.message
+    assert w.snapshot() == before and w.ledger.applied == {}

@@ -1,0 +1,3 @@
+from tests.daemon.conftest import teosd_factory
+
+__all__ = ["teosd_factory"]
