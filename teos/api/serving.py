@@ -221,8 +221,12 @@ class GuardedApp:
         except _Refusal as r:
             self._refuse(scope, protocol, started, r.status, r.kind, r.message)
             return
-        except (OSError, RuntimeError) as e:  # the client went away (RSGIProtocolClosed) mid-body
+        except (OSError, RuntimeError) as e:  # the body ended before its declared end (RSGIProtocolClosed)
+            # The client may have closed only its sending half and still read: it gets a 400, never the
+            # empty 500 granian sends for an app that answered nothing. One that is gone hears nothing.
             log.debug("request body abandoned: %s", type(e).__name__)
+            self._refuse(scope, protocol, started, 400, ErrorKind.INVALID_REQUEST_FORMAT,
+                         "Bad Request: the body ended before its declared length")
             return
         limit = self.settings.per_address
         if limit is not None and self._in_progress.get(key, 0) >= limit:
@@ -402,7 +406,7 @@ class GuardedApp:
         self.refused += 1
         body = json.dumps(error_body(kind, message, guess_dialect(scope.headers.get("user-agent")))).encode()
         headers = [("content-type", "application/json")]
-        if status in (408, 413):  # the body is unfinished or unread: the connection cannot go on
+        if status in (400, 408, 413):  # the body may be unfinished or unread: the connection cannot go on
             headers.append(("connection", "close"))
         if status == 503:  # a keep-alive client may retry on the same connection (no reconnect churn)
             headers.append(("retry-after", "1"))
