@@ -239,7 +239,7 @@ def populate_big_user(tower: Tower, n: int) -> bytes:
     from teos.storage import keys
     from teos.storage.codec import AppointmentRecord, UserRecord
     from teos.storage.store import Batch, Store
-    from teos.storage.watched import put_watched
+    from tests.support.fakes import seed_user
 
     secret = crypto.generate_secret_key()
     user_id = crypto.public_key(secret)
@@ -249,29 +249,15 @@ def populate_big_user(tower: Tower, n: int) -> bytes:
     try:
         batch = Batch()
         batch.put(keys.META_NETWORK, b"regtest")
-        user = UserRecord(user_id, Dialect.PYTHON, 10_000_000, tip, tip + 4320)
-        batch.put(keys.user(user_id), user.encode())
         batch.put(keys.expiry(tip + 4320 + 6, user_id), b"")
+        store.commit(batch)
         signature = crypto.sign(b"x", secret)
+        records = []
         for _i in range(n):
             locator = Locator(os.urandom(16))
-            record = AppointmentRecord(
-                compute_uuid(locator, user_id),
-                locator,
-                os.urandom(100),
-                20,
-                user_id,
-                signature,
-                tip,
-                Dialect.PYTHON,
-            )
-            put_watched(batch, record)
-            batch.put(keys.user_appointment(user_id, record.uuid), locator.raw)
-            if len(batch) >= 30000:
-                store.commit(batch)
-                batch = Batch()
-        batch.put(keys.META_N_APPOINTMENTS, n.to_bytes(8, "big"))
-        store.commit(batch)
+            records.append(AppointmentRecord(compute_uuid(locator, user_id), locator, os.urandom(100), 20,
+                                             user_id, signature, tip, Dialect.PYTHON))  # fmt: skip
+        seed_user(store, UserRecord(user_id, Dialect.PYTHON, 10_000_000, tip, tip + 4320), records)
     finally:
         store.close()
     return secret

@@ -3,10 +3,9 @@
 The probe is a Flask app doing the real work of ``add_appointment`` with none of the tower's logic around
 it: JSON parsing, hex decoding, ECDSA public-key recovery, the uuid, a synced LevelDB write through the
 Store's group commit, a signed receipt and a JSON answer. Each server runs in its own process (a
-subprocess of this script), the load comes from ``bench/loadgen.py``. On a 2-core machine the client
-processes compete with the server for the CPU, so the absolute figures are lower than with wrk.
+subprocess of this script); the load comes from wrk through ``bench/loadgen.py``.
 
-    .venv/bin/python bench/load_servers.py [--appointments N] [--servers waitress,granian,gunicorn,cheroot]
+    .venv/bin/python bench/load_servers.py [--seconds 10] [--servers waitress,granian,gunicorn,cheroot]
 
 (cheroot is not a requirement of the project: ``pip install cheroot`` into .venv to include it.)
 
@@ -31,7 +30,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.loadgen import run_load
+from bench.loadgen import prepare, run_wrk
+from common.types import Dialect
 from teos.devtools import free_port, wait_until
 
 SERVERS = ("waitress", "granian", "cheroot", "gunicorn", "werkzeug")
@@ -140,9 +140,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--servers", default="waitress,granian,gunicorn")
-    parser.add_argument("--appointments", type=int, default=8000)
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--users", type=int, default=40)
     parser.add_argument("--server-threads", type=int, default=16)
     parser.add_argument("serve", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -158,8 +158,10 @@ def main() -> None:
                                      kind, str(port), tmp + "/db"])
             try:
                 wait_until(functools.partial(_listening, port), 20, f"the {kind} server on port {port}")
-                result = run_load(f"http://127.0.0.1:{port}", processes=args.processes, threads=args.threads,
-                                  appointments=args.appointments)
+                url = f"http://127.0.0.1:{port}"
+                bodies = prepare(url, Path(tmp) / "bodies.txt", users=args.users,
+                                 bodies=int(args.seconds * 5000), blob_size=200, dialect=Dialect.RUST)
+                result = run_wrk(url, bodies, connections=args.connections, seconds=args.seconds)
                 print(result.line(kind), flush=True)
                 summary[kind] = round(result.rate)
             finally:

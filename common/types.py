@@ -7,9 +7,10 @@ hashable and orders by its bytes (so sorted lookups in LevelDB are cheap).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import ClassVar, Self
+from typing import ClassVar, Self, overload
 
 
 class Dialect(Enum):
@@ -126,3 +127,78 @@ class Txid(_FixedBytes):
 @dataclass(frozen=True, order=True, slots=True, repr=False)
 class BlockHash(Txid):
     """A block hash; same byte-order conventions as Txid."""
+
+
+class Txids(Sequence[Txid]):
+    """A block's txids, held as one bytes object: 32 bytes each in internal order, the last txid first (the
+    whole list's hex decoded and reversed at once). A ``Txid`` is made only for the txids asked for; the
+    Watcher slices locators from ``raw_txids()`` directly. A 4000-tx block from bitcoind is then parsed in
+    well under a millisecond, where 4000 ``Txid`` objects cost one or two."""
+
+    __slots__ = ("_reversed",)
+
+    def __init__(self, reversed_raw: bytes) -> None:
+        if len(reversed_raw) % 32:
+            raise ValueError("txids are 32 bytes each")
+        self._reversed = reversed_raw
+
+    @classmethod
+    def from_hex(cls, values: Sequence[str]) -> Txids:
+        """The txids of ``values`` (display-order hex, as bitcoind sends them); ValueError like
+        ``Txid.from_hex`` on any bad one."""
+        try:
+            joined = "".join(values)
+        except TypeError:
+            raise ValueError("Txid must be 64 hex characters") from None
+        if values and set(map(len, values)) != {64}:
+            raise ValueError("Txid must be 64 hex characters")
+        raw = bytes.fromhex(joined)
+        if len(raw) != 32 * len(values):  # fromhex skips whitespace
+            raise ValueError("Txid must be 64 hex characters")
+        return cls(raw[::-1])
+
+    @classmethod
+    def from_raw(cls, txids: Iterable[bytes]) -> Txids:
+        """From each txid's 32 bytes in internal order (``Txid.raw``)."""
+        return cls(b"".join(reversed(list(txids))))
+
+    def raw_txids(self) -> list[bytes]:
+        """Each txid's 32 bytes in internal order, in block order."""
+        raw = self._reversed
+        return [raw[end - 32 : end] for end in range(len(raw), 0, -32)]
+
+    def __len__(self) -> int:
+        return len(self._reversed) // 32
+
+    @overload
+    def __getitem__(self, i: int) -> Txid: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> tuple[Txid, ...]: ...
+
+    def __getitem__(self, i: int | slice) -> Txid | tuple[Txid, ...]:
+        if isinstance(i, slice):
+            return tuple(self)[i]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("txid index out of range")
+        end = len(self._reversed) - 32 * i
+        return Txid(self._reversed[end - 32 : end])
+
+    def __iter__(self) -> Iterator[Txid]:
+        return map(Txid, self.raw_txids())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Txids):
+            return self._reversed == other._reversed
+        if isinstance(other, tuple | list):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._reversed)
+
+    def __repr__(self) -> str:
+        return f"Txids({len(self)} txids)"

@@ -3,16 +3,17 @@
 Each part receives, through its constructor, only the narrow seams it uses (small Protocols, see
 ``teos.interfaces`` and each part's module); nothing reaches through another part. Order of ``start``:
 logging -> store (``<datadir>/<network>/db``, LevelDB; its network checked) -> tower key -> bitcoind client
--> the tip (``ChainTip``, shared by both sides) -> Gatekeeper -> a paid tower's payments
-(``build_payments``, only when ``paymentprice`` is above 0) -> the chain side (``build_chain_side``:
-Watcher, Responder, monitor, engine, and the claims as the engine's last step; its start-up checks
-bitcoind's network and pruning) -> the grants a crash left unapplied (``PaymentsSide.reconcile``) ->
-TowerCore and its worker channel (``teos.api.ipc.CoreServer``, with the payment ops) -> admin API -> API
-workers (granian). Stopping goes
-the other way: granian stops accepting and each worker finishes the requests in hand (each request's
-write is either synced or not started, never partial), then the worker channel closes, then the chain
-side stops and joins its threads (a block's effects are one atomic batch), then the store is closed.
-SIGTERM and SIGINT trigger that and teosd exits 0; a second signal during shutdown changes nothing.
+-> the tip (``ChainTip``, shared by both sides) -> an older database's layout migrated
+(``teos.storage.migrate``) -> the locator index (``teos.storage.index``: loaded, or built once on an older
+database) -> Gatekeeper -> a paid tower's payments (``build_payments``, only when ``paymentprice`` is above
+0) -> the chain side (``build_chain_side``: Watcher, Responder, monitor, engine, and the claims as the
+engine's last step; its start-up checks bitcoind's network and pruning) -> the grants a crash left
+unapplied (``PaymentsSide.reconcile``) -> TowerCore and its worker channel (``teos.api.ipc.CoreServer``,
+with the payment ops) -> admin API -> API workers (granian). Stopping goes the other way: granian stops
+accepting and each worker finishes the requests in hand (each request's write is either synced or not
+started, never partial), then the worker channel closes, then the chain side stops and joins its threads (a
+block's effects are one atomic batch), then the index folds its journal, then the store is closed. SIGTERM
+and SIGINT trigger that and teosd exits 0; a second signal during shutdown changes nothing.
 
 Serving: the public API runs in ``--apiworkers`` processes (one per core by default) under granian, a
 production server (HTTP in Rust, Flask in threads behind teos.api.serving). Each worker parses and validates
@@ -99,6 +100,8 @@ from teos.responder.responder import Responder
 from teos.service import DEFAULT_MAX_BLOB_BYTES, TowerCore
 from teos.storage import keys
 from teos.storage.atomic import LevelDBAtomicStore
+from teos.storage.index import LocatorIndex
+from teos.storage.migrate import MigrationError, migrate
 from teos.storage.store import Batch, StorageError, Store
 from teos.towerkey import load_or_create_key
 from teos.watcher.locator_cache import LocatorCache
@@ -215,6 +218,7 @@ def build_chain_side(
     bitcoind: Bitcoind,
     tip: ChainTip,
     ledger: SlotLedger,
+    index: LocatorIndex,
     listeners: Sequence[BlockListener] = (),
     metrics: ChainMetrics | None = None,
     claims: ClaimsStep | None = None,
@@ -223,9 +227,9 @@ def build_chain_side(
     monitor feeding the engine's inbox, one record of recent blocks for both, the tip for everyone."""
     counters: ChainMetrics = metrics if metrics is not None else NoMetrics()
     cache = LocatorCache(config.locator_cache_size)
-    watcher = Watcher(store, cache, decode_penalty)
+    watcher = Watcher(store, cache, decode_penalty, index)
     responder = Responder(
-        store, Carrier(bitcoind), config.rebroadcast_after, config.irrevocable_confirmations
+        store, Carrier(bitcoind), config.rebroadcast_after, config.irrevocable_confirmations, index
     )
     recent = RecentBlocks(bitcoind, config.recent_blocks)
     inbox = Inbox(config.max_pending_blocks)
@@ -234,7 +238,7 @@ def build_chain_side(
         retry_max_delay=config.retry_max_delay, recent=recent,
     )  # fmt: skip
     pointer = PointerStore(store, config.recent_blocks)
-    progress = Progress(tip, monitor, store, counters)
+    progress = Progress(tip, monitor, index, counters)
     startup = Startup(
         StartupConfig(config.btc_network, config.startup_retry),
         bitcoind, bitcoind, pointer, store, cache, tip,
@@ -309,6 +313,7 @@ class Daemon:
         self.bitcoind: BitcoindClient | None = None
         self.tip = ChainTip()
         self.metrics: Metrics | None = None
+        self.index: LocatorIndex | None = None
         self.gatekeeper: Gatekeeper | None = None
         self.chain: ChainSide | None = None
         self.payments: PaymentsSide | None = None
@@ -354,12 +359,18 @@ class Daemon:
             host=c.btc_rpc_connect, port=c.btc_rpc_port, user=c.btc_rpc_user, password=c.btc_rpc_password,
             cookie_file=None if c.btc_rpc_user else c.btc_rpc_cookie, timeout=c.btc_rpc_timeout,
         ))
+        try:
+            migrate(store)  # an older database's layout, once (logged); nothing else has read it yet
+        except MigrationError as e:
+            raise FatalError(f"{e} (database {c.db_path})") from e
+        index = self.index = LocatorIndex(store)
+        index.start()
         gatekeeper = self.gatekeeper = Gatekeeper(store, GatekeeperConfig(
             subscription_slots=c.subscription_slots, subscription_duration=c.subscription_duration,
             expiry_delta=c.expiry_delta, max_appointments=c.max_appointments,
             min_to_self_delay=c.min_to_self_delay, max_appointments_per_user=c.max_appointments_per_user,
             max_users=c.max_users, new_user_reserve=c.new_user_reserve, new_user_blocks=c.new_user_blocks,
-        ), self.tip)
+        ), self.tip, index)
         payments = None
         if c.payment.paid:
             payments = self.payments = build_payments(
@@ -374,7 +385,7 @@ class Daemon:
                 locator_cache_size=c.locator_cache_size, rebroadcast_after=c.rebroadcast_after,
                 startup_retry=RetryPolicy(initial_delay=0.5, max_delay=10.0, max_wait=c.btc_startup_timeout),
             ),
-            store, bitcoind, self.tip, gatekeeper, [gatekeeper], metrics,
+            store, bitcoind, self.tip, gatekeeper, index, [gatekeeper], metrics,
             payments.runner if payments is not None else None,
         )
         gatekeeper.start()
@@ -414,7 +425,7 @@ class Daemon:
                                      c.btc_network) if payments is not None else None,
         )  # fmt: skip
         self.server = self._make_server()
-        self._start_admin(store, chain, health, tower_id, metrics)
+        self._start_admin(store, chain, health, tower_id, metrics, index)
 
     def _payments_tip(self) -> int:
         """The height payments are checked against: the higher of the last block processed and bitcoind's
@@ -429,7 +440,13 @@ class Daemon:
         os.kill(os.getpid(), signal.SIGTERM)
 
     def _start_admin(
-        self, store: Store, chain: ChainSide, health: Health, tower_id: UserId, metrics: Metrics
+        self,
+        store: Store,
+        chain: ChainSide,
+        health: Health,
+        tower_id: UserId,
+        metrics: Metrics,
+        index: LocatorIndex,
     ) -> None:
         """The admin API (teos-cli, /metrics, /ready) on rpcbind:rpcport, behind the datadir's cookie."""
         from teos.admin import AdminServer, AdminServerError, StoreAdminBackend
@@ -445,7 +462,7 @@ class Daemon:
                                         lambda fn: chain.engine.call(fn, timeout=ADMIN_CLAIM_TIMEOUT))
         backend = StoreAdminBackend(
             store, status, tower_id,
-            stop_callback=lambda: os.kill(os.getpid(), signal.SIGTERM), payments=operator,
+            stop_callback=lambda: os.kill(os.getpid(), signal.SIGTERM), counts=index, payments=operator,
         )  # fmt: skip
         admin = AdminServer(backend, c.network_dir, host=c.rpc_bind, port=c.rpc_port, metrics=metrics,
                             client_timeout=c.client_timeout)
@@ -508,6 +525,8 @@ class Daemon:
             self.chain.stop()
         if self.gatekeeper is not None:
             self.gatekeeper.stop()
+        if self.index is not None:
+            self.index.stop()  # folds its journal: the next start reads snapshots only
         if self.bitcoind is not None:
             with contextlib.suppress(Exception):
                 self.bitcoind.close()

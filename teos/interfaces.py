@@ -13,19 +13,19 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from common.appointment import slots_for
-from common.types import BlockHash, Txid, UserId, Uuid
+from common.types import BlockHash, Locator, Txid, UserId
 from teos.storage.codec import AppointmentRecord
 from teos.storage.store import Batch
 
-# What a user gets back when appointments leave the tower: (uuid, slots) per user.
-SlotRefunds = dict[UserId, list[tuple[Uuid, int]]]
+# What a user gets back when appointments leave the tower: (locator, slots) per user.
+SlotRefunds = dict[UserId, list[tuple[Locator, int]]]
 
 
 def slot_refunds(appointments: Iterable[AppointmentRecord]) -> SlotRefunds:
     """The slots each appointment was charged, grouped by user (for ``SlotLedger.release``)."""
     out: SlotRefunds = {}
     for a in appointments:
-        out.setdefault(a.user_id, []).append((a.uuid, slots_for(len(a.encrypted_blob))))
+        out.setdefault(a.user_id, []).append((a.locator, slots_for(len(a.encrypted_blob))))
     return out
 
 
@@ -45,9 +45,9 @@ class Breach:
 class SlotLedger(Protocol):
     """What the engine needs from the Gatekeeper: giving slots back atomically with its own writes."""
 
-    def release(self, batch: Batch, released: Mapping[UserId, Sequence[tuple[Uuid, int]]]) -> None:
+    def release(self, batch: Batch, released: Mapping[UserId, Sequence[tuple[Locator, int]]]) -> None:
         """For every user in ``released`` that is still registered, deletes the user's index entries
-        (``i|user|uuid``) of the given uuids and adds their slot counts back to ``available_slots``;
+        (``h|usernum|locator``) of the given locators and adds their slot counts back to ``available_slots``;
         then commits ``batch`` together with those changes as one synced write. Takes the users'
         locks, so it never races a request of the same user. Used when trackers complete."""
         ...

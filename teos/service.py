@@ -37,12 +37,13 @@ from common.appointment import Appointment, compute_uuid
 from common.errors import ErrorKind, RequestError, TeosError
 from common.messages import GET_SUBSCRIPTION_INFO_MESSAGE, get_appointment_message
 from common.tx import TxDecodeError, decode_transaction
-from common.types import Dialect, Locator, Txid, UserId, Uuid
+from common.types import Dialect, Locator, Txid, UserId
 from teos.gatekeeper import Gatekeeper
 from teos.interfaces import ChainView, LateBreaches, TipView, Watching
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord, UserRecord
 from teos.storage.store import Store
+from teos.storage.watched import get_watched
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ NOT_ENOUGH_SLOTS = "Invalid signature or user does not have enough slots availab
 
 @dataclass(frozen=True)
 class Caller:
-    """A registered user who signed ``message`` (made only by ``TowerService.authenticate``)."""
+    """A registered user who signed ``message`` (made only by ``caller_of``: ``TowerService.authenticate``
+    and the add_appointment fast path)."""
 
     user: UserRecord
     message: bytes
@@ -110,7 +112,7 @@ class SubscriptionInfo:
 
     user: UserRecord
     locators: list[Locator]
-    next_page: Uuid | None = None
+    next_page: Locator | None = None  # the last locator of this page (pages are in locator order)
 
 
 class Core(Protocol):
@@ -129,8 +131,8 @@ class Core(Protocol):
     def get_subscription_info(self, user_id: UserId, limit: int | None = None) -> SubscriptionInfo: ...
 
     def subscription_page(
-        self, user_id: UserId, after: Uuid, limit: int
-    ) -> tuple[list[Locator], Uuid | None]:
+        self, user_id: UserId, after: Locator, limit: int
+    ) -> tuple[list[Locator], Locator | None]:
         ...
 
 
@@ -249,11 +251,11 @@ class TowerCore:
     def get_appointment(self, user_id: UserId, locator: Locator) -> AppointmentState:
         """The user's appointment at ``locator``: watched, or responded (its tracker). Raises
         APPOINTMENT_NOT_FOUND if the user holds none there."""
-        self._active_user(user_id, "User cannot be authenticated")
+        user = self._active_user(user_id, "User cannot be authenticated")
         uuid = compute_uuid(locator, user_id)
-        raw = self.store.get(keys.appointment(locator, uuid))
-        if raw is not None:
-            return AppointmentState(BEING_WATCHED, appointment=AppointmentRecord.decode(raw))
+        watched = get_watched(self.store, locator, user)
+        if watched is not None:
+            return AppointmentState(BEING_WATCHED, appointment=watched)
         raw = self.store.get(keys.tracker(uuid))
         if raw is not None:
             return AppointmentState(DISPUTE_RESPONDED, tracker=TrackerRecord.decode(raw))
@@ -270,11 +272,24 @@ class TowerCore:
         return SubscriptionInfo(user=user, locators=locators, next_page=next_page)
 
     def subscription_page(
-        self, user_id: UserId, after: Uuid, limit: int
-    ) -> tuple[list[Locator], Uuid | None]:
+        self, user_id: UserId, after: Locator, limit: int
+    ) -> tuple[list[Locator], Locator | None]:
         """The next page of the user's locators after ``after`` (the caller was authenticated for the
         first page; a user deleted meanwhile simply has no more)."""
         return self.gatekeeper.user_appointments_page(user_id, after, limit)
+
+
+def signer(message: bytes, signature: str) -> UserId | None:
+    """The key that signed ``message`` (Lightning's signmessage), or None for a bad signature."""
+    try:
+        return crypto.recover_public_key(message, signature)
+    except crypto.InvalidSignature:
+        return None
+
+
+def caller_of(user: UserRecord | None, message: bytes, signature: str) -> Caller | None:
+    """The caller a registered signer makes (None for no user): ``TowerService.authenticate``'s end."""
+    return None if user is None else Caller(user=user, message=message, signature=signature)
 
 
 class TowerService:
@@ -318,14 +333,9 @@ class TowerService:
 
     def authenticate(self, message: bytes, signature: str) -> Caller | None:
         """The registered user who signed ``message``, or None (bad signature or unknown signer)."""
-        try:
-            user_id = crypto.recover_public_key(message, signature)
-        except crypto.InvalidSignature:
-            return None
-        user = self.core.user(user_id)
-        if user is None:
-            return None
-        return Caller(user=user, message=message, signature=signature)
+        user_id = signer(message, signature)
+        user = self.core.user(user_id) if user_id is not None else None
+        return caller_of(user, message, signature)
 
     def _check_caller(self, caller: Caller, message: bytes) -> None:
         if caller.message != message:
@@ -350,8 +360,18 @@ class TowerService:
         (see ``TowerCore.add_appointment`` for an appointment whose breach is already known)."""
         self._check_caller(caller, appointment.serialize())
         record, user = self.core.add_appointment(caller.user_id, caller.signature, appointment)
-        receipt = receipts.appointment_receipt(record.dialect, record.user_signature, record.start_block)
-        return AcceptedAppointment(record=record, user=user, signature=crypto.sign(receipt, self._secret_key))
+        return self.accepted(record, user)
+
+    def accepted(self, record: AppointmentRecord, user: UserRecord) -> AcceptedAppointment:
+        """An appointment the core stored, with its receipt signed."""
+        signature = self.receipt_signature(record.dialect, record.user_signature, record.start_block)
+        return AcceptedAppointment(record=record, user=user, signature=signature)
+
+    def receipt_signature(self, dialect: Dialect, user_signature: str, start_block: int) -> str:
+        """The tower's signature of an accepted appointment's receipt (also for ``AsyncFastAdd``, which
+        reaches the core itself)."""
+        receipt = receipts.appointment_receipt(dialect, user_signature, start_block)
+        return crypto.sign(receipt, self._secret_key)
 
     def get_appointment(self, caller: Caller, locator: Locator) -> AppointmentState:
         """The caller's appointment at ``locator``: watched, or responded (its tracker). Raises

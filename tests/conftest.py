@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from teos.storage.index import LocatorIndex
 from teos.storage.store import Store
 from tests.support.bitcoind import BitcoindHandle, bitcoin_core_required, make_handle
 
@@ -74,3 +75,14 @@ def store(tmp_path: Path) -> Iterator[Store]:
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture
+def index(store: Store) -> Iterator[LocatorIndex]:
+    """The locator index and counters over ``store``, started; stopped before the store closes."""
+    i = LocatorIndex(store)
+    i.start()
+    try:
+        yield i
+    finally:
+        i.stop()

@@ -18,11 +18,14 @@ engine stay in the main process, the single writer. A worker's ``RemoteCore`` as
 - Frames: a 4-byte big-endian length, then a ``marshal`` payload. Requests are ``(op, *args)``; answers are
   ``("ok", result)`` or ``("err", kind_name, message, is_request_error)`` (a payment refusal adds the
   name of its ``Refusal``). Only bytes, str, int, None, tuples and lists cross (records travel as their
-  storage encodings); ``marshal`` cannot build other objects, and the peer is authenticated anyway. A paid
-  tower adds the payment ops (``teos.payments.service.PaymentOps``) to the server's.
-- Connections: one per worker thread (kept for the thread's life); one server thread per connection,
-  which blocks in the use case (a synced group commit) exactly as an in-process HTTP thread would, so
-  concurrent requests still share one fsync.
+  storage encodings); ``marshal`` cannot build other objects, and the peer is authenticated anyway. An
+  ``add`` is answered with the start block and the user record only: the worker has the rest of the
+  appointment's record. A paid tower adds the payment ops (``teos.payments.service.PaymentOps``) to the
+  server's.
+- Connections: one per worker thread (kept for the thread's life), and the connections of a worker's
+  event loop (``AsyncCoreClient``, one per request in flight, up to the worker's thread count); one
+  server thread per connection, which blocks in the use case (a synced group commit) exactly as an
+  in-process HTTP thread would, so concurrent requests still share one fsync.
 
 A broken connection (teosd stopping, or gone) is answered as SERVICE_UNAVAILABLE, never a 500: the client
 may retry, and an ``add_appointment`` retried is an update of the same uuid, charged nothing twice.
@@ -30,6 +33,7 @@ may retry, and an ``add_appointment`` retried is an update of the same uuid, cha
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -41,12 +45,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from common.appointment import Appointment
+from common.appointment import Appointment, compute_uuid
 from common.channel_wire import PaymentError, Refusal
 from common.errors import ErrorKind, RequestError, TeosError
-from common.types import Dialect, Locator, UserId, Uuid
+from common.types import Dialect, Locator, UserId
 from teos.api.limits import Admission
 from teos.logutil import RateLimitedLog
 from teos.service import AppointmentState, Core, SubscriptionInfo
@@ -337,10 +341,10 @@ class CoreServer:
 
     def _add(
         self, user_id: bytes, signature: str, locator: bytes, blob: bytes, to_self_delay: int
-    ) -> tuple[bytes, bytes]:
+    ) -> tuple[int, bytes]:
         appointment = Appointment(Locator(locator), blob, to_self_delay)
         record, user = self.core.add_appointment(UserId(user_id), signature, appointment)
-        return record.encode(), user.encode()
+        return record.start_block, user.encode()  # the worker holds the rest of the record
 
     def _get(self, user_id: bytes, locator: bytes) -> tuple[str, bytes | None, bytes | None]:
         state = self.core.get_appointment(UserId(user_id), Locator(locator))
@@ -357,7 +361,7 @@ class CoreServer:
 
     def _page(self, user_id: bytes, after: bytes, limit: int) -> tuple[bytes, bytes | None]:
         page_limit = _page_limit(limit) or 1
-        locators, next_page = self.core.subscription_page(UserId(user_id), Uuid(after), page_limit)
+        locators, next_page = self.core.subscription_page(UserId(user_id), Locator(after), page_limit)
         return b"".join(locator.raw for locator in locators), None if next_page is None else next_page.raw
 
     def _admit(self, address: str) -> None:
@@ -422,16 +426,126 @@ class CoreClient:
         if answer is None:
             self._drop()
             raise TeosError(ErrorKind.SERVICE_UNAVAILABLE, "Service currently unavailable")
-        if answer[0] == "ok":
-            return answer[1]
-        if len(answer) == 5:
-            raise PaymentError(Refusal[answer[4]], answer[2])
-        _, kind_name, message, is_request_error = answer
-        kind = ErrorKind[kind_name]
-        raise RequestError(kind, message) if is_request_error else TeosError(kind, message)
+        return _result(answer)
 
     def close(self) -> None:
         self._drop()
+
+
+def _result(answer: Any) -> Any:
+    """An answer's result, or its error raised as it was raised in the main process."""
+    if answer[0] == "ok":
+        return answer[1]
+    if len(answer) == 5:
+        raise PaymentError(Refusal[answer[4]], answer[2])
+    _, kind_name, message, is_request_error = answer
+    kind = ErrorKind[kind_name]
+    raise RequestError(kind, message) if is_request_error else TeosError(kind, message)
+
+
+class _FrameProtocol(asyncio.Protocol):
+    """One connection of an ``AsyncCoreClient``: frames in, and the one answer awaited at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[bytes] | None = None
+        self.lost: BaseException | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is one without deriving from it
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) < _HEADER.size:
+            return
+        (size,) = _HEADER.unpack_from(self.buffer)
+        if size > MAX_ANSWER_BYTES:
+            self._fail(ChannelError(f"frame of {size} bytes over the limit of {MAX_ANSWER_BYTES}"))
+        elif len(self.buffer) >= _HEADER.size + size:
+            payload = bytes(self.buffer[_HEADER.size : _HEADER.size + size])
+            del self.buffer[: _HEADER.size + size]
+            waiter, self.waiter = self.waiter, None
+            if waiter is None or waiter.done() or self.buffer:
+                self._fail(ChannelError("an answer nobody asked for"))
+            else:
+                waiter.set_result(payload)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ChannelError("the main process closed the worker channel"))
+
+    def _fail(self, error: BaseException) -> None:
+        self.lost = error
+        if self.transport is not None:
+            self.transport.close()
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
+    def ask(self, frame: bytes) -> asyncio.Future[bytes]:
+        assert self.transport is not None and self.waiter is None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(frame)
+        return self.waiter
+
+
+class AsyncCoreClient:
+    """A worker's connections to the ``CoreServer`` for its event loop (the add_appointment fast path,
+    ``teos.api.fastpath.AsyncFastAdd``): a call borrows an idle connection, or opens one while fewer than
+    ``size`` are open (else it waits for one), sends its frame and awaits the answer; the loop serves other
+    requests meanwhile, with no thread handed the request and none waiting for it. Each connection carries
+    one request at a time, so the main process answers them on as many threads and they share its fsync.
+    A connection is a plain ``asyncio.Protocol`` that completes the awaited answer when its frame is in (the
+    streams' buffering and two reads per answer cost a worker more than the rest of the channel). Errors
+    are those of ``CoreClient.call``, and a call not answered within ``timeout`` seconds is one of them."""
+
+    def __init__(self, address: str, token: bytes, size: int, timeout: float = 120.0) -> None:
+        self.address = address
+        self.token = token
+        self.timeout = timeout
+        self._idle: list[_FrameProtocol] = []
+        self._slots = asyncio.Semaphore(size)
+
+    async def call(self, op: str, *args: Any) -> Any:
+        async with self._slots:
+            conn = None
+            while self._idle and conn is None:
+                conn = self._idle.pop()
+                if conn.lost is not None:  # closed while idle (the main process restarted its channel)
+                    conn = None
+            loop = asyncio.get_running_loop()
+            timer = None
+            try:
+                if conn is None:
+                    async with asyncio.timeout(self.timeout):
+                        _, conn = await loop.create_unix_connection(_FrameProtocol, self.address)
+                    assert conn.transport is not None
+                    conn.transport.write(self.token)
+                data = marshal.dumps((op, *args))
+                answer = conn.ask(_HEADER.pack(len(data)) + data)
+                timer = loop.call_later(self.timeout, _expire, answer)
+                result = marshal.loads(await answer)
+            except (OSError, EOFError, ValueError, TypeError, TimeoutError) as e:
+                if conn is not None:
+                    conn._fail(ChannelError("dropped"))
+                log.warning("the worker channel failed during %s: %r", op, e)
+                raise TeosError(ErrorKind.SERVICE_UNAVAILABLE, "Service currently unavailable") from None
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            self._idle.append(conn)
+        return _result(result)
+
+    def close(self) -> None:
+        for conn in self._idle:
+            if conn.transport is not None:
+                conn.transport.close()
+        self._idle.clear()
+
+
+def _expire(answer: asyncio.Future[bytes]) -> None:
+    if not answer.done():
+        answer.set_exception(TimeoutError("the main process did not answer in time"))
 
 
 class RemoteAdmission:
@@ -471,10 +585,18 @@ class RemoteCore:
         return user
 
     def user(self, user_id: UserId) -> UserRecord | None:
+        cached = self.cached_user(user_id)
+        if cached is not None:
+            return cached
+        return self.user_answer(user_id, self.client.call("user", user_id.raw))
+
+    def cached_user(self, user_id: UserId) -> UserRecord | None:
+        """The user as remembered, if still fresh (else None: ask the main process, ``user_answer``)."""
         cached = self._users.get(user_id)
-        if cached is not None and cached[1] > self.clock():
-            return cached[0]
-        raw = self.client.call("user", user_id.raw)
+        return cached[0] if cached is not None and cached[1] > self.clock() else None
+
+    def user_answer(self, user_id: UserId, raw: bytes | None) -> UserRecord | None:
+        """What the main process's answer to ``("user", user_id)`` says, remembered."""
         if raw is None:
             self._users.pop(user_id, None)
             return None
@@ -486,15 +608,39 @@ class RemoteCore:
     def add_appointment(
         self, user_id: UserId, signature: str, appointment: Appointment
     ) -> tuple[AppointmentRecord, UserRecord]:
-        record, user = self.client.call(
-            "add",
-            user_id.raw,
-            signature,
-            appointment.locator.raw,
-            appointment.encrypted_blob,
-            appointment.to_self_delay,
+        return self.add_answer(self.client.call(*self.add_request(user_id, signature, appointment)),
+                               user_id, signature, appointment)  # fmt: skip
+
+    @staticmethod
+    def add_request(user_id: UserId, signature: str, appointment: Appointment) -> tuple[Any, ...]:
+        """The ``add`` request (op and arguments) for the worker channel."""
+        return ("add", user_id.raw, signature, appointment.locator.raw, appointment.encrypted_blob,
+                appointment.to_self_delay)  # fmt: skip
+
+    def added(self, result: Any) -> tuple[int, UserRecord]:
+        """The start block and the user (remembered, with its new slots) of an ``add``'s answer."""
+        start_block, raw_user = result
+        if not isinstance(start_block, int):
+            raise TypeError("start block is not an int")
+        return start_block, self._remember(UserRecord.decode(raw_user))
+
+    def add_answer(
+        self, result: Any, user_id: UserId, signature: str, appointment: Appointment
+    ) -> tuple[AppointmentRecord, UserRecord]:
+        """The stored record and the user (remembered, with its new slots) from the main process's answer
+        to the ``add`` of ``appointment``: the start block and the user record (the worker has the rest)."""
+        start_block, user = self.added(result)
+        record = AppointmentRecord(
+            uuid=compute_uuid(appointment.locator, user_id),
+            locator=appointment.locator,
+            encrypted_blob=appointment.encrypted_blob,
+            to_self_delay=appointment.to_self_delay,
+            user_id=user_id,
+            user_signature=signature,
+            start_block=start_block,
+            dialect=user.dialect,
         )
-        return AppointmentRecord.decode(record), self._remember(UserRecord.decode(user))
+        return record, user
 
     def get_appointment(self, user_id: UserId, locator: Locator) -> AppointmentState:
         status, appointment, tracker = self.client.call("get", user_id.raw, locator.raw)
@@ -507,14 +653,14 @@ class RemoteCore:
     def get_subscription_info(self, user_id: UserId, limit: int | None = None) -> SubscriptionInfo:
         user, locators, next_page = self.client.call("info", user_id.raw, limit)
         return SubscriptionInfo(
-            UserRecord.decode(user), _locators(locators), None if next_page is None else Uuid(next_page)
+            UserRecord.decode(user), _locators(locators), None if next_page is None else Locator(next_page)
         )
 
     def subscription_page(
-        self, user_id: UserId, after: Uuid, limit: int
-    ) -> tuple[list[Locator], Uuid | None]:
+        self, user_id: UserId, after: Locator, limit: int
+    ) -> tuple[list[Locator], Locator | None]:
         locators, next_page = self.client.call("page", user_id.raw, after.raw, limit)
-        return _locators(locators), None if next_page is None else Uuid(next_page)
+        return _locators(locators), None if next_page is None else Locator(next_page)
 
 
 def _locators(raw: bytes) -> list[Locator]:

@@ -20,7 +20,10 @@ worker's event loop and uses a thread only for work that is ready:
    that the answer is an immediate 503 (``Retry-After: 1``), which costs next to nothing. Behind Tor or
    a reverse proxy every client has the proxy's address, so ``per_address`` is then off
    (``--behindproxy``);
-3. the Flask app, in a thread of a pool of ``threads``;
+3. the Flask app, in a thread of a pool of ``threads``; a POST ``/add_appointment``, nearly every request a
+   tower serves, first goes to ``fast`` (``teos.api.fastpath.AsyncFastAdd``: the same steps and the same
+   bytes without Flask and without a thread, on the event loop), which hands anything unusual back to
+   the app;
 4. the answer: small ones are handed to granian whole; an answer over ``STREAM_THRESHOLD`` bytes (a
    subscription with many appointments) is streamed, each chunk produced in the pool and written on the
    event loop, so a slow reader holds no thread; it must be read within ``RESPONSE_TIMEOUT``.
@@ -70,10 +73,18 @@ MAX_TRACKED_ADDRESSES = 100_000  # request-rate buckets kept per worker
 # bytes (a 104-character signature, a 66-character key, a 32-character locator), so a bigger body there
 # is refused before it is read or parsed. A paid tower's payment requests have their own, tighter limits.
 LARGE_BODY_PATHS = frozenset({"/add_appointment"})
+FAST_PATH = "/add_appointment"  # answered by ``GuardedApp.fast`` when it can (nearly every request)
 SMALL_BODY_BYTES = 4096
 PATH_BODY_LIMITS = {path: min(limit, SMALL_BODY_BYTES) for path, limit in PAYMENT_BODY_LIMITS.items()}
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class FastHandler(Protocol):
+    """Answers a POST ``/add_appointment`` from its body and headers without the Flask app, on the event
+    loop, or returns None to let the app answer (``teos.api.fastpath.AsyncFastAdd``)."""
+
+    async def __call__(self, body: bytes, user_agent: str | None, content_type: str | None) -> Any: ...
 
 
 class RequestObserver(Protocol):
@@ -165,8 +176,10 @@ class GuardedApp:
         settings: GuardSettings,
         observer: RequestObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        fast: FastHandler | None = None,
     ) -> None:
         self.app = wsgi_app
+        self.fast = fast
         self.settings = settings
         self.observer = observer
         self.clock = clock
@@ -208,8 +221,12 @@ class GuardedApp:
         except _Refusal as r:
             self._refuse(scope, protocol, started, r.status, r.kind, r.message)
             return
-        except (OSError, RuntimeError) as e:  # the client went away (RSGIProtocolClosed) mid-body
+        except (OSError, RuntimeError) as e:  # the body ended before its declared end (RSGIProtocolClosed)
+            # The client may have closed only its sending half and still read: it gets a 400, never the
+            # empty 500 granian sends for an app that answered nothing. One that is gone hears nothing.
             log.debug("request body abandoned: %s", type(e).__name__)
+            self._refuse(scope, protocol, started, 400, ErrorKind.INVALID_REQUEST_FORMAT,
+                         "Bad Request: the body ended before its declared length")
             return
         limit = self.settings.per_address
         if limit is not None and self._in_progress.get(key, 0) >= limit:
@@ -250,6 +267,12 @@ class GuardedApp:
         self._admitted += 1
         try:
             loop = asyncio.get_running_loop()
+            if self.fast is not None and scope.method == "POST" and scope.path == FAST_PATH:
+                headers = scope.headers
+                quick = await self.fast(body, headers.get("user-agent"), headers.get("content-type"))
+                if quick is not None:
+                    protocol.response_bytes(quick.status, quick.headers, quick.body)
+                    return
             answer = await loop.run_in_executor(self.pool, self._call, self._environ(scope, body))
             if answer.rest is None:
                 protocol.response_bytes(answer.status, answer.headers, b"".join(answer.chunks))
@@ -274,6 +297,14 @@ class GuardedApp:
                 raise _Refusal(413, ErrorKind.INVALID_REQUEST_FORMAT, "Request Entity Too Large")
             if length == 0:
                 return b""
+            try:  # framed by its declared length (hyper reads no more): taken whole, in one call
+                async with asyncio.timeout(self.settings.client_timeout):
+                    body: bytes = await protocol()
+            except TimeoutError:
+                raise _Refusal(408, ErrorKind.INVALID_REQUEST_FORMAT, "Request Timeout") from None
+            if len(body) > limit:
+                raise _Refusal(413, ErrorKind.INVALID_REQUEST_FORMAT, "Request Entity Too Large")
+            return body
         elif "transfer-encoding" not in scope.headers:
             return b""
         parts: list[bytes] = []
@@ -375,7 +406,7 @@ class GuardedApp:
         self.refused += 1
         body = json.dumps(error_body(kind, message, guess_dialect(scope.headers.get("user-agent")))).encode()
         headers = [("content-type", "application/json")]
-        if status in (408, 413):  # the body is unfinished or unread: the connection cannot go on
+        if status in (400, 408, 413):  # the body may be unfinished or unread: the connection cannot go on
             headers.append(("connection", "close"))
         if status == 503:  # a keep-alive client may retry on the same connection (no reconnect churn)
             headers.append(("retry-after", "1"))

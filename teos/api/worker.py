@@ -32,7 +32,16 @@ from pathlib import Path
 from flask import Flask
 
 from teos.api import create_app
-from teos.api.ipc import MAX_REQUEST_BYTES, CoreClient, Observation, RemoteAdmission, RemoteCore
+from teos.api.fastpath import AsyncFastAdd
+from teos.api.ipc import (
+    MAX_REQUEST_BYTES,
+    AsyncCoreClient,
+    CoreClient,
+    Observation,
+    RemoteAdmission,
+    RemoteCore,
+)
+from teos.api.public import SERVICE_KEY
 from teos.api.serving import GuardedApp, GuardSettings
 from teos.logs import setup_logging
 from teos.metrics import app_label, endpoint_label, instrument, method_label, refusal_label
@@ -210,7 +219,11 @@ def build_guarded_app(settings: WorkerSettings) -> GuardedApp:
         settings.threads, settings.client_timeout, settings.max_body_bytes, settings.behind_proxy,
         settings.requests_per_second,
     )
-    return GuardedApp(app.wsgi_app, guard, observer=metrics)
+    service: TowerService = app.extensions[SERVICE_KEY]
+    assert isinstance(service.core, RemoteCore)
+    channel = AsyncCoreClient(settings.address, settings.token, size=settings.threads)
+    fast = AsyncFastAdd(service, service.core, channel, metrics)
+    return GuardedApp(app.wsgi_app, guard, observer=metrics, fast=fast)
 
 
 def _build(settings: WorkerSettings) -> tuple[Flask, ForwardingMetrics]:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from common.types import BlockHash, Txid
+from common.types import BlockHash, Txid, Txids
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class Block:
     hash: BlockHash
     height: int
     prev_hash: BlockHash | None  # None only for the genesis block
-    txids: tuple[Txid, ...]
+    txids: Sequence[Txid]  # from bitcoind: a ``Txids``
 
 
 @dataclass(frozen=True)
@@ -319,7 +319,13 @@ class BitcoindClient:
         tx = member(method, data, "tx")
         if not isinstance(tx, list) or not tx:
             raise BitcoindUnreadable(method, "tx is not a list of txids", tx)
-        return Block(answered, height, prev, tuple(read_txid(method, t, "tx") for t in tx))
+        try:
+            txids = Txids.from_hex(tx)  # thousands: one bytes object, no Txid made
+        except ValueError:
+            for t in tx:
+                read_txid(method, t, "tx")  # names the first bad one
+            raise BitcoindUnreadable(method, "tx is not a list of txids", tx) from None
+        return Block(answered, height, prev, txids)
 
     def get_block_header(self, block_hash: BlockHash) -> BlockHeader:
         method = "getblockheader"

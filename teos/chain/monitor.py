@@ -6,11 +6,12 @@ best block and walks from the last block it emitted to that tip, one block at a 
 message, a dead socket or a burst of blocks never loses a block: the next wake-up (at the latest the next
 poll) finds them.
 
-Reorganisations are detected by hash, not by height: before connecting the block after our tip, the
-walker checks that our tip is still the best-chain block at its height (``getblockhash``); if not, it
-emits ``BlockDisconnected`` for our tip, steps back to its parent and checks again, until it reaches the
-fork point; then it emits ``BlockConnected`` for each block of the new branch. A new block whose
-``previousblockhash`` is not our tip (the chain moved while we walked) sends the walker back to that check.
+Reorganisations are detected by hash, not by height: the walker connects the best chain's block above our
+tip only if its ``previousblockhash`` is our tip (which proves our tip is still on the best chain). When
+it is not, or there is no block above our tip, the walker checks that our tip is still the best-chain block
+at its height (``getblockhash``); if not, it emits ``BlockDisconnected`` for our tip, steps back to its
+parent and checks again, until it reaches the fork point; then it emits ``BlockConnected`` for each block
+of the new branch.
 Parents come from the record of recent blocks the monitor shares with the engine (``teos.chain.recent``).
 
 The monitor puts each event on the queue of each consumer, in order (in the daemon its one consumer is
@@ -52,7 +53,7 @@ class BlockConnected:
     hash: BlockHash
     height: int
     prev_hash: BlockHash | None
-    txids: tuple[Txid, ...]
+    txids: Sequence[Txid]
 
     @classmethod
     def of(cls, block: Block) -> BlockConnected:
@@ -234,12 +235,14 @@ class ChainMonitor:
             tip = self._tip
             if tip.hash == best:
                 return
-            if not self._on_best_chain(tip):
-                self._disconnect_tip(tip)
-                continue
+            # The best chain's next block, if its parent is our tip, proves our tip is still on the best
+            # chain: one call fewer per block while catching up. Otherwise our tip is checked by hash.
             block = self._next_block(tip)
-            if block is None:  # our tip is bitcoind's tip at the moment, or the chain moved: look again
-                best = self._read_best()
+            if block is None:
+                if not self._on_best_chain(tip):
+                    self._disconnect_tip(tip)
+                    continue
+                best = self._read_best()  # our tip is bitcoind's tip at the moment, or the chain moved
                 if best == tip.hash:
                     return
                 continue
@@ -266,8 +269,7 @@ class ChainMonitor:
                 return None
             raise
         block = self._chain.get_block(next_hash)
-        if block.prev_hash != tip.hash:
-            log.info("chain moved while walking height=%d", block.height)
+        if block.prev_hash != tip.hash:  # the chain moved, or our tip left it: the caller checks which
             return None
         if block.height != tip.height + 1:
             raise BitcoindUnreadable("getblock", f"height {block.height} for the block after {tip.height}")

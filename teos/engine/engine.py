@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from common.tx import decode_transaction
-from common.types import BlockHash, Txid
+from common.types import BlockHash, Txid, Txids
 from teos.chain.bitcoind import TRANSIENT_ERRORS, RetryPolicy
 from teos.chain.monitor import BlockConnected, BlockDisconnected, ChainEvent, Stop
 from teos.chain.recent import BlockRef
@@ -234,6 +234,23 @@ class Inbox:
 
     def reopen(self) -> None:
         self._closed.clear()
+
+
+class _TxidSet:
+    """A block's txids for the Responder's membership tests, made a set only at the first test: most
+    blocks meet no tracker and no breach, and hashing 4000 txids costs more than the rest of that path."""
+
+    __slots__ = ("_set", "_txids")
+
+    def __init__(self, txids: Sequence[Txid]) -> None:
+        self._txids = txids
+        self._set: frozenset[bytes] | None = None
+
+    def __contains__(self, txid: object) -> bool:
+        if self._set is None:
+            t = self._txids
+            self._set = frozenset(t.raw_txids() if isinstance(t, Txids) else [x.raw for x in t])
+        return isinstance(txid, Txid) and txid.raw in self._set
 
 
 class Engine:
@@ -460,7 +477,7 @@ class Engine:
             # watchdog ends a tower that stays stuck here, and a restart walks from the stored pointer).
             raise RuntimeError(f"block {e.hash} does not extend the processed tip {pointer.hash}")
         batch = Batch()
-        txids = frozenset(e.txids)
+        txids = _TxidSet(e.txids)
         found = self._watcher.block_connected(e.hash, e.height, e.txids, batch)
         updated = self._responder.block_connected(e.hash, e.height, txids, batch)
         created = self._responder.handle_breaches(found.breaches, e.height, txids, batch)

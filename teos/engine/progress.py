@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from teos.chain.recent import BlockRef
-from teos.storage import keys
+from teos.storage.index import TRACKERS
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,10 @@ class BestSeen(Protocol):
     def seconds_since_tip_check(self) -> float | None: ...
 
 
-class KeyCounter(Protocol):
-    def count(self, prefix: bytes) -> int: ...
+class Counts(Protocol):
+    """The tower's counters (the locator index satisfies it): read in O(1), never by walking keys."""
+
+    def count(self, name: str) -> int: ...
 
 
 class BlockCounter(Protocol):
@@ -69,11 +71,11 @@ class Progress:
     """The status snapshot and the catch-up log (see the module docstring)."""
 
     def __init__(
-        self, tip: ProcessedTip, monitor: BestSeen, store: KeyCounter, counter: BlockCounter
+        self, tip: ProcessedTip, monitor: BestSeen, counts: Counts, counter: BlockCounter
     ) -> None:
         self._tip = tip
         self._monitor = monitor
-        self._store = store
+        self._counts = counts
         self._counter = counter
         self._catch_up: _CatchUp | None = None
 
@@ -88,7 +90,7 @@ class Progress:
             "tip_height_seen": seen,
             "watcher": dict(block),
             "responder": dict(block),
-            "n_trackers": self._store.count(keys.TRACKER),
+            "n_trackers": self._counts.count(TRACKERS),
             "catching_up": seen > processed,
             "blocks_behind": max(seen - processed, 0),
             "catch_up": self._catch_up_status(processed, seen),

@@ -1,17 +1,19 @@
 """The Gatekeeper: who may use the tower, and how much of it.
 
-It owns the users' subscriptions (``u|``), their appointment index (``i|``), the expiry schedule (``x|``),
-the tower-wide count of stored appointments (``m|n_appointments``) and, on a paid tower, the markers of the
-payments whose registrations it added (``g|``, see ``apply_grant``). Every change of a user's state is a
-read-modify-write of the user record under that user's lock, committed as ONE synced batch together with
+It owns the users' subscriptions (``u|``) and numbers (``r|``), their appointment index (``h|``) and its
+size per user (``n|``), the expiry schedule (``x|``), on a paid tower the markers of the payments whose
+registrations it added (``g|``, see ``apply_grant``), and the tower-wide counts of users and stored
+appointments (counters of ``teos.storage.index``, changed in the batch of the change they count). Every
+change of a user's state is a read-modify-write of the user record under that user's lock, committed as
+ONE synced batch together with
 the appointment it pays for; a request returns only once that batch is on disk.
 
 Locks: a fixed array of stripes chosen by the user id (bounded memory whatever the number of users).
 A user's stripe is held across the synced write, so the next request of the same user reads what the
 previous one wrote; requests of different users still share one fsync through the store's group commit.
 Operations over several users (``release``) take their stripes in index order, so they cannot deadlock.
-The appointment counter has its own small lock held only around ``Store.submit``, so counter values reach
-the disk in the order they were computed.
+The appointment cap is enforced on an in-memory count (with its own small lock) that includes the
+appointments being written, so concurrent requests cannot overshoot it.
 
 Slot rules: an appointment costs ``slots_for(len(blob))``; an update of the same uuid is charged or
 refunded the difference; a user never goes below zero. The slots of an appointment stay spent while the
@@ -39,9 +41,10 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from common import crypto
-from common.appointment import slots_for
+from common.appointment import compute_uuid, slots_for
 from common.channel import ChannelId
 from common.errors import ErrorKind, TeosError
 from common.types import BlockHash, Dialect, Locator, UserId, Uuid
@@ -49,8 +52,20 @@ from teos.interfaces import TipView
 from teos.payments.state import Grant
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, UserRecord
+from teos.storage.index import APPOINTMENTS, USERS
 from teos.storage.store import Batch, Store
-from teos.storage.watched import put_watched
+from teos.storage.watched import (
+    IndexJournal,
+    add_held,
+    delete_watched,
+    forget_number,
+    held,
+    holds,
+    is_watched,
+    number_user,
+    put_watched,
+    remove_held,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +79,7 @@ NOT_ENOUGH_SLOTS = "Invalid signature or user does not have enough slots availab
 class GatekeeperConfig:
     """Subscription policy.
 
-    ``max_appointments`` caps the appointments stored tower-wide (entries of the ``i|`` index, watched or
+    ``max_appointments`` caps the appointments stored tower-wide (entries of the ``h|`` index, watched or
     responded). The default of one million keeps the database near 1 GB with typical (< 1 KB) blobs;
     beyond it new appointments are refused with RESOURCE_EXHAUSTED rather than letting the disk fill
     (updates of existing appointments are still accepted).
@@ -99,6 +114,12 @@ class GatekeeperConfig:
         return self.max_appointments - self.max_appointments * self.new_user_reserve // 100
 
 
+class Tally(IndexJournal, Protocol):
+    """The locator index as the Gatekeeper uses it: changes staged in its batches, and the counts."""
+
+    def count(self, name: str) -> int: ...
+
+
 def wrong_dialect(user: UserRecord) -> TeosError:
     """A user registered in one dialect asked for (or paid for) a registration in the other."""
     return TeosError(
@@ -119,37 +140,30 @@ class Gatekeeper:
     Implements ``teos.interfaces.SlotLedger`` and ``BlockListener`` for the engine.
     """
 
-    def __init__(self, store: Store, config: GatekeeperConfig, chain: TipView) -> None:
+    def __init__(self, store: Store, config: GatekeeperConfig, chain: TipView, index: Tally) -> None:
         self.store = store
         self.config = config
         self.chain = chain
+        self.index = index
         self._stripes = [threading.Lock() for _ in range(N_STRIPES)]
         self._counter_lock = threading.Lock()
         self._n_appointments = 0
         self._n_users = 0
+        self._number_lock = threading.Lock()
+        self._next_usernum = 0
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Loads the appointment counter (counting the index once if the database predates it)."""
+        """Takes the appointment count from the index's counters (the index is started before) and the
+        next user number from ``m|next_usernum``."""
         if self._started:
             return
-        raw = self.store.get(keys.META_N_APPOINTMENTS)
-        if raw is not None and len(raw) == 8:
-            self._n_appointments = int.from_bytes(raw, "big")
-        else:
-            self._n_appointments = sum(1 for _ in self.store.iterate(keys.USER_APPOINTMENT))
-            log.info("appointment counter rebuilt n=%d", self._n_appointments)
-        raw = self.store.get(keys.META_N_USERS)
-        if raw is not None and len(raw) == 8:
-            self._n_users = int.from_bytes(raw, "big")
-        else:
-            self._n_users = self.store.count(keys.USER)
-            batch = Batch()
-            batch.put(keys.META_N_USERS, self._n_users.to_bytes(8, "big"))
-            self.store.commit(batch)
-            log.info("user counter rebuilt n=%d", self._n_users)
+        self._n_appointments = self.index.count(APPOINTMENTS)
+        self._n_users = self.index.count(USERS)
+        raw = self.store.get(keys.META_NEXT_USERNUM)
+        self._next_usernum = int.from_bytes(raw, "big") if raw is not None else 0
         self._started = True
 
     def stop(self) -> None:
@@ -190,17 +204,14 @@ class Gatekeeper:
         users_delta: int = 0,
         users_cap: int | None = None,
     ) -> None:
-        """Commits ``batch`` (synced); a change of the appointment or user counter is written in the
-        same batch.
+        """Commits ``batch`` (synced); a change of the appointment or user count is staged in the same
+        batch (the index's counters).
 
-        The counter lock is held only around ``submit`` so counter values reach the disk in order; the
-        wait for the fsync happens outside it. With ``cap`` (``users_cap``), the batch is refused
-        (RESOURCE_EXHAUSTED) if the appointment (user) counter would exceed it. If the write fails, the
-        in-memory change is undone.
+        With ``cap`` (``users_cap``), the batch is refused (RESOURCE_EXHAUSTED) if the appointment (user)
+        count, writes in progress included, would exceed it. If the write fails, the in-memory counts are
+        given back.
         """
-        if counter_delta == 0 and users_delta == 0:
-            ticket = self.store.submit(batch)
-        else:
+        if counter_delta or users_delta:
             with self._counter_lock:
                 if cap is not None and counter_delta > 0 and self._n_appointments + counter_delta > cap:
                     raise TeosError(
@@ -214,13 +225,9 @@ class Gatekeeper:
                     )
                 self._n_appointments += counter_delta
                 self._n_users += users_delta
-                if counter_delta:
-                    batch.put(keys.META_N_APPOINTMENTS, self._n_appointments.to_bytes(8, "big"))
-                if users_delta:
-                    batch.put(keys.META_N_USERS, self._n_users.to_bytes(8, "big"))
-                ticket = self.store.submit(batch)
+            self.index.stage(batch, counts={APPOINTMENTS: counter_delta, USERS: users_delta})
         try:
-            ticket.wait()
+            self.store.submit(batch).wait()
         except BaseException:
             if counter_delta or users_delta:
                 with self._counter_lock:
@@ -252,12 +259,16 @@ class Gatekeeper:
         if self.is_expired(user):
             raise subscription_expired(user)
 
-    def user_count(self, user_id: UserId) -> int:
-        """How many appointments (watched or responded) the user holds (its ``i|`` entries)."""
+    def user_count(self, user_id: UserId, usernum: int | None = None) -> int:
+        """How many appointments (watched or responded) the user holds (its ``h|`` entries); ``usernum``
+        saves a read where the caller has it."""
         raw = self.store.get(keys.user_count(user_id))
         if raw is not None and len(raw) == 4:
             return int.from_bytes(raw, "big")
-        return self.store.count(keys.user_appointments(user_id))  # a database from before ``n|``
+        if usernum is None:  # a database from before the count: its entries are counted once
+            user = self.get_user(user_id)
+            usernum = user.usernum if user is not None else None
+        return self.store.count(keys.user_appointments(usernum)) if usernum is not None else 0
 
     def is_new(self, user: UserRecord) -> bool:
         """Registered less than ``new_user_blocks`` blocks ago (first registration: top-ups keep it)."""
@@ -278,26 +289,28 @@ class Gatekeeper:
                             f"than {self.config.new_user_blocks} blocks ago")
 
     def user_appointments(self, user_id: UserId) -> list[tuple[Uuid, Locator]]:
-        """The user's appointments (watched or responded) as (uuid, locator), in uuid order."""
-        return [
-            (keys.uuid_of_user_appointment_key(k), Locator(v))
-            for k, v in self.store.iterate(keys.user_appointments(user_id))
-        ]
+        """The user's appointments (watched or responded) as (uuid, locator), in locator order."""
+        user = self.get_user(user_id)
+        if user is None or user.usernum is None:
+            return []
+        return [(compute_uuid(loc, user_id), loc) for loc in held(self.store, user.usernum)]
 
     def user_appointments_page(
-        self, user_id: UserId, after: Uuid | None, limit: int
-    ) -> tuple[list[Locator], Uuid | None]:
-        """Up to ``limit`` of the user's locators, in uuid order, from just after ``after`` (None: from the
-        start); and the uuid to continue from, or None when there are no more."""
-        prefix = keys.user_appointments(user_id)
-        start = prefix if after is None else keys.user_appointment(user_id, after) + b"\x00"
+        self, user_id: UserId, after: Locator | None, limit: int
+    ) -> tuple[list[Locator], Locator | None]:
+        """Up to ``limit`` of the user's locators, in locator order (the order of its ``h|`` keys), from
+        just after ``after`` (None: from the start); and the locator to continue after, or None when there
+        are no more."""
+        user = self.get_user(user_id)
+        if user is None or user.usernum is None:
+            return [], None
+        prefix = keys.user_appointments(user.usernum)
+        start = prefix if after is None else keys.user_appointment(user.usernum, after) + b"\x00"
         locators: list[Locator] = []
-        last: Uuid | None = None
-        for key, value in self.store.iterate_range(start, prefix + b"\xff" * (Uuid.SIZE + 1)):
+        for key, _ in self.store.iterate_range(start, prefix + b"\xff" * (Locator.SIZE + 1)):
             if len(locators) == limit:
-                return locators, last
-            locators.append(Locator(value))
-            last = keys.uuid_of_user_appointment_key(key)
+                return locators, locators[-1]
+            locators.append(keys.locator_of_user_appointment_key(key))
         return locators, None
 
     # -- registration ----------------------------------------------------------------------------
@@ -329,6 +342,7 @@ class Gatekeeper:
                     available_slots=cfg.subscription_slots,
                     subscription_start=tip,
                     subscription_expiry=tip + cfg.subscription_duration,
+                    usernum=-1,  # given below, once the record is known to fit
                 )
             else:
                 if old.dialect is not dialect:
@@ -341,9 +355,12 @@ class Gatekeeper:
                 batch.delete(keys.expiry(old.subscription_expiry + cfg.expiry_delta, user_id))
             if user.available_slots > U32_MAX or user.subscription_expiry + cfg.expiry_delta > U32_MAX:
                 raise TeosError(ErrorKind.RESOURCE_EXHAUSTED, "Subscription maximum slots count reached")
-            batch.put(keys.user(user_id), user.encode())
             batch.put(keys.expiry(user.subscription_expiry + cfg.expiry_delta, user_id), b"")
-            self._commit(batch, 0, users_delta=1 if old is None else 0, users_cap=cfg.max_users)
+            if old is None:
+                user = self._commit_new_user(batch, user)
+            else:
+                batch.put(keys.user(user_id), user.encode())
+                self._commit(batch, 0)
         log.debug(  # debug: registration is free, and one line each let anyone fill the log
             "user registered user_id=%s slots=%d expiry=%d new=%s",
             user_id,
@@ -351,6 +368,35 @@ class Gatekeeper:
             user.subscription_expiry,
             old is None,
         )
+        return user
+
+    def _commit_new_user(self, batch: Batch, user: UserRecord, *, capped: bool = True) -> UserRecord:
+        """Numbers a new user and commits its registration (refused if ``max_users`` are registered, unless
+        not ``capped``: a paid registration, checked before its payment, is never refused after it).
+        Numbers are handed out and written (``m|next_usernum``) under one lock held across
+        ``Store.submit``, so the stored next number never goes back and no number is given twice, even
+        across a crash; one lost with a failed write is skipped."""
+        cap = self.config.max_users
+        with self._counter_lock:
+            if capped and cap is not None and self._n_users + 1 > cap:
+                raise TeosError(
+                    ErrorKind.RESOURCE_EXHAUSTED, "The tower is not accepting new users (user limit reached)"
+                )
+            self._n_users += 1
+        self.index.stage(batch, counts={USERS: 1})
+        try:
+            with self._number_lock:
+                user = replace(user, usernum=self._next_usernum)
+                self._next_usernum += 1
+                batch.put(keys.user(user.user_id), user.encode())
+                number_user(batch, self._next_usernum - 1, user.user_id)
+                batch.put(keys.META_NEXT_USERNUM, self._next_usernum.to_bytes(8, "big"))
+                ticket = self.store.submit(batch)
+            ticket.wait()
+        except BaseException:
+            with self._counter_lock:
+                self._n_users -= 1
+            raise
         return user
 
     # -- paid registrations (teos.payments) ------------------------------------------------------
@@ -399,7 +445,7 @@ class Gatekeeper:
             batch = Batch()
             if old is None:
                 user = UserRecord(
-                    user_id, grant.dialect, min(U32_MAX, grant.slots), tip, tip + grant.duration
+                    user_id, grant.dialect, min(U32_MAX, grant.slots), tip, tip + grant.duration, usernum=-1
                 )
             else:
                 batch.delete(keys.expiry(old.subscription_expiry + cfg.expiry_delta, user_id))
@@ -410,11 +456,14 @@ class Gatekeeper:
                 )
             if user.subscription_expiry + cfg.expiry_delta > U32_MAX:
                 user = replace(user, subscription_expiry=U32_MAX - cfg.expiry_delta)
-            batch.put(keys.user(user_id), user.encode())
             batch.put(keys.expiry(user.subscription_expiry + cfg.expiry_delta, user_id), b"")
             batch.put(marker, b"")
-            # A new user is counted, never capped here: check_grant refused it before the payment if full.
-            self._commit(batch, 0, users_delta=1 if old is None else 0)
+            if old is None:
+                # Numbered and counted, never capped here: check_grant refused it before the payment if full.
+                user = self._commit_new_user(batch, user, capped=False)
+            else:
+                batch.put(keys.user(user_id), user.encode())
+                self._commit(batch, 0)
         log.info(
             "paid registration applied user_id=%s channel=%s nonce=%d registrations=%d slots=%d expiry=%d",
             user_id,
@@ -451,18 +500,18 @@ class Gatekeeper:
             if user is None:
                 raise TeosError(ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION, NOT_ENOUGH_SLOTS)
             self.check_active(user)
-            index_key = keys.user_appointment(user_id, record.uuid)
-            appointment_key = keys.appointment(record.locator, record.uuid)
-            is_new = self.store.get(index_key) is None
+            usernum = _number(user)
+            is_new = not holds(self.store, usernum, record.locator)
+            old_raw = self.store.get(keys.appointment(record.locator, usernum))
             old_slots = 0
             if not is_new:
-                old_raw = self.store.get(appointment_key)
                 if old_raw is None:
                     # Indexed but no longer watched: its penalty is being (or has been) tracked.
                     raise TeosError(
                         ErrorKind.ALREADY_TRIGGERED, "The provided appointment has already been triggered"
                     )
-                old_slots = slots_for(len(AppointmentRecord.decode(old_raw).encrypted_blob))
+                old_slots = slots_for(len(AppointmentRecord.decode_body(old_raw, record.locator, user_id)
+                                          .encrypted_blob))  # fmt: skip
             elif self.store.get(keys.tracker(record.uuid)) is not None:
                 raise TeosError(
                     ErrorKind.ALREADY_TRIGGERED, "The provided appointment has already been triggered"
@@ -470,27 +519,27 @@ class Gatekeeper:
             delta = slots_for(len(record.encrypted_blob)) - old_slots
             if delta > user.available_slots:
                 raise TeosError(ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION, NOT_ENOUGH_SLOTS)
-            held = self.user_count(user_id) if is_new else 0
+            n_held = self.user_count(user_id, usernum) if is_new else 0
             if is_new:
-                self._admit_new_appointment(user, held)
+                self._admit_new_appointment(user, n_held)
             user = replace(user, available_slots=min(U32_MAX, user.available_slots - delta))
             batch = Batch()
-            put_watched(batch, record)
+            put_watched(batch, record, usernum, self.index, new=old_raw is None)
             batch.put(keys.user(user_id), user.encode())
             if is_new:
-                batch.put(index_key, record.locator.raw)
-                batch.put(keys.user_count(user_id), (held + 1).to_bytes(4, "big"))
+                add_held(batch, usernum, record.locator)
+                batch.put(keys.user_count(user_id), (n_held + 1).to_bytes(4, "big"))
             self._commit(batch, 1 if is_new else 0, cap=self.config.max_appointments)
         return user
 
     # -- SlotLedger ------------------------------------------------------------------------------
 
-    def release(self, batch: Batch, released: Mapping[UserId, Sequence[tuple[Uuid, int]]]) -> None:
+    def release(self, batch: Batch, released: Mapping[UserId, Sequence[tuple[Locator, int]]]) -> None:
         """Gives back the slots of completed trackers and commits ``batch`` with it (see SlotLedger).
 
-        Only index entries that still exist are refunded, so a uuid released twice, or one whose user was
-        deleted (and perhaps registered again since), gives nothing back. If the appointment is still
-        stored (the engine drops an invalid one in ``batch``), the refund is what its stored blob was
+        Only index entries that still exist are refunded, so an appointment released twice, or one whose
+        user was deleted (and perhaps registered again since), gives nothing back. If the appointment is
+        still stored (the engine drops an invalid one in ``batch``), the refund is what its stored blob was
         charged, which differs from the engine's figure if the user updated it in the meantime.
         """
         users = list(released)
@@ -498,27 +547,27 @@ class Gatekeeper:
             removed = 0
             for user_id in users:
                 user = self.get_user(user_id)
-                if user is None:
+                if user is None or user.usernum is None:
                     continue
+                usernum = user.usernum
                 refund = 0
-                seen: set[Uuid] = set()
-                for uuid, slots in released[user_id]:
-                    index_key = keys.user_appointment(user_id, uuid)
-                    locator = self.store.get(index_key)
-                    if uuid in seen or locator is None:
+                seen: set[Locator] = set()
+                for locator, slots in released[user_id]:
+                    if locator in seen or not holds(self.store, usernum, locator):
                         continue
-                    seen.add(uuid)
-                    batch.delete(index_key)
-                    stored = self.store.get(keys.appointment(Locator(locator), uuid))
+                    seen.add(locator)
+                    remove_held(batch, usernum, locator)
+                    stored = self.store.get(keys.appointment(locator, usernum))
                     if stored is not None:
-                        slots = slots_for(len(AppointmentRecord.decode(stored).encrypted_blob))
+                        slots = slots_for(len(AppointmentRecord.decode_body(stored, locator, user_id)
+                                              .encrypted_blob))  # fmt: skip
                     refund += max(0, slots)
                     removed += 1
                 if seen:
                     user = replace(user, available_slots=min(U32_MAX, user.available_slots + refund))
                     batch.put(keys.user(user_id), user.encode())
-                    held = max(0, self.user_count(user_id) - len(seen))
-                    batch.put(keys.user_count(user_id), held.to_bytes(4, "big"))
+                    n_held = max(0, self.user_count(user_id, usernum) - len(seen))
+                    batch.put(keys.user_count(user_id), n_held.to_bytes(4, "big"))
             self._commit(batch, -removed)
 
     # -- BlockListener ---------------------------------------------------------------------------
@@ -545,12 +594,22 @@ class Gatekeeper:
             removed = 0
             deleted = False
             if user is not None and user.subscription_expiry + self.config.expiry_delta == deletion_height:
-                for key, value in self.store.iterate(keys.user_appointments(user_id)):
-                    batch.delete(key)
-                    batch.delete(keys.appointment(Locator(value), keys.uuid_of_user_appointment_key(key)))
+                usernum = _number(user)
+                for locator in held(self.store, usernum):
+                    remove_held(batch, usernum, locator)
+                    if is_watched(self.store, locator, usernum):  # else responded
+                        delete_watched(batch, locator, usernum, self.index)
                     removed += 1
                 batch.delete(keys.user(user_id))
+                forget_number(batch, usernum)
                 batch.delete(keys.user_count(user_id))
                 deleted = True
                 log.info("user expired and deleted user_id=%s appointments=%d", user_id, removed)
             self._commit(batch, -removed, users_delta=-1 if deleted else 0)
+
+
+def _number(user: UserRecord) -> int:
+    """The user's number (every stored user has one once the database is migrated)."""
+    if user.usernum is None:
+        raise TeosError(ErrorKind.UNEXPECTED, "user without a number: the database was not migrated")
+    return user.usernum

@@ -14,8 +14,8 @@ Per connected block, for every tracker (trackers are few: only breaches in fligh
   nothing of the penalty (its inputs were spent by something else): abandoned, logged, slots released.
 
 Per disconnected block: a penalty confirmed in it is unconfirmed and broadcast again; a tracker whose
-dispute transaction was in it is deleted and its appointment put back under watch (``a|`` entry) if the
-user's index entry (``i|``) still exists, so the dispute re-mined later triggers again.
+dispute transaction was in it is deleted and its appointment put back under watch (``w|`` entry) if the
+user's index entry (``h|``) still exists, so the dispute re-mined later triggers again.
 A tracker whose user's subscription lapses stays until it is resolved.
 
 Broadcasts bitcoind did not take because it did not answer are kept here and tried again
@@ -26,7 +26,7 @@ bitcoind answers or the tracker is gone; the rules above still rebroadcast every
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -35,8 +35,9 @@ from teos.chain.carrier import BroadcastResult, BroadcastStatus
 from teos.interfaces import Breach, SlotRefunds, slot_refunds
 from teos.storage import keys
 from teos.storage.codec import CodecError, TrackerRecord
+from teos.storage.index import TRACKERS
 from teos.storage.store import Batch
-from teos.storage.watched import put_watched
+from teos.storage.watched import IndexJournal, holds, is_watched, put_watched, usernum_of
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,11 @@ class Broadcaster(Protocol):
 
 
 class Responder:
-    """Turns breaches into trackers and follows them (see the module docstring)."""
+    """Turns breaches into trackers and follows them (see the module docstring).
+
+    The number of trackers is a counter of the locator index (``teos.storage.index``), staged in the batch
+    that creates or deletes a tracker; an appointment put back under watch goes back into the index.
+    """
 
     def __init__(
         self,
@@ -77,7 +82,9 @@ class Responder:
         carrier: Broadcaster,
         rebroadcast_after: int,
         irrevocable_confirmations: int,
+        index: IndexJournal,
     ) -> None:
+        self._index = index
         self._store = store
         self._carrier = carrier
         self.rebroadcast_after = rebroadcast_after
@@ -99,7 +106,7 @@ class Responder:
     # -- block effects (added to the engine's batch) ---------------------------------------------
 
     def handle_breaches(
-        self, breaches: Iterable[Breach], tip_height: int, block_txids: frozenset[Txid], batch: Batch
+        self, breaches: Iterable[Breach], tip_height: int, block_txids: Container[Txid], batch: Batch
     ) -> ResponderOutcome:
         """Turns breaches into trackers. ``block_txids`` are the txids of the block being processed
         (a penalty already mined next to its dispute is confirmed at once)."""
@@ -117,6 +124,8 @@ class Responder:
                 dispute_block=b.block_hash,
                 dispute_height=b.height,
             )
+            if self._store.get(keys.tracker(b.appointment.uuid)) is None:
+                self._index.stage(batch, counts={TRACKERS: 1})
             batch.put(keys.tracker(b.appointment.uuid), tracker.encode())
             if confirmed:
                 outcome.confirmed.append(tracker)
@@ -125,7 +134,7 @@ class Responder:
         return outcome
 
     def block_connected(
-        self, block_hash: BlockHash, height: int, txids: frozenset[Txid], batch: Batch
+        self, block_hash: BlockHash, height: int, txids: Container[Txid], batch: Batch
     ) -> ResponderOutcome:
         outcome = ResponderOutcome()
         for t in self.trackers():
@@ -139,7 +148,7 @@ class Responder:
             if t.confirmed_in is not None:
                 if height - t.confirmed_height + 1 >= self.irrevocable:
                     log.info("tracker completed uuid=%s penalty_txid=%s", t.uuid, t.penalty_txid)
-                    batch.delete(keys.tracker(t.uuid))
+                    self._delete(t, batch)
                     outcome.released.append(t)
                 continue
             if t.dispute_height and height - t.dispute_height + 1 >= self.irrevocable:
@@ -148,7 +157,7 @@ class Responder:
                         "tracker abandoned: penalty never confirmed uuid=%s penalty_txid=%s dispute_at=%d",
                         t.uuid, t.penalty_txid, t.dispute_height,
                     )  # fmt: skip
-                    batch.delete(keys.tracker(t.uuid))
+                    self._delete(t, batch)
                     outcome.released.append(t)
                     continue
             if height - t.broadcast_height >= self.rebroadcast_after:
@@ -170,14 +179,20 @@ class Responder:
                 outcome.to_broadcast.append(t)
         return outcome
 
-    def _back_under_watch(self, t: TrackerRecord, batch: Batch) -> None:
+    def _delete(self, t: TrackerRecord, batch: Batch) -> None:
         batch.delete(keys.tracker(t.uuid))
-        if self._store.get(keys.user_appointment(t.user_id, t.uuid)) is None:
+        self._index.stage(batch, counts={TRACKERS: -1})
+
+    def _back_under_watch(self, t: TrackerRecord, batch: Batch) -> None:
+        self._delete(t, batch)
+        usernum = usernum_of(self._store, t.user_id)
+        if usernum is None or not holds(self._store, usernum, t.locator):
             # The user was deleted (subscription over) while the penalty was tracked: nobody to watch for.
             log.info("dispute reorged out, user's appointment gone: dropped uuid=%s", t.uuid)
             return
         log.info("dispute reorged out: appointment back under watch uuid=%s locator=%s", t.uuid, t.locator)
-        put_watched(batch, t.appointment)
+        new = not is_watched(self._store, t.locator, usernum)
+        put_watched(batch, t.appointment, usernum, self._index, new=new)
 
     # -- broadcasting (after the batch is committed) ---------------------------------------------
 

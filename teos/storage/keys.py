@@ -2,30 +2,35 @@
 
 All data sits in one LevelDB database (one atomic batch can then cover a block's effects across
 appointments, trackers, users and the "last processed block" marker). Keys begin with a one-byte prefix;
-fixed-size parts follow, so prefix scans and ordering work on raw bytes. Heights are 4-byte big-endian so
-that they sort numerically.
+the parts that follow are fixed-size or self-delimiting, so prefix scans work on raw bytes. Heights are
+4-byte big-endian so that they sort numerically. A user is known by a *user number* (``usernum``: given
+at registration, never reused while the user exists, a LEB128 varint in keys: 2 bytes up to 16383 users,
+3 up to two million), which keys the per-appointment entries instead of the 33-byte user id.
 
-    a | locator(16) | uuid(20)       -> AppointmentRecord   appointments under watch, found by locator
-    l | locator(16)                  -> b""                 marker: some ``a|locator|*`` may exist. An exact
-                                                            key, so the Watcher's per-block lookups are
-                                                            point reads that LevelDB's bloom filter answers
-                                                            without touching disk for the (usual) misses.
-    u | user_id(33)                  -> UserRecord          registered users
-    i | user_id(33) | uuid(20)       -> locator(16)         a user's appointments (watched or responded),
+    w | locator(16) | usernum        -> appointment body    appointments under watch, found by locator
+                                                            (``AppointmentRecord.encode_body``: what the
+                                                            key and the user do not already say)
+    f | ...                          -> ...                 the locator index and the counters (users,
+                                                            appointments, trackers): snapshots and a journal
+                                                            of deltas, layout in ``teos.storage.index``
+    u | user_id(33)                  -> UserRecord          registered users (with their usernum)
+    r | usernum                      -> user_id(33)         who a user number is
+    n | user_id(33)                  -> u32 BE              how many ``h|`` entries the user has (written
+                                                            with them; absent in databases that predate
+                                                            it: they are then counted once)
+    h | usernum | locator(16)        -> b""                 a user's appointments (watched or responded),
                                                             until they complete or the user is deleted
     x | height(4) | user_id(33)      -> b""                 users whose data is deleted at this height
                                                             (subscription_expiry + expiry_delta)
     t | uuid(20)                     -> TrackerRecord       penalties the Responder is following
-    n | user_id(33)                  -> u32 BE              how many ``i|user_id|*`` entries the user has
-                                                            (written with them; absent in databases that
-                                                            predate it: the index is then counted once)
     m | name (ascii)                 -> bytes               metadata:
       m | tower_id                   -> 33 bytes            the tower's public key (its id; not secret)
       m | tower_key                  -> 32 bytes            legacy: the secret key, written before the key
                                                             file became its only home; migrated, then deleted
       m | network                    -> ascii               the chain the database was made for ("regtest")
-      m | n_appointments             -> u64 BE              number of ``i|`` entries (the Gatekeeper's)
-      m | n_users                    -> u64 BE              number of ``u|`` entries (the Gatekeeper's)
+      m | schema                     -> u8                  the layout version: 2 (1, or absent: the layout
+                                                            of ``teos.storage.migrate``, migrated at start)
+      m | next_usernum               -> u64 BE              the number the next new user gets
       m | last_block:watcher         -> hash(32)|height(4)  the last block the engine processed
       m | last_block:responder       -> hash(32)|height(4)  legacy: written by earlier versions, always
                                                             equal to the above; read only in its absence
@@ -44,15 +49,18 @@ that they sort numerically.
                                                             (see teos.payments.handler). Deleted with the
                                                             channel's record once it is forgotten.
 
-Every write of an ``a|`` entry goes through ``teos.storage.watched.put_watched``, which also writes the
-``l|`` marker. Markers are deleted only by the Watcher, when the locator's dispute appears in a block (an
-appointment added concurrently for that locator then finds the breach in the locator cache and is handled
-there). Markers of appointments that expired stay behind: a stale marker only costs one prefix seek when
-its locator's dispute is ever mined.
+Every read and write of ``w|`` and ``h|`` entries goes through ``teos.storage.watched``, which stages the
+changes of watched appointments in the locator index in the same batch. The Watcher asks the index (in
+memory, 4 bytes per appointment) which of a block's locators may be watched and seeks ``w|locator`` for
+those only; the Gatekeeper reads ``u|user_id`` per request; expiry walks ``x|`` up to the tip;
+``gettowerinfo`` and ``/metrics`` read the index's counters.
 
-Nothing is held in RAM per appointment: the Watcher asks for ``l|locator`` (then ``a|locator``) for each
-locator derived from a block's txids; the Gatekeeper reads ``u|user_id`` per request; expiry walks
-``x|`` up to the tip.
+Left by earlier versions: ``a | locator(16) | uuid(20) -> AppointmentRecord`` and ``i | user_id(33) |
+uuid(20) -> locator(16)``, moved to ``w|`` and ``h|`` by ``teos.storage.migrate`` at the first start (the
+layout took 570 bytes per appointment with a 250-byte blob; this one about 370); ``l | locator(16) -> b""``
+(a marker the Watcher read per locator) and ``m | n_appointments`` (the count of ``i|`` entries, now a
+counter), deleted when the locator index is first built; ``m | n_users`` (the count of ``u|`` entries,
+now a counter), deleted by the migration.
 """
 
 from __future__ import annotations
@@ -61,10 +69,12 @@ import struct
 
 from common.types import Locator, UserId, Uuid
 
-APPOINTMENT = b"a"
-LOCATOR_MARKER = b"l"
+APPOINTMENT = b"w"
+LOCATOR_MARKER = b"l"  # legacy (see above)
+INDEX = b"f"
 USER = b"u"
-USER_APPOINTMENT = b"i"
+USER_NUMBER = b"r"
+USER_APPOINTMENT = b"h"
 EXPIRY = b"x"
 TRACKER = b"t"
 USER_COUNT = b"n"
@@ -77,12 +87,12 @@ GRANT = b"g"
 # (see teos.towerkey), then deleted: the secret lives in the 0600 key file alone.
 META_TOWER_KEY = b"m" + b"tower_key"
 META_TOWER_ID = b"m" + b"tower_id"  # 33-byte compressed public key of the tower (its id), not secret
-# u64 BE: number of ``i|`` entries (appointments held for users, watched or responded); written only by
-# the Gatekeeper, in the same batches as the index changes.
-META_N_APPOINTMENTS = b"m" + b"n_appointments"
+META_N_APPOINTMENTS = b"m" + b"n_appointments"  # legacy (see above)
+META_N_USERS = b"m" + b"n_users"  # legacy (see above)
 META_NETWORK = b"m" + b"network"  # ascii chain name the database was created for ("regtest", ...)
-# u64 BE: number of ``u|`` entries (registered users); written only by the Gatekeeper, with them.
-META_N_USERS = b"m" + b"n_users"
+META_SCHEMA = b"m" + b"schema"  # u8: the layout version (see the module docstring)
+META_NEXT_USERNUM = b"m" + b"next_usernum"  # u64 BE: the number the next new user gets
+SCHEMA = 2
 
 _HEIGHT = struct.Struct(">I")
 
@@ -104,8 +114,35 @@ def meta_recent_block(height: int) -> bytes:
     return META_RECENT_BLOCKS + _HEIGHT.pack(height)
 
 
-def appointment(locator: Locator, uuid: Uuid) -> bytes:
-    return APPOINTMENT + locator.raw + uuid.raw
+def varint(value: int) -> bytes:
+    """LEB128: 7 bits a byte, low bits first; a set top bit means more bytes follow (self-delimiting, so
+    no number's encoding is a prefix of another's: ``h|usernum`` prefixes never overlap)."""
+    if value < 0:
+        raise ValueError("a varint is not negative")
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` and the position after it; ValueError if ``data`` ends inside it."""
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def appointment(locator: Locator, usernum: int) -> bytes:
+    return APPOINTMENT + locator.raw + varint(usernum)
 
 
 def appointments_by_locator(locator: Locator) -> bytes:
@@ -113,31 +150,44 @@ def appointments_by_locator(locator: Locator) -> bytes:
     return APPOINTMENT + locator.raw
 
 
-def locator_marker(locator: Locator | bytes) -> bytes:
-    """Exact key telling that appointments for ``locator`` (16 raw bytes) may be under watch."""
-    raw = locator.raw if isinstance(locator, Locator) else locator
-    return LOCATOR_MARKER + raw
+def parse_appointment(key: bytes) -> tuple[Locator, int]:
+    """(locator, usernum) of an ``w|`` key; ValueError if it is not one."""
+    usernum, end = read_varint(key, 17)
+    if end != len(key) or len(key) < 18:
+        raise ValueError("not an appointment key")
+    return Locator(key[1:17]), usernum
 
 
 def user(user_id: UserId) -> bytes:
     return USER + user_id.raw
 
 
+def user_number(usernum: int) -> bytes:
+    return USER_NUMBER + varint(usernum)
+
+
 def user_count(user_id: UserId) -> bytes:
     return USER_COUNT + user_id.raw
 
 
-def user_appointment(user_id: UserId, uuid: Uuid) -> bytes:
-    return USER_APPOINTMENT + user_id.raw + uuid.raw
+def usernum_of_user_number_key(key: bytes) -> int:
+    usernum, end = read_varint(key, 1)
+    if end != len(key):
+        raise ValueError("not a user number key")
+    return usernum
 
 
-def user_appointments(user_id: UserId) -> bytes:
+def user_appointment(usernum: int, locator: Locator) -> bytes:
+    return USER_APPOINTMENT + varint(usernum) + locator.raw
+
+
+def user_appointments(usernum: int) -> bytes:
     """Prefix of a user's appointment index."""
-    return USER_APPOINTMENT + user_id.raw
+    return USER_APPOINTMENT + varint(usernum)
 
 
-def uuid_of_user_appointment_key(key: bytes) -> Uuid:
-    return Uuid(key[1 + UserId.SIZE :])
+def locator_of_user_appointment_key(key: bytes) -> Locator:
+    return Locator(key[-16:])
 
 
 def expiry(height: int, user_id: UserId) -> bytes:
@@ -172,7 +222,3 @@ def grant(channel_id_raw: bytes, nonce: int) -> bytes:
 def grants_of_channel(channel_id_raw: bytes) -> bytes:
     """Prefix of every grant marker of one channel."""
     return GRANT + channel_id_raw
-
-
-def locator_uuid_of_appointment_key(key: bytes) -> tuple[Locator, Uuid]:
-    return Locator(key[1:17]), Uuid(key[17:37])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import plyvel
@@ -18,17 +18,30 @@ import plyvel
 log = logging.getLogger(__name__)
 
 
+# LevelDB's cache of uncompressed blocks (anonymous memory once filled). The Watcher reads LevelDB only for
+# the index's candidates, and the API reads a few keys per request; the OS's page cache holds the files.
+# 8 MiB instead of 32 keeps the tower within ~100 MB at ten million appointments.
+BLOCK_CACHE_BYTES = 8 << 20
+
+
 class StorageError(RuntimeError):
     """The database could not be opened or written."""
 
 
 class Batch:
-    """An ordered list of puts and deletes, applied atomically by ``Store.commit``."""
+    """An ordered list of puts and deletes, applied atomically by ``Store.commit``.
 
-    __slots__ = ("ops",)
+    ``after_commit(fn)`` registers what to do in memory once the batch is written (the locator index and
+    its counters, ``teos.storage.index``): ``Store`` calls each function, in order, after a successful
+    write and before ``commit`` (or ``Ticket.wait``) returns; a batch that fails, or that is never
+    committed, runs none of them.
+    """
+
+    __slots__ = ("_after", "ops")
 
     def __init__(self) -> None:
         self.ops: list[tuple[bytes, bytes | None]] = []
+        self._after: list[Callable[[], None]] = []
 
     def put(self, key: bytes, value: bytes) -> None:
         self.ops.append((key, value))
@@ -38,23 +51,52 @@ class Batch:
 
     def extend(self, other: Batch) -> None:
         self.ops.extend(other.ops)
+        self._after.extend(other._after)
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        self._after.append(fn)
+
+    def committed(self) -> None:
+        """Runs the ``after_commit`` functions (once); the store calls it after the write."""
+        after, self._after = self._after, []
+        for fn in after:
+            try:
+                fn()
+            except Exception:  # the write stands; what failed in memory is logged, never raised
+                log.exception("after-commit step failed")
 
     def __len__(self) -> int:
         return len(self.ops)
 
 
+class _Group:
+    """Batches written together by one synced LevelDB write. Its members wait on its own condition (on
+    the store's lock), so a finished write wakes only the callers it concerns, and one caller of the next
+    group to lead it."""
+
+    __slots__ = ("batches", "done", "error", "written")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.batches: list[Batch] = []
+        self.written = threading.Condition(lock)
+        self.done = False
+        self.error: BaseException | None = None
+
+
 class Ticket:
     """A batch queued with ``Store.submit``; ``wait()`` returns once it is on disk."""
 
-    __slots__ = ("_gen", "_store")
+    __slots__ = ("_batch", "_group", "_store")
 
-    def __init__(self, store: Store, gen: int) -> None:
+    def __init__(self, store: Store, group: _Group, batch: Batch) -> None:
         self._store = store
-        self._gen = gen
+        self._group = group
+        self._batch = batch
 
     def wait(self) -> None:
         """Blocks until the batch is synced; raises StorageError if its write failed."""
-        self._store._wait(self._gen)
+        self._store._wait(self._group)
+        self._batch.committed()
 
 
 class Store:
@@ -63,12 +105,10 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._db: plyvel.DB | None = None
-        self._cv = threading.Condition()
-        self._pending: list[Batch] = []
-        self._pending_gen = 1  # the group currently accepting batches
-        self._done_gen = 0  # the last group written (successfully or not)
-        self._writing = False
-        self._failed: dict[int, BaseException] = {}
+        self._lock = threading.Lock()
+        self._group = _Group(self._lock)  # the group accepting batches
+        self._writing = False  # a group is being written (by one of its callers, its leader)
+        self._idle = threading.Condition(self._lock)  # notified when a write ends (for close)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -78,15 +118,15 @@ class Store:
         self.path.mkdir(parents=True, exist_ok=True)
         try:
             self._db = plyvel.DB(
-                str(self.path), create_if_missing=True, bloom_filter_bits=10, lru_cache_size=32 << 20
+                str(self.path), create_if_missing=True, bloom_filter_bits=10, lru_cache_size=BLOCK_CACHE_BYTES
             )
         except plyvel.Error as e:  # e.g. another process holds the lock
             raise StorageError(f"cannot open database at {self.path}: {e}") from e
 
     def close(self) -> None:
-        with self._cv:
+        with self._lock:
             while self._writing:
-                self._cv.wait()
+                self._idle.wait()
             db, self._db = self._db, None
         if db is not None:
             db.close()
@@ -113,12 +153,18 @@ class Store:
         with self.db.iterator(start=start, stop=stop) as it:
             yield from it
 
-    def compact(self) -> None:
-        """Rewrites the whole database so that deleted and overwritten values leave its files (LevelDB
-        otherwise keeps them in its log and tables until it compacts them on its own). The bounds are
-        explicit: plyvel passes an empty range, not the whole database, when none is given. Every key
-        starts with an ASCII prefix (keys.py), so ``[b"", b"\\xff"]`` covers them all."""
-        self.db.compact_range(start=b"", stop=b"\xff")
+    def iterate_keys(self, prefix: bytes) -> Iterator[bytes]:
+        """Every key starting with ``prefix``, in key order (values are never read)."""
+        with self.db.iterator(prefix=prefix, include_value=False) as it:
+            yield from it
+
+    def compact(self, start: bytes = b"", stop: bytes = b"\xff") -> None:
+        """Rewrites the keys in [start, stop) (by default all: every key starts with an ASCII prefix,
+        keys.py) so that deleted and overwritten values leave its files (LevelDB otherwise keeps them in
+        its log and tables until it compacts them on its own): benchmarks measure a settled database, and
+        a migration gives back the space of what it deleted. The bounds are explicit: plyvel passes an
+        empty range, not the whole database, when none is given."""
+        self.db.compact_range(start=start, stop=stop)
 
     def count(self, prefix: bytes) -> int:
         """Number of keys starting with ``prefix`` (walks keys only, never values)."""
@@ -158,6 +204,7 @@ class Store:
         """
         if not sync:
             self._write([batch], sync=False)
+            batch.committed()
             return
         self.submit(batch).wait()
 
@@ -167,39 +214,36 @@ class Store:
         Batches are written in the order they were submitted, so a caller that must order its writes
         (e.g. a counter) holds its own lock only around ``submit`` and calls ``Ticket.wait`` outside it.
         """
-        with self._cv:
-            self._pending.append(batch)
-            return Ticket(self, self._pending_gen)
+        with self._lock:
+            group = self._group
+            group.batches.append(batch)
+            return Ticket(self, group, batch)
 
-    def _wait(self, gen: int) -> None:
-        with self._cv:
-            while self._done_gen < gen:
+    def _wait(self, group: _Group) -> None:
+        """Returns once ``group`` is written. The first of its callers to find no write going on leads it:
+        it takes the group (later batches start the next one), writes it synced, and wakes the group's
+        other callers and one caller of the next group, who leads that one."""
+        with self._lock:
+            while not group.done:
                 if self._writing:
-                    self._cv.wait()
+                    group.written.wait()
                     continue
-                # Become the leader of the current group (which holds our batch).
                 self._writing = True
-                group, self._pending = self._pending, []
-                lead_gen = self._pending_gen
-                self._pending_gen += 1
-                self._cv.release()
-                error: BaseException | None = None
+                self._group = _Group(self._lock)  # our group is the one accepting batches: close it
+                self._lock.release()
                 try:
-                    self._write(group, sync=True)
+                    self._write(group.batches, sync=True)
                 except BaseException as e:  # handed to every member of the group
-                    error = e
+                    group.error = e
                 finally:
-                    self._cv.acquire()
+                    self._lock.acquire()
                 self._writing = False
-                self._done_gen = lead_gen
-                if error is not None:
-                    self._failed[lead_gen] = error
-                    for old in [g for g in self._failed if g < lead_gen - 1000]:
-                        del self._failed[old]
-                self._cv.notify_all()
-            error = self._failed.get(gen)
-        if error is not None:
-            raise StorageError(f"database write failed: {error}") from error
+                group.done = True
+                group.written.notify_all()
+                self._group.written.notify()  # a caller of the next group, if any waits, leads it
+                self._idle.notify_all()
+        if group.error is not None:
+            raise StorageError(f"database write failed: {group.error}") from group.error
 
     def _write(self, batches: list[Batch], sync: bool) -> None:
         with self.db.write_batch(transaction=True, sync=sync) as wb:

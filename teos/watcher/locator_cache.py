@@ -16,8 +16,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from common.dialects import txid_bytes
-from common.types import BlockHash, Dialect, Locator, Txid
+from common.types import BlockHash, Dialect, Locator, Txid, Txids
 
 
 @dataclass(frozen=True)
@@ -29,9 +28,9 @@ class CachedTx:
     height: int
 
 
-# Locators of a block, keyed by ``dialect code (1 byte) || locator (16 bytes)``: plain bytes keep the
-# per-block work (two locators per transaction) cheap.
-BlockLocators = dict[bytes, Txid]
+# Locators of a block, keyed by ``dialect code (1 byte) || locator (16 bytes)``, each to its txid's 32 bytes
+# (internal order): plain bytes keep the per-block work (two locators per transaction) cheap.
+BlockLocators = dict[bytes, bytes]
 
 _PY = bytes([Dialect.PYTHON.code])
 _RS = bytes([Dialect.RUST.code])
@@ -42,11 +41,14 @@ def locator_key(dialect: Dialect, locator: Locator) -> bytes:
 
 
 def block_locators(txids: Iterable[Txid]) -> BlockLocators:
-    """Both dialects' locators of each txid (``common.dialects.txid_bytes`` says which bytes)."""
+    """Both dialects' locators of each txid: the first 16 bytes of ``common.dialects.txid_bytes``, that is
+    of the display order for python-teos and of the internal order for rust-teos (sliced here directly:
+    this runs for every transaction of every block, and the calls cost three times the slicing). A
+    ``Txids`` is read as bytes, without making a ``Txid`` of each."""
     out: BlockLocators = {}
-    for txid in txids:
-        out[_PY + txid_bytes(txid, Dialect.PYTHON)[:16]] = txid
-        out[_RS + txid_bytes(txid, Dialect.RUST)[:16]] = txid
+    for raw in txids.raw_txids() if isinstance(txids, Txids) else [t.raw for t in txids]:
+        out[_PY + raw[31:15:-1]] = raw  # == txid_bytes(txid, Dialect.PYTHON)[:16]
+        out[_RS + raw[:16]] = raw  # == txid_bytes(txid, Dialect.RUST)[:16]
     return out
 
 
@@ -86,7 +88,7 @@ class LocatorCache:
             for block_hash, (height, locators) in reversed(self._blocks.items()):
                 txid = locators.get(key)
                 if txid is not None:
-                    return CachedTx(txid, block_hash, height)
+                    return CachedTx(Txid(txid), block_hash, height)
         return None
 
     def blocks(self) -> list[tuple[BlockHash, int, list[Txid]]]:
@@ -95,7 +97,7 @@ class LocatorCache:
             items = list(self._blocks.items())
         out = []
         for block_hash, (height, locators) in items:
-            txids = list(dict.fromkeys(t for k, t in locators.items() if k[:1] == _PY))
+            txids = [Txid(t) for t in dict.fromkeys(t for k, t in locators.items() if k[:1] == _PY)]
             out.append((block_hash, height, txids))
         return out
 

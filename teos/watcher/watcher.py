@@ -1,19 +1,20 @@
 """The Watcher: finds the appointments a block triggers, and checks that they hold a usable penalty.
 
-For every transaction of a connected block it derives both dialects' locators and looks them up in
-LevelDB (a point read of the ``l|locator`` marker, then ``a|locator`` seeks on a hit, sorted: the cost
-is proportional to the block's transactions, never to the number of appointments; nothing is kept in RAM
-per appointment).
+For every transaction of a connected block it derives both dialects' locators and asks the locator index
+(``teos.storage.index``, in memory: 2 bytes per appointment) which of them may be watched; only those
+candidates are looked up in LevelDB (``w|locator`` seeks, sorted). The cost of a block is therefore
+proportional to its transactions, not to the number of appointments stored.
 
 A stored appointment matches only through the locator of its *own* dialect (a python-teos locator that
 happens to equal some other transaction's rust-teos locator is no breach). On a match the blob is
 decrypted with that dialect's key of the dispute txid and must decode as a transaction: the result is a
 ``Breach`` for the Responder. An appointment whose blob does not decrypt or decode can never help: it is
-dropped (its ``a|`` entry deleted, its slots given back) and logged, as python-teos does.
+dropped (its ``w|`` entry deleted, its slots given back) and logged, as python-teos does.
 
 The Watcher only adds operations to the engine's batch for the block; it never commits on its own, so a
-block's effects and the "last processed block" pointer land together. It reads the database through
-``AppointmentReader`` (two read calls), never through LevelDB itself.
+block's effects and the "last processed block" pointer land together (appointments it consumes leave the
+index once that batch is written). It reads the database through ``AppointmentReader`` (two read calls),
+never through LevelDB itself.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from common.dialects import locator_from_txid
 from common.types import BlockHash, Txid, Uuid
 from teos.interfaces import Breach, SlotRefunds, slot_refunds
 from teos.storage import keys
-from teos.storage.codec import AppointmentRecord, CodecError
+from teos.storage.codec import AppointmentRecord
 from teos.storage.store import Batch
-from teos.storage.watched import delete_watched
+from teos.storage.watched import IndexJournal, delete_watched, is_watched, usernum_of, watched_at
 from teos.watcher.locator_cache import BlockLocators, CachedTx, LocatorCache, block_locators, locator_key
 
 log = logging.getLogger(__name__)
@@ -62,33 +63,42 @@ class AppointmentReader(Protocol):
     def iterate_prefixes(self, prefixes: Iterable[bytes]) -> Iterator[tuple[bytes, bytes]]: ...
 
 
-def find_appointments(
-    store: AppointmentReader, locators: Iterable[bytes]
-) -> tuple[list[AppointmentRecord], set[bytes]]:
-    """Every stored appointment whose locator (16 raw bytes) is among ``locators``, and the locators whose
-    ``l|`` marker was found.
+class WatchIndex(IndexJournal, Protocol):
+    """The locator index as the Watcher uses it: which locators may be watched, and removals."""
 
-    Each locator is first a point read of its marker (the bloom filter answers the usual miss without
-    disk I/O); only on a hit is ``a|locator`` seeked. Lookups are sorted so neighbouring reads reuse
-    cached blocks. Splitting them over two threads was measured no faster (plyvel holds the GIL).
+    def candidates(self, locators: Iterable[bytes]) -> list[bytes]: ...
+
+
+def find_appointments(
+    store: AppointmentReader, index: WatchIndex, locators: Iterable[bytes]
+) -> list[tuple[AppointmentRecord, int]]:
+    """Every stored appointment whose locator (16 raw bytes, after an optional one-byte tag) is among
+    ``locators``, with its user's number.
+
+    The index answers for each locator in memory (never a false negative; a false positive, about
+    ``n / 2**48`` per locator, costs one seek); only its candidates are seeked as ``w|locator``, sorted,
+    through one iterator.
     """
-    found: list[AppointmentRecord] = []
-    marked = {loc for loc in sorted(set(locators)) if store.get(keys.locator_marker(loc)) is not None}
-    for key, value in store.iterate_prefixes(keys.APPOINTMENT + loc for loc in marked):
-        try:
-            found.append(AppointmentRecord.decode(value))
-        except CodecError:
+    found: list[tuple[AppointmentRecord, int]] = []
+    candidates = index.candidates(locators)
+    for key, record, usernum in watched_at(store, (loc[-16:] for loc in candidates)):
+        if record is None:
             log.error("undecodable appointment record key=%s", key.hex())
-    return found, marked
+            continue
+        found.append((record, usernum))
+    return found
 
 
 class Watcher:
     """Checks blocks (and late appointments) against the stored appointments."""
 
-    def __init__(self, store: AppointmentReader, cache: LocatorCache, decode_penalty: PenaltyDecoder) -> None:
+    def __init__(
+        self, store: AppointmentReader, cache: LocatorCache, decode_penalty: PenaltyDecoder, index: WatchIndex
+    ) -> None:
         self._store = store
         self.cache = cache
         self._decode_penalty = decode_penalty
+        self._index = index
 
     def block_connected(
         self, block_hash: BlockHash, height: int, txids: Iterable[Txid], batch: Batch
@@ -110,8 +120,9 @@ class Watcher:
         crash, whose breach was already in a cached block, must still be responded to)."""
         outcome = WatcherOutcome()
         seen: set[Uuid] = set()
+        consumed: set[bytes] = set()
         for block_hash, height, txids in self.cache.blocks():
-            part = self._check(block_hash, height, block_locators(txids), batch)
+            part = self._check(block_hash, height, block_locators(txids), batch, consumed)
             for b in part.breaches:
                 if b.appointment.uuid not in seen:
                     seen.add(b.appointment.uuid)
@@ -123,12 +134,13 @@ class Watcher:
         """Handles an appointment whose breach is in the cache, if it is still stored and the dispute
         transaction is still in a cached block (a reorg may have removed it meanwhile)."""
         outcome = WatcherOutcome()
-        if self._store.get(keys.appointment(record.locator, record.uuid)) is None:
-            return outcome  # already handled (by a block, or an earlier event)
+        usernum = usernum_of(self._store, record.user_id)
+        if usernum is None or not is_watched(self._store, record.locator, usernum):
+            return outcome  # already handled (by a block, or an earlier event), or the user is gone
         cached = self.cache.find(record.locator, record.dialect)
         if cached is None:
             return outcome  # no longer in the cache: stays under watch
-        self._examine(record, cached, batch, outcome)
+        self._examine(record, usernum, cached, batch, outcome, set())
         return outcome
 
     def breach_in_cache(self, record: AppointmentRecord) -> CachedTx | None:
@@ -137,30 +149,44 @@ class Watcher:
     # -- steps -----------------------------------------------------------------------------------
 
     def _check(
-        self, block_hash: BlockHash, height: int, locators: BlockLocators, batch: Batch
+        self,
+        block_hash: BlockHash,
+        height: int,
+        locators: BlockLocators,
+        batch: Batch,
+        consumed: set[bytes] | None = None,
     ) -> WatcherOutcome:
         outcome = WatcherOutcome()
-        records, marked = find_appointments(self._store, (k[1:] for k in locators))
-        for record in records:
-            txid = locators.get(locator_key(record.dialect, record.locator))
+        records = find_appointments(self._store, self._index, locators)  # keys: dialect code | locator
+        for record, usernum in records:
+            raw = locators.get(locator_key(record.dialect, record.locator))
+            txid = Txid(raw) if raw is not None else None
             if txid is None or locator_from_txid(txid, record.dialect) != record.locator:
                 # Matched through the other dialect's locator only: not this user's breach; the
-                # appointment stays under watch, and so does its marker.
-                marked.discard(record.locator.raw)
+                # appointment stays under watch.
                 continue
-            self._examine(record, CachedTx(txid, block_hash, height), batch, outcome)
-        for locator in marked:
-            # Its dispute is in this block: every appointment for it was just consumed. One added
-            # meanwhile finds the breach in the locator cache (already updated) and is handled there.
-            batch.delete(keys.locator_marker(locator))
+            self._examine(record, usernum, CachedTx(txid, block_hash, height), batch, outcome,
+                          set() if consumed is None else consumed)  # fmt: skip
         return outcome
 
     def _examine(
-        self, record: AppointmentRecord, tx: CachedTx, batch: Batch, outcome: WatcherOutcome
+        self,
+        record: AppointmentRecord,
+        usernum: int,
+        tx: CachedTx,
+        batch: Batch,
+        outcome: WatcherOutcome,
+        consumed: set[bytes],
     ) -> None:
+        """Takes ``record`` off watch and turns it into a breach (or drops it). ``consumed``: the ``w|``
+        keys this batch already took off watch (an appointment is consumed once per batch)."""
         if locator_from_txid(tx.txid, record.dialect) != record.locator:
             return
-        delete_watched(batch, record.locator, record.uuid)
+        key = keys.appointment(record.locator, usernum)
+        if key in consumed:
+            return
+        consumed.add(key)
+        delete_watched(batch, record.locator, usernum, self._index)
         try:
             rawtx = decrypt(record.encrypted_blob, tx.txid, record.dialect)
             penalty_txid = self._decode_penalty(rawtx)

@@ -15,9 +15,11 @@ from common import crypto
 from common.appointment import compute_uuid
 from common.types import BlockHash, Dialect, Locator, Txid, UserId
 from teos.storage import keys
-from teos.storage.codec import AppointmentRecord, TrackerRecord, UserRecord, encode_block_pointer
+from teos.storage.codec import AppointmentRecord, TrackerRecord, encode_block_pointer
+from teos.storage.index import APPOINTMENTS, TRACKERS, LocatorIndex
 from teos.storage.store import Batch, Store
-from teos.storage.watched import put_watched
+from teos.storage.watched import add_held, put_watched, usernum_of
+from tests.support.fakes import register_user
 
 
 def new_user_id() -> UserId:
@@ -56,17 +58,21 @@ class Filler:
     """Writes users, appointments and trackers the way the Gatekeeper/Watcher/Responder lay them out."""
 
     store: Store
+    index: LocatorIndex
 
     def user(
         self, user_id: UserId | None = None, dialect: Dialect = Dialect.RUST, slots: int = 100
     ) -> UserId:
         uid = user_id or new_user_id()
-        rec = UserRecord(user_id=uid, dialect=dialect, available_slots=slots, subscription_start=100,
-                         subscription_expiry=4420)
-        batch = Batch()
-        batch.put(keys.user(uid), rec.encode())
-        self.store.commit(batch)
+        register_user(self.store, self.index, uid, dialect, slots, start=100, expiry=4420)
         return uid
+
+    def _usernum(self, user_id: UserId) -> int:
+        usernum = usernum_of(self.store, user_id)
+        if usernum is None:  # the appointments of a user the test did not register: numbered now
+            usernum = register_user(self.store, self.index, user_id, Dialect.RUST).usernum
+        assert usernum is not None
+        return usernum
 
     def appointment_record(self, user_id: UserId, locator: Locator | None = None) -> AppointmentRecord:
         loc = locator or Locator(os.urandom(16))
@@ -78,10 +84,12 @@ class Filler:
         self, user_id: UserId, n: int, locator: Locator | None = None
     ) -> list[AppointmentRecord]:
         records = [self.appointment_record(user_id, locator) for _ in range(n)]
+        usernum = self._usernum(user_id)
         batch = Batch()
         for rec in records:
-            put_watched(batch, rec)
-            batch.put(keys.user_appointment(user_id, rec.uuid), rec.locator.raw)
+            put_watched(batch, rec, usernum, self.index, new=True)
+            add_held(batch, usernum, rec.locator)
+        self.index.stage(batch, counts={APPOINTMENTS: len(records)})
         self.store.commit(batch)
         return records
 
@@ -90,9 +98,11 @@ class Filler:
                             dispute_txid=Txid(os.urandom(32)), penalty_txid=Txid(os.urandom(32)),
                             penalty_rawtx=os.urandom(150), broadcast_height=118,
                             confirmed_in=BlockHash(os.urandom(32)), confirmed_height=119)
+        usernum = self._usernum(user_id)
         batch = Batch()
         batch.put(keys.tracker(rec.uuid), rec.encode())
-        batch.put(keys.user_appointment(user_id, rec.uuid), rec.locator.raw)
+        add_held(batch, usernum, rec.locator)
+        self.index.stage(batch, counts={TRACKERS: 1, APPOINTMENTS: 1})
         self.store.commit(batch)
         return rec
 
@@ -114,3 +124,13 @@ def serve(app: Any) -> Iterator[int]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+class NoCounts:
+    """An empty tower's counts (these tests bound the server, not what it reports)."""
+
+    def count(self, name: str) -> int:
+        return 0
+
+    def __len__(self) -> int:
+        return 0

@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 
 from common.types import BlockHash, Locator, UserId
 from teos.admin import COOKIE_USER, Metrics, StoreAdminBackend, create_admin_app
+from teos.storage.index import LocatorIndex
 from teos.storage.store import Store
 from tests.admin.support import FakeEngineStatus, Filler, new_user_id
 
@@ -40,8 +41,10 @@ def stopper() -> StopRecorder:
 
 
 @pytest.fixture
-def backend(store: Store, engine_status: FakeEngineStatus, stopper: StopRecorder) -> StoreAdminBackend:
-    return StoreAdminBackend(store, engine_status, TOWER_ID, stopper)
+def backend(
+    store: Store, engine_status: FakeEngineStatus, stopper: StopRecorder, index: LocatorIndex
+) -> StoreAdminBackend:
+    return StoreAdminBackend(store, engine_status, TOWER_ID, stopper, index)
 
 
 @pytest.fixture
@@ -289,16 +292,21 @@ def test_stop_calls_back(client: FlaskClient, stopper: StopRecorder) -> None:
     assert client.get("/stop", headers=auth()).status_code == 405
 
 
-def test_many_users_count_without_decoding(store: Store, engine_status: FakeEngineStatus) -> None:
-    """Counts read keys only: entries whose value would not decode are still counted."""
+def test_many_users_count_without_decoding(
+    store: Store, engine_status: FakeEngineStatus, index: LocatorIndex
+) -> None:
+    """Counts come from the counters, never from the records: entries whose value would not decode are
+    still counted, and listed with an error."""
     from teos.storage import keys
+    from teos.storage.index import USERS
     from teos.storage.store import Batch
 
     batch = Batch()
     for i in range(5000):
         batch.put(keys.USER + UserId(b"\x02" + i.to_bytes(32, "big")).raw, b"not a record")
+    index.stage(batch, counts={USERS: 5000})
     store.commit(batch)
-    backend = StoreAdminBackend(store, engine_status, TOWER_ID, lambda: None)
+    backend = StoreAdminBackend(store, engine_status, TOWER_ID, lambda: None, index)
     assert backend.tower_info()["n_registered_users"] == 5000
     page = backend.users(None, 2)
     assert all("undecodable" in item["error"] for item in page.items)

@@ -24,7 +24,7 @@ from teos.payments.store import ChannelStore
 from teos.payments.tower_key import TowerPaymentKey
 from teos.storage.atomic import MemoryAtomicStore
 from teos.storage.store import Store
-from tests.admin.support import FakeEngineStatus, new_user_id
+from tests.admin.support import FakeEngineStatus, NoCounts, new_user_id
 from tests.payments.support import USER_SECRET, FakeChain, FakeLedger, make_params, secret, user_id
 
 COOKIE = "cd" * 32
@@ -100,14 +100,17 @@ def build(
         return fn()
 
     operator = PaymentsOperator(channels, CONFIG, lambda: 100, runner, on_engine or direct)
-    backend = StoreAdminBackend(store, engine_status, new_user_id(), lambda: None, payments=operator)
+    backend = StoreAdminBackend(
+        store, engine_status, new_user_id(), lambda: None, NoCounts(), payments=operator
+    )
     metrics = Metrics()
     metrics.bind_payments(lambda: payments_report(channels, 100, CONFIG))
     return World(create_admin_app(backend, COOKIE, metrics).test_client(), channels, carrier, metrics, calls)
 
 
 def test_a_free_tower_has_no_channels(store: Store, engine_status: FakeEngineStatus) -> None:
-    client = create_admin_app(StoreAdminBackend(store, engine_status, new_user_id(), lambda: None), COOKIE)
+    backend = StoreAdminBackend(store, engine_status, new_user_id(), lambda: None, NoCounts())
+    client = create_admin_app(backend, COOKIE)
     response = client.test_client().get("/listchannels", headers=auth())
     assert response.status_code == 404 and "free" in response.get_json()["error"]
     assert client.test_client().post("/claimall", headers=auth()).status_code == 404

@@ -20,7 +20,7 @@ from common.cookie import read_cookie
 from teos.admin import AdminServer, StoreAdminBackend
 from teos.admin.server import CLAIM_THREADS, MAX_CLAIMS_QUEUED, MAX_QUEUED, THREADS
 from teos.storage.store import Store
-from tests.admin.support import FakeEngineStatus, new_user_id
+from tests.admin.support import FakeEngineStatus, NoCounts, new_user_id
 from tests.support.wait import wait_until
 
 
@@ -41,7 +41,8 @@ class BlockingStatus(FakeEngineStatus):
 def make_server(
     tmp_path: Path, store: Store, status: FakeEngineStatus | None = None, **kwargs: Any
 ) -> AdminServer:
-    backend = StoreAdminBackend(store, status or FakeEngineStatus(), new_user_id(), lambda: None)
+    backend = StoreAdminBackend(store, status or FakeEngineStatus(), new_user_id(), lambda: None,
+                                NoCounts())  # fmt: skip
     server = AdminServer(backend, tmp_path / "regtest", host="127.0.0.1", port=0, **kwargs)
     server.start()
     return server
@@ -197,7 +198,9 @@ def test_claims_wait_in_a_thread_of_their_own_and_hold_up_nothing_else(tmp_path:
     """A claim waits for the engine thread (up to a minute with a block in hand): claims queue in their own
     pool, bounded, while the event loop and the other routes (/ready, /metrics, teos-cli's) go on."""
     claims = BlockingClaims()
-    backend = StoreAdminBackend(store, FakeEngineStatus(), new_user_id(), lambda: None, payments=claims)
+    backend = StoreAdminBackend(
+        store, FakeEngineStatus(), new_user_id(), lambda: None, NoCounts(), payments=claims
+    )
     server = AdminServer(backend, tmp_path / "regtest", host="127.0.0.1", port=0)
     server.start()
     socks = connect_many(server, CLAIM_THREADS + MAX_CLAIMS_QUEUED + 2)

@@ -26,6 +26,7 @@ from teos.admin import (
     remove_cookie,
     write_cookie,
 )
+from teos.storage.index import LocatorIndex
 from teos.storage.store import Store
 from tests.admin.support import FakeEngineStatus, Filler, new_user_id
 
@@ -150,7 +151,7 @@ def test_admin_server_writes_cookie_serves_and_removes_it(
 ) -> None:
     filler.user()
     metrics = Metrics()
-    backend = StoreAdminBackend(store, FakeEngineStatus(), new_user_id(), lambda: None)
+    backend = StoreAdminBackend(store, FakeEngineStatus(), new_user_id(), lambda: None, filler.index)
     server = AdminServer(backend, tmp_path / "regtest", host="127.0.0.1", port=0, metrics=metrics)
     server.start()
     try:
@@ -170,11 +171,11 @@ def test_admin_server_writes_cookie_serves_and_removes_it(
         socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
 
 
-def test_admin_server_port_in_use_leaves_no_cookie(tmp_path: Path, store: Store) -> None:
+def test_admin_server_port_in_use_leaves_no_cookie(tmp_path: Path, store: Store, index: LocatorIndex) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        backend = StoreAdminBackend(store, FakeEngineStatus(), new_user_id(), lambda: None)
+        backend = StoreAdminBackend(store, FakeEngineStatus(), new_user_id(), lambda: None, index)
         server = AdminServer(backend, tmp_path, port=busy.getsockname()[1])
         with pytest.raises(AdminServerError, match="rpcport"):
             server.start()

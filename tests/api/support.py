@@ -26,6 +26,7 @@ from teos.api.ipc import TOKEN_BYTES, CoreClient, CoreServer, RemoteCore
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.interfaces import Watching
 from teos.service import TowerCore, TowerService
+from teos.storage.index import LocatorIndex
 from teos.storage.store import Store
 from tests.support.users import Client, FakeChainView, random_locator
 
@@ -49,11 +50,13 @@ class Tower:
     service: TowerService
     app: Flask
     secret_key: bytes
+    index: LocatorIndex
     core_server: CoreServer | None = None
 
     def close(self) -> None:
         if self.core_server is not None:
             self.core_server.stop()
+        self.index.stop()
 
     @classmethod
     def build(
@@ -72,13 +75,15 @@ class Tower:
         ``watching`` is the tower's health as teosd passes it (none: always watching)."""
         chain = chain if chain is not None else FakeChainView(tip_height=tip)
         config = GatekeeperConfig(subscription_slots=slots, max_appointments=max_appointments)
-        gatekeeper = Gatekeeper(store, config, chain)
+        index = LocatorIndex(store)
+        index.start()
+        gatekeeper = Gatekeeper(store, config, chain, index)
         gatekeeper.start()
         secret_key = crypto.generate_secret_key()
         core = TowerCore(gatekeeper, chain, chain, store, watching)
         if not remote:
             service = TowerService(core, secret_key, min_to_self_delay=config.min_to_self_delay)
-            return cls(store, chain, gatekeeper, service, create_app(service), secret_key)
+            return cls(store, chain, gatekeeper, service, create_app(service), secret_key, index)
         server = CoreServer(core, os.urandom(TOKEN_BYTES))
         server.start()
         service = TowerService(
@@ -86,7 +91,7 @@ class Tower:
             secret_key,
             min_to_self_delay=config.min_to_self_delay,
         )
-        return cls(store, chain, gatekeeper, service, create_app(service), secret_key, server)
+        return cls(store, chain, gatekeeper, service, create_app(service), secret_key, index, server)
 
     @property
     def tower_id(self) -> UserId:

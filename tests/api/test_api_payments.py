@@ -36,6 +36,7 @@ from teos.payments.service import LocalPayments, PaymentCore, PaymentGateway, Pa
 from teos.payments.store import ChannelStore
 from teos.service import TowerCore, TowerService
 from teos.storage.atomic import LevelDBAtomicStore
+from teos.storage.index import LocatorIndex
 from teos.storage.store import Store
 from tests.api.support import PYTHON_UA, RUST_UA
 from tests.payments.support import TOWER_KEY, USER_SECRET, FakeChain, make_params, secret, user_id
@@ -63,9 +64,9 @@ class PaidApp:
 
 
 @pytest.fixture(params=["local", "remote"])
-def paid(store: Store, request: pytest.FixtureRequest) -> Iterator[PaidApp]:
+def paid(store: Store, index: LocatorIndex, request: pytest.FixtureRequest) -> Iterator[PaidApp]:
     tip = FakeChainView(tip_height=100)
-    gatekeeper = Gatekeeper(store, GatekeeperConfig(subscription_slots=50), tip)
+    gatekeeper = Gatekeeper(store, GatekeeperConfig(subscription_slots=50), tip, index)
     gatekeeper.start()
     funding = FakeChain(tip=100)
     handler = PaymentHandler(
@@ -106,9 +107,9 @@ def post(client: FlaskClient, path: str, body: Any, headers: dict[str, str], **k
     return response.status_code, response.get_json()
 
 
-def test_a_free_tower_has_no_payment_endpoints(store: Store) -> None:
+def test_a_free_tower_has_no_payment_endpoints(store: Store, index: LocatorIndex) -> None:
     tip = FakeChainView(tip_height=100)
-    gatekeeper = Gatekeeper(store, GatekeeperConfig(), tip)
+    gatekeeper = Gatekeeper(store, GatekeeperConfig(), tip, index)
     gatekeeper.start()
     client = create_app(
         TowerService.local(gatekeeper, tip, store, crypto.generate_secret_key())

@@ -9,12 +9,11 @@ from typing import Any
 import pytest
 
 from common import crypto, receipts
-from common.appointment import Appointment, compute_uuid
+from common.appointment import Appointment
 from common.dialects import locator_from_txid
 from common.types import Dialect, Locator, Txid
 from teos.api.public import guess_dialect
-from teos.storage import keys
-from teos.storage.codec import AppointmentRecord
+from teos.storage.watched import find_watched
 from tests.api.support import Tower, appointment, penalty_transaction, signed_appointment
 from tests.support.users import Client, trigger
 
@@ -129,9 +128,9 @@ def test_responded_appointment_shows_the_tracker(tower: Tower, carol: Client) ->
         locator_from_txid(dispute, Dialect.RUST), crypto.encrypt(penalty.raw, dispute, Dialect.RUST), 20
     )
     assert tower.add(carol, appt, rust=True)[0] == 200
-    raw = tower.store.get(keys.appointment(appt.locator, compute_uuid(appt.locator, carol.user_id)))
-    assert raw is not None
-    tracker = trigger(tower.store, AppointmentRecord.decode(raw), dispute, penalty.raw)
+    watched = find_watched(tower.store, carol.user_id, appt.locator)
+    assert watched is not None
+    tracker = trigger(tower.store, tower.index, watched, dispute, penalty.raw)
     status, body = tower.get(carol, appt.locator, rust=True)
     assert (status, body) == (200, {"appointment": {"dispute_txid": dispute.hex(),
                                                     "penalty_txid": tracker.penalty_txid.hex(),

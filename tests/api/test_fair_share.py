@@ -8,6 +8,7 @@ registered 23,000 users in 30 s with no limit at all.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -15,6 +16,7 @@ from common.errors import ErrorKind, TeosError
 from common.types import BlockHash, Dialect, Txid
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.storage import keys
+from teos.storage.index import USERS, LocatorIndex
 from teos.storage.store import Batch, Store
 from tests.support.users import Client, FakeChainView, make_record, random_locator, trigger
 
@@ -26,8 +28,16 @@ def exhausted(call, *args) -> str:  # type: ignore[no-untyped-def]
     return e.value.message
 
 
-def gatekeeper(store: Store, chain: FakeChainView, **config: object) -> Gatekeeper:
-    gk = Gatekeeper(store, GatekeeperConfig(subscription_slots=1000, **config), chain)  # type: ignore[arg-type]
+@pytest.fixture
+def index(store: Store) -> Iterator[LocatorIndex]:
+    idx = LocatorIndex(store)
+    idx.start()
+    yield idx
+    idx.stop()
+
+
+def gatekeeper(store: Store, chain: FakeChainView, index: LocatorIndex, **config: object) -> Gatekeeper:
+    gk = Gatekeeper(store, GatekeeperConfig(subscription_slots=1000, **config), chain, index)  # type: ignore[arg-type]
     gk.start()
     return gk
 
@@ -36,8 +46,10 @@ def add(gk: Gatekeeper, client: Client) -> None:
     gk.add_appointment(make_record(client.user_id, random_locator(), 100))
 
 
-def test_one_user_holds_at_most_its_cap_and_gets_room_back(store: Store, chain: FakeChainView) -> None:
-    gk = gatekeeper(store, chain, max_appointments_per_user=3)
+def test_one_user_holds_at_most_its_cap_and_gets_room_back(
+    store: Store, chain: FakeChainView, index: LocatorIndex
+) -> None:
+    gk = gatekeeper(store, chain, index, max_appointments_per_user=3)
     alice, bob = Client.new(), Client.new()
     gk.register(alice.user_id, Dialect.PYTHON)
     gk.register(bob.user_id, Dialect.PYTHON)
@@ -49,16 +61,16 @@ def test_one_user_holds_at_most_its_cap_and_gets_room_back(store: Store, chain: 
     add(gk, bob)  # others are not affected
     assert gk.user_count(alice.user_id) == 3
     # A completed tracker gives its room back (with its slots).
-    trigger(store, records[1], Txid(os.urandom(32)), b"\x02" * 60)
-    gk.release(Batch(), {alice.user_id: [(records[1].uuid, 1)]})
+    trigger(store, index, records[1], Txid(os.urandom(32)), b"\x02" * 60)
+    gk.release(Batch(), {alice.user_id: [(records[1].locator, 1)]})
     assert gk.user_count(alice.user_id) == 2
     add(gk, alice)
 
 
 def test_the_count_of_a_database_from_before_it_is_rebuilt_from_the_index(
-    store: Store, chain: FakeChainView
+    store: Store, chain: FakeChainView, index: LocatorIndex
 ) -> None:
-    gk = gatekeeper(store, chain, max_appointments_per_user=2)
+    gk = gatekeeper(store, chain, index, max_appointments_per_user=2)
     alice = Client.new()
     gk.register(alice.user_id, Dialect.RUST)
     add(gk, alice)
@@ -71,31 +83,36 @@ def test_the_count_of_a_database_from_before_it_is_rebuilt_from_the_index(
     exhausted(add, gk, alice)
 
 
-def test_users_are_capped_but_top_ups_are_not(store: Store, chain: FakeChainView) -> None:
-    gk = gatekeeper(store, chain, max_users=2, subscription_duration=10, expiry_delta=0)
+def test_users_are_capped_but_top_ups_are_not(
+    store: Store, chain: FakeChainView, index: LocatorIndex
+) -> None:
+    gk = gatekeeper(store, chain, index, max_users=2, subscription_duration=10, expiry_delta=0)
     alice, bob, carol = Client.new(), Client.new(), Client.new()
     gk.register(alice.user_id, Dialect.RUST)
     gk.register(bob.user_id, Dialect.RUST)
     assert "user limit" in exhausted(gk.register, carol.user_id, Dialect.RUST)
     gk.register(alice.user_id, Dialect.RUST)  # a top-up
-    assert gk.n_users == 2 and store.get(keys.META_N_USERS) == (2).to_bytes(8, "big")
+    assert gk.n_users == 2 and index.count(USERS) == 2
     # bob expires and is deleted: room for carol.
     gk.block_connected(BlockHash(bytes(32)), chain.tip_height + 10)
     assert gk.get_user(bob.user_id) is None and gk.n_users == 1
     assert store.get(keys.user_count(bob.user_id)) is None
     gk.register(carol.user_id, Dialect.RUST)
-    # The counter survives a restart, and is rebuilt for a database from before it.
-    assert gatekeeper(store, chain).n_users == 2
-    batch = Batch()
-    batch.delete(keys.META_N_USERS)
-    store.commit(batch)
-    assert gatekeeper(store, chain).n_users == 2
+    # The count survives a restart of the index (it is one of its counters).
+    index.stop()
+    again = LocatorIndex(store)
+    again.start()
+    assert gatekeeper(store, chain, again).n_users == 2
+    again.stop()
+    index.start()
 
 
-def test_a_flood_of_new_users_stops_short_of_established_ones(store: Store, chain: FakeChainView) -> None:
+def test_a_flood_of_new_users_stops_short_of_established_ones(
+    store: Store, chain: FakeChainView, index: LocatorIndex
+) -> None:
     """max 50 appointments, 20% reserve: from 40 on only users older than 6 blocks may add, and nobody
     new may register; the established user still gets the last 10."""
-    gk = gatekeeper(store, chain, max_appointments=50, new_user_reserve=20, new_user_blocks=6,
+    gk = gatekeeper(store, chain, index, max_appointments=50, new_user_reserve=20, new_user_blocks=6,
                     max_appointments_per_user=1000)
     legit = Client.new()
     chain.tip_height = 100
@@ -117,8 +134,10 @@ def test_a_flood_of_new_users_stops_short_of_established_ones(store: Store, chai
     exhausted(add, gk, attackers[0])  # the tower is full anyway
 
 
-def test_by_default_the_gatekeeper_keeps_no_reserve(store: Store, chain: FakeChainView) -> None:
-    gk = gatekeeper(store, chain, max_appointments=5)
+def test_by_default_the_gatekeeper_keeps_no_reserve(
+    store: Store, chain: FakeChainView, index: LocatorIndex
+) -> None:
+    gk = gatekeeper(store, chain, index, max_appointments=5)
     newcomer = Client.new()
     gk.register(newcomer.user_id, Dialect.RUST)
     for _ in range(5):

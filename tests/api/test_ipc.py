@@ -7,11 +7,13 @@ a client, the metrics it carries and the caller cache of ``RemoteCore``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
 
 import pytest
 
@@ -21,13 +23,22 @@ from common.dialects import locator_from_txid
 from common.errors import ErrorKind, RequestError, TeosError
 from common.types import Dialect, Locator, Txid, UserId
 from teos.api import ipc
-from teos.api.ipc import MAX_REQUEST_BYTES, TOKEN_BYTES, CoreClient, CoreServer, Observation, RemoteCore
+from teos.api.ipc import (
+    MAX_REQUEST_BYTES,
+    TOKEN_BYTES,
+    AsyncCoreClient,
+    CoreClient,
+    CoreServer,
+    Observation,
+    RemoteCore,
+)
 from teos.gatekeeper import Gatekeeper
 from teos.service import TowerCore
 from teos.storage.store import Store
 from tests.support.users import FakeChainView
 
 TIMEOUT = 10.0
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -194,3 +205,115 @@ def test_concurrent_clients_never_overspend(server: CoreServer, gatekeeper: Gate
     assert set(refused) == {ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION}
     user = gatekeeper.get_user(user_id)
     assert user is not None and user.available_slots == 0
+
+
+# -- the event loop's client (AsyncCoreClient) -------------------------------------------------------------
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def test_the_async_client_answers_and_refuses_as_the_threaded_one(server: CoreServer) -> None:
+    _, user_id = _user()
+
+    async def main() -> None:
+        client = AsyncCoreClient(server.address, server.token, size=2, timeout=TIMEOUT)
+        try:
+            assert await client.call("user", user_id.raw) is None
+            raw = await client.call("register", user_id.raw, Dialect.RUST.value)
+            assert raw == await client.call("user", user_id.raw)
+            with pytest.raises(TeosError) as unknown:
+                await client.call("drop_database")
+            assert unknown.value.kind is ErrorKind.UNEXPECTED
+            with pytest.raises(TeosError) as missing:
+                await client.call("get", user_id.raw, os.urandom(16))
+            assert missing.value.kind is ErrorKind.APPOINTMENT_NOT_FOUND
+            assert await client.call("user", user_id.raw) == raw  # the connection survives an error answer
+        finally:
+            client.close()
+
+    _run(main())
+
+
+def test_the_async_client_keeps_at_most_size_connections_and_reuses_them(server: CoreServer) -> None:
+    users = [_user()[1] for _ in range(12)]
+    opened: list[object] = []
+
+    async def main() -> None:
+        client = AsyncCoreClient(server.address, server.token, size=3, timeout=TIMEOUT)
+        real = asyncio.get_running_loop().create_unix_connection
+
+        async def counting(factory: Any, path: str) -> Any:
+            opened.append(path)
+            return await real(factory, path)
+
+        asyncio.get_running_loop().create_unix_connection = counting  # type: ignore[method-assign,assignment]
+        try:
+            for _ in range(3):
+                answers = await asyncio.gather(*(client.call("user", u.raw) for u in users))
+                assert answers == [None] * len(users)
+        finally:
+            client.close()
+
+    _run(main())
+    assert len(opened) == 3  # 36 calls, 12 at once, over 3 connections
+
+
+def test_the_async_client_replaces_a_connection_closed_while_idle(server: CoreServer) -> None:
+    _, user_id = _user()
+
+    async def main() -> None:
+        client = AsyncCoreClient(server.address, server.token, size=1, timeout=TIMEOUT)
+        try:
+            assert await client.call("user", user_id.raw) is None
+            with server._lock:
+                for conn in list(server._connections):
+                    conn.shutdown(socket.SHUT_RDWR)  # the main process's end goes away
+            deadline = asyncio.get_running_loop().time() + TIMEOUT
+            while client._idle[0].lost is None:  # the loop sees the close
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.01)
+            assert await client.call("user", user_id.raw) is None  # on a new connection
+        finally:
+            client.close()
+
+    _run(main())
+
+
+def test_the_async_client_reports_a_stopped_main_process(server: CoreServer) -> None:
+    _, user_id = _user()
+
+    async def main() -> None:
+        client = AsyncCoreClient(server.address, server.token, size=1, timeout=TIMEOUT)
+        try:
+            assert await client.call("user", user_id.raw) is None
+            server.stop()
+            with pytest.raises(TeosError) as down:
+                await client.call("user", user_id.raw)
+            assert down.value.kind is ErrorKind.SERVICE_UNAVAILABLE
+        finally:
+            client.close()
+
+    _run(main())
+
+
+def test_the_async_client_gives_up_on_a_main_process_that_does_not_answer(
+    server: CoreServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stuck = threading.Event()
+    monkeypatch.setattr(server, "_answer", lambda request: stuck.wait(TIMEOUT) or ("ok", None))
+
+    async def main() -> None:
+        client = AsyncCoreClient(server.address, server.token, size=1, timeout=0.2)
+        try:
+            with pytest.raises(TeosError) as late:
+                await client.call("user", _user()[1].raw)
+            assert late.value.kind is ErrorKind.SERVICE_UNAVAILABLE
+        finally:
+            client.close()
+
+    try:
+        _run(main())
+    finally:
+        stuck.set()

@@ -70,6 +70,10 @@ class FakeProtocol:
         self.streamed = False
         self.was_read = False
 
+    async def __call__(self) -> bytes:
+        """RSGI's whole-body read: every chunk, as they arrive."""
+        return b"".join([chunk async for chunk in self])
+
     def __aiter__(self) -> AsyncIterator[bytes]:
         assert not self.forbid_reading, "the guard read a body it should have refused unread"
         self.was_read = True
@@ -311,3 +315,29 @@ def test_small_answers_are_sent_whole() -> None:
 )
 def test_address_key(client: str, key: str) -> None:
     assert address_key(client) == key
+
+
+def test_add_appointment_goes_to_the_fast_handler_first_and_to_the_app_when_it_declines() -> None:
+    """The fast handler answers a POST /add_appointment with the body and the two headers it needs; when
+    it returns None the app answers the same body; other paths and methods never reach it."""
+    from teos.api.fastpath import Answer
+
+    calls: list[tuple[bytes, str | None, str | None]] = []
+
+    async def fast(body: bytes, user_agent: str | None, content_type: str | None) -> Answer | None:
+        calls.append((body, user_agent, content_type))
+        return Answer(200, [("Content-Type", "application/json"), ("Content-Length", "9")], b'{"f":1}\n') \
+            if body == b'{"go":1}' else None
+
+    seen: list[dict[str, Any]] = []
+    guard = GuardedApp(wsgi(lambda env: [b"app:" + env["wsgi.input"].read()], seen), settings(), fast=fast)
+    headers = FakeHeaders({"content-length": "8", "content-type": "application/json", "user-agent": "rust"})
+    quick, declined, other = FakeProtocol([b'{"go":1}']), FakeProtocol([b'{"no":1}']), FakeProtocol([b"{}"])
+    serve(guard, (FakeScope(path="/add_appointment", headers=headers), quick))
+    serve(guard, (FakeScope(path="/add_appointment", headers=headers), declined))
+    serve(guard, (FakeScope(path="/register", headers=FakeHeaders({"content-length": "2"})), other))
+    assert (quick.status, quick.body, quick.headers[1]) == (200, b'{"f":1}\n', ("Content-Length", "9"))
+    assert (declined.status, declined.body) == (200, b'app:{"no":1}')
+    assert other.body == b"app:{}"
+    assert calls == [(b'{"go":1}', "rust", "application/json"), (b'{"no":1}', "rust", "application/json")]
+    assert [env["PATH_INFO"] for env in seen] == ["/add_appointment", "/register"]

@@ -11,21 +11,20 @@ import json
 
 import pytest
 
-from common.types import Dialect, Locator
+from common.types import Dialect
 from teos.api import ipc, public
 from teos.api.ipc import CoreClient, RemoteCore
 from teos.service import SUBSCRIPTION_PAGE
-from teos.storage import keys
 from teos.storage.store import Store
 from tests.api.support import Client, Tower, appointment
 
 
 def fill(tower: Tower, client: Client, n: int) -> list[str]:
-    """``n`` appointments for ``client``; their locators in the tower's order (uuid order)."""
+    """``n`` appointments for ``client``; their locators in the tower's order (locator order)."""
     for _ in range(n):
         status, body = tower.add(client, appointment())
         assert status == 200, body
-    return [Locator(v).hex() for _, v in tower.store.iterate(keys.user_appointments(client.user_id))]
+    return sorted(locator.hex() for _, locator in tower.gatekeeper.user_appointments(client.user_id))
 
 
 def expected_bytes(dialect: Dialect, locators: list[str], slots: int, expiry: int) -> bytes:

@@ -15,6 +15,7 @@ import pytest
 from common.types import Locator
 from teos.admin import AdminServer, StoreAdminBackend
 from teos.devtools import free_port, wait_until
+from teos.storage.index import LocatorIndex
 from teos.storage.store import Store
 from tests.admin.support import FakeEngineStatus, Filler, new_user_id
 
@@ -42,21 +43,24 @@ class Tower:
 def tower(tmp_path: Path) -> Iterator[Tower]:
     store = Store(tmp_path / NETWORK / "db")
     store.open()
+    index = LocatorIndex(store)
+    index.start()
     status = FakeEngineStatus()
     holder: list[Tower] = []
 
     def stop() -> None:
         holder[0].stops += 1
 
-    backend = StoreAdminBackend(store, status, TOWER_ID, stop)
+    backend = StoreAdminBackend(store, status, TOWER_ID, stop, index)
     server = AdminServer(backend, tmp_path / NETWORK, host="127.0.0.1", port=0)
     server.start()
-    t = Tower(tmp_path, server, Filler(store), status)
+    t = Tower(tmp_path, server, Filler(store, index), status)
     holder.append(t)
     try:
         yield t
     finally:
         server.stop()
+        index.stop()
         store.close()
 
 

@@ -22,6 +22,7 @@ from common.dialects import locator_from_txid
 from common.types import Dialect, Txid, UserId
 from teos.cli import teos_client
 from teos.cli.teos_client import build_appointment, run
+from teos.storage.index import LocatorIndex
 from teos.storage.store import Store
 from tests.admin.support import serve
 from tests.common.vectors import vectors_dir
@@ -101,8 +102,10 @@ def real_tower(tmp_path: Path) -> Iterator[RealTower]:
 
     store = Store(tmp_path / "tower-db")
     store.open()
+    index = LocatorIndex(store)
+    index.start()
     chain = FakeChainView(tip_height=200)
-    gatekeeper = Gatekeeper(store, GatekeeperConfig(), chain)
+    gatekeeper = Gatekeeper(store, GatekeeperConfig(), chain, index)
     gatekeeper.start()
     secret = crypto.generate_secret_key()
     service = service_mod.TowerService.local(gatekeeper, chain, store, secret)
@@ -111,6 +114,7 @@ def real_tower(tmp_path: Path) -> Iterator[RealTower]:
             yield RealTower(crypto.public_key(secret), port, store)
     finally:
         gatekeeper.stop()
+        index.stop()
         store.close()
 
 
@@ -301,15 +305,17 @@ def test_admin_sees_what_the_real_gatekeeper_wrote(tmp_path: Path) -> None:
 
     store = Store(tmp_path / "regtest" / "db")
     store.open()
+    index = LocatorIndex(store)
+    index.start()
     chain = FakeChainView(tip_height=200)
-    gatekeeper = Gatekeeper(store, GatekeeperConfig(), chain)
+    gatekeeper = Gatekeeper(store, GatekeeperConfig(), chain, index)
     gatekeeper.start()
     secret = crypto.generate_secret_key()
     tower_id = crypto.public_key(secret)
     metrics = Metrics()
     public_app = api.create_app(service_mod.TowerService.local(gatekeeper, chain, store, secret))
     instrument(public_app, metrics, name="public")
-    admin = AdminServer(StoreAdminBackend(store, FakeEngineStatus(), tower_id, lambda: None),
+    admin = AdminServer(StoreAdminBackend(store, FakeEngineStatus(), tower_id, lambda: None, index),
                         tmp_path / "regtest", port=0, metrics=metrics)
     admin.start()
     try:
@@ -338,4 +344,5 @@ def test_admin_sees_what_the_real_gatekeeper_wrote(tmp_path: Path) -> None:
     finally:
         admin.stop()
         gatekeeper.stop()
+        index.stop()
         store.close()

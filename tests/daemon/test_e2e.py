@@ -15,6 +15,8 @@ import pytest
 from common.client import TowerClient
 from common.types import Dialect, Locator, Txid
 from teos.devtools import wait_until
+from teos.storage import keys
+from teos.storage.store import Batch, Store
 from tests.daemon.conftest import TeosdFactory
 from tests.support.bitcoind import BitcoindHandle
 from tests.support.processes import Teosd
@@ -139,6 +141,22 @@ def test_wrong_network_is_refused(bitcoind: BitcoindHandle, teosd_factory: Teosd
     assert daemon.wait(30) == 1
     log = daemon.log_path.read_text()
     assert "regtest" in log and "'test'" in log
+
+
+def test_database_of_a_newer_layout_is_refused(
+    bitcoind: BitcoindHandle, teosd_factory: TeosdFactory, tmp_path: Path
+) -> None:
+    """A database a later teosd migrated is not read by this one (it would misread the keys)."""
+    datadir = tmp_path / "teos"
+    store = Store(datadir / "regtest" / "db")
+    store.open()
+    batch = Batch()
+    batch.put(keys.META_SCHEMA, bytes([keys.SCHEMA + 1]))
+    store.commit(batch)
+    store.close()
+    daemon = teosd_factory(bitcoind, datadir=datadir, wait=False)
+    assert daemon.wait(30) == 1
+    assert "newer than this teosd reads" in daemon.log_path.read_text()
 
 
 def test_precedence_flag_over_env_over_file(

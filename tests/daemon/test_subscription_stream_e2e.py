@@ -16,9 +16,9 @@ from common.types import Dialect, Locator
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, UserRecord
 from teos.storage.store import Batch, Store
-from teos.storage.watched import put_watched
 from tests.daemon.conftest import TeosdFactory
 from tests.support.bitcoind import BitcoindHandle
+from tests.support.fakes import seed_user
 
 pytestmark = pytest.mark.e2e
 
@@ -34,17 +34,19 @@ def populate(db: Path, tip: int, dialect: Dialect) -> tuple[bytes, list[str]]:
     try:
         batch = Batch()
         batch.put(keys.META_NETWORK, b"regtest")
-        batch.put(keys.user(user_id), UserRecord(user_id, dialect, 100_000, tip, tip + 4320).encode())
-        batch.put(keys.expiry(tip + 4326, user_id), b"")
+        store.commit(batch)
+        records = []
         for _ in range(N):
             locator = Locator(os.urandom(16))
-            record = AppointmentRecord(compute_uuid(locator, user_id), locator, os.urandom(100), 20, user_id,
-                                       "sig", tip, dialect)
-            put_watched(batch, record)
-            batch.put(keys.user_appointment(user_id, record.uuid), locator.raw)
-        batch.put(keys.user_count(user_id), N.to_bytes(4, "big"))
+            records.append(AppointmentRecord(compute_uuid(locator, user_id), locator, os.urandom(100), 20,
+                                             user_id, "sig", tip, dialect))  # fmt: skip
+        user = seed_user(store, UserRecord(user_id, dialect, 100_000, tip, tip + 4320), records)
+        batch = Batch()
+        batch.put(keys.expiry(tip + 4326, user_id), b"")
         store.commit(batch)
-        locators = [Locator(v).hex() for _, v in store.iterate(keys.user_appointments(user_id))]
+        assert user.usernum is not None
+        locators = [keys.locator_of_user_appointment_key(k).hex()
+                    for k in store.iterate_keys(keys.user_appointments(user.usernum))]  # fmt: skip
     finally:
         store.close()
     return secret, locators

@@ -21,27 +21,40 @@ from teos.chain.tip import ChainTip
 from teos.daemon import ChainSide, build_chain_side
 from teos.engine import EngineConfig
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
+from teos.storage.index import LocatorIndex
 from teos.storage.store import Store
 
 
 @dataclass
 class Parts:
+    index: LocatorIndex
     gatekeeper: Gatekeeper
     chain: ChainSide
+
+    def start(self) -> None:
+        self.index.start()
+        self.gatekeeper.start()
+        self.chain.start()
+
+    def stop(self) -> None:
+        self.chain.stop()
+        self.index.stop()
 
 
 def build(
     store: Store, rpc: BitcoindConfig, zmq_url: str | None, poll: float, **overrides: Any
 ) -> Parts:
-    """A Gatekeeper and a chain side over ``store``, against the bitcoind at ``rpc`` (nothing started)."""
+    """The locator index, a Gatekeeper and a chain side over ``store``, against the bitcoind at ``rpc``
+    (nothing started: ``Parts.start``)."""
     tip = ChainTip()
-    gatekeeper = Gatekeeper(store, GatekeeperConfig(), tip)
+    index = LocatorIndex(store)
+    gatekeeper = Gatekeeper(store, GatekeeperConfig(), tip, index)
     config = EngineConfig(
         btc_network="regtest", poll_interval=poll, zmq_url=zmq_url, retry_max_delay=0.5,
         startup_retry=RetryPolicy(0.1, 0.5, 20.0), **overrides,
     )  # fmt: skip
-    chain = build_chain_side(config, store, BitcoindClient(rpc), tip, gatekeeper, [gatekeeper])
-    return Parts(gatekeeper, chain)
+    chain = build_chain_side(config, store, BitcoindClient(rpc), tip, gatekeeper, index, [gatekeeper])
+    return Parts(index, gatekeeper, chain)
 
 
 def main() -> None:
@@ -62,13 +75,12 @@ def main() -> None:
         args.zmq,
         args.poll,
     )
-    parts.gatekeeper.start()
-    parts.chain.start()
+    parts.start()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     print("ready", flush=True)
     done.wait()
-    parts.chain.stop()
+    parts.stop()
     store.close()
 
 

@@ -23,6 +23,7 @@ from teos.engine import Engine
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord
 from teos.storage.store import Store
+from teos.storage.watched import find_watched, user_holds
 from tests.engine.harness import Parts, build
 from tests.support.bitcoind import REPO_ROOT, BitcoindHandle
 from tests.support.wait import wait_until
@@ -71,13 +72,12 @@ class Tower:
             self.poll,
             **self.overrides,
         )
-        self._parts.gatekeeper.start()
-        self._parts.chain.start()
+        self._parts.start()
         return self
 
     def stop(self) -> None:
         if self._parts is not None:
-            self._parts.chain.stop()
+            self._parts.stop()
             self.store.close()
             self._parts = None
 
@@ -91,7 +91,7 @@ class Tower:
         return TrackerRecord.decode(raw) if raw is not None else None
 
     def watched(self, record: AppointmentRecord) -> bool:
-        return self.store.get(keys.appointment(record.locator, record.uuid)) is not None
+        return find_watched(self.store, record.user_id, record.locator) is not None
 
 
 def appoint(
@@ -159,7 +159,7 @@ def test_breach_in_both_dialects_is_responded_until_irrevocable(
     for r, before in zip(records, slots, strict=True):
         assert tower.tracker(r) is None
         assert tower.gatekeeper.get_user(r.user_id).available_slots == before + 1
-        assert tower.store.get(keys.user_appointment(r.user_id, r.uuid)) is None
+        assert not user_holds(tower.store, r.user_id, r.locator)
 
 
 def test_appointment_after_its_breach_and_breach_while_down(tower: Tower, bitcoind: BitcoindHandle) -> None:

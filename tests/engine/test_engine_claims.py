@@ -16,6 +16,7 @@ from teos.chain.tip import ChainTip
 from teos.daemon import ChainSide, build_chain_side
 from teos.engine import EngineConfig
 from teos.engine.engine import ClaimsStep
+from teos.storage.index import LocatorIndex
 from teos.storage.store import Store
 from tests.support.fakes import FakeChain, RecordingLedger
 from tests.support.wait import wait_until
@@ -68,12 +69,13 @@ class Side:
 
 
 @pytest.fixture
-def side(store: Store) -> Iterator[Side]:
+def side(store: Store, index: LocatorIndex) -> Iterator[Side]:
     chain, claims = FakeChain(), RecordingClaims()
     config = EngineConfig(btc_network="regtest", poll_interval=0.05, retry_max_delay=0.2,
                           startup_retry=RetryPolicy(0.05, 0.2, 2.0))  # fmt: skip
     step: ClaimsStep = claims
-    parts = build_chain_side(config, store, chain, ChainTip(), RecordingLedger(store), claims=step)
+    ledger = RecordingLedger(store, index)
+    parts = build_chain_side(config, store, chain, ChainTip(), ledger, index, claims=step)
     parts.start()
     try:
         yield Side(parts, chain, claims)

@@ -42,6 +42,7 @@ from teos.engine import BootstrapError, Engine, EngineConfig
 from teos.engine.watchdog import Watchdog
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord
+from teos.storage.index import LocatorIndex
 from teos.storage.store import Batch, Store
 from tests.support.fakes import FakeChain, RecordingLedger, random_tx, store_appointment
 from tests.support.wait import wait_until
@@ -179,7 +180,8 @@ class Tower:
         self.plan = FaultPlan()
         self.chain = FaultyChain(self.plan)
         self.store = FaultyStore(tmp_path / "db", self.plan)
-        self.ledger = RecordingLedger(self.store)
+        self.index = LocatorIndex(self.store)  # started once the store is open
+        self.ledger = RecordingLedger(self.store, self.index)
         self.listener = FaultyListener(self.plan)
         self.metrics = FaultyMetrics(self.plan)
         self.parts: ChainSide | None = None
@@ -198,7 +200,7 @@ class Tower:
             startup_retry=RetryPolicy(0.05, 0.2, 2.0),
         )
         parts = build_chain_side(
-            config, self.store, self.chain, ChainTip(), self.ledger, [self.listener], self.metrics
+            config, self.store, self.chain, ChainTip(), self.ledger, self.index, [self.listener], self.metrics
         )
         parts.start()
         self.parts = parts
@@ -211,7 +213,7 @@ class Tower:
 
     def breach(self, dialect: Dialect = Dialect.PYTHON) -> tuple[AppointmentRecord, Txid, Txid]:
         dispute, penalty = random_tx(), random_tx()
-        record = store_appointment(self.store, dispute.txid, penalty.raw, dialect)
+        record = store_appointment(self.store, self.index, dispute.txid, penalty.raw, dialect)
         return record, dispute.txid, penalty.txid
 
     def mine(self, *txids: Txid, n: int = 1) -> None:
@@ -232,10 +234,12 @@ class Tower:
 def tower(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tower]:
     t = Tower(tmp_path, monkeypatch)
     t.store.open()
+    t.index.start()
     try:
         yield t
     finally:
         t.stop()
+        t.index.stop()
         t.store.close()
 
 

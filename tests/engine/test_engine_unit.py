@@ -17,8 +17,9 @@ from teos.daemon import ChainSide, build_chain_side
 from teos.engine import BootstrapError, Engine, EngineConfig
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord
+from teos.storage.index import LocatorIndex
 from teos.storage.store import Batch, Store
-from teos.storage.watched import put_watched
+from teos.storage.watched import delete_watched, find_watched, put_watched, user_holds, usernum_of
 from tests.support.fakes import FakeChain, RecordingLedger, random_tx, store_appointment
 from tests.support.wait import wait_until
 
@@ -29,8 +30,8 @@ def chain() -> FakeChain:
 
 
 @pytest.fixture
-def ledger(store: Store) -> RecordingLedger:
-    return RecordingLedger(store)
+def ledger(store: Store, index: LocatorIndex) -> RecordingLedger:
+    return RecordingLedger(store, index)
 
 
 class Harness:
@@ -38,6 +39,7 @@ class Harness:
 
     def __init__(self, chain: FakeChain, store: Store, ledger: RecordingLedger, **overrides: Any) -> None:
         self.chain, self.store, self.ledger = chain, store, ledger
+        self.index = ledger.index
         self.overrides = overrides
         self.parts: ChainSide | None = None
 
@@ -54,7 +56,7 @@ class Harness:
             startup_retry=RetryPolicy(0.05, 0.2, 2.0),
             **self.overrides,
         )
-        parts = build_chain_side(config, self.store, self.chain, ChainTip(), self.ledger)
+        parts = build_chain_side(config, self.store, self.chain, ChainTip(), self.ledger, self.index)
         parts.start()
         self.parts = parts
         return parts.engine
@@ -79,7 +81,7 @@ class Harness:
         return TrackerRecord.decode(raw) if raw is not None else None
 
     def watched(self, record: AppointmentRecord) -> bool:
-        return self.store.get(keys.appointment(record.locator, record.uuid)) is not None
+        return find_watched(self.store, record.user_id, record.locator) is not None
 
 
 @pytest.fixture
@@ -90,10 +92,10 @@ def h(chain: FakeChain, store: Store, ledger: RecordingLedger) -> Iterator[Harne
 
 
 def breach(
-    store: Store, dialect: Dialect = Dialect.PYTHON, **kw: Any
+    h: Harness, dialect: Dialect = Dialect.PYTHON, **kw: Any
 ) -> tuple[AppointmentRecord, Transaction, Transaction]:
     dispute, penalty = random_tx(), random_tx()
-    record = store_appointment(store, dispute.txid, penalty.raw, dialect, **kw)
+    record = store_appointment(h.store, h.index, dispute.txid, penalty.raw, dialect, **kw)
     return record, dispute, penalty
 
 
@@ -107,7 +109,7 @@ def test_first_start_begins_at_the_tip(h: Harness) -> None:
 
 @pytest.mark.parametrize("dialect", [Dialect.PYTHON, Dialect.RUST])
 def test_breach_is_responded_and_completes_after_100_confirmations(h: Harness, dialect: Dialect) -> None:
-    record, dispute, penalty = breach(h.store, dialect)
+    record, dispute, penalty = breach(h, dialect)
     h.start()
     h.mine(dispute.txid, mempool=False)
     t = h.tracker(record)
@@ -121,12 +123,12 @@ def test_breach_is_responded_and_completes_after_100_confirmations(h: Harness, d
     h.mine()
     assert h.tracker(record) is None
     assert h.ledger.released == [(record.user_id, record.uuid, 1)]
-    assert h.store.get(keys.user_appointment(record.user_id, record.uuid)) is None
+    assert not user_holds(h.store, record.user_id, record.locator)
 
 
 def test_both_dialects_in_one_block(h: Harness) -> None:
-    py, d1, p1 = breach(h.store, Dialect.PYTHON)
-    rs, d2, p2 = breach(h.store, Dialect.RUST)
+    py, d1, p1 = breach(h, Dialect.PYTHON)
+    rs, d2, p2 = breach(h, Dialect.RUST)
     h.start()
     h.mine(d1.txid, d2.txid, mempool=False)
     assert h.tracker(py).penalty_txid == p1.txid
@@ -135,7 +137,7 @@ def test_both_dialects_in_one_block(h: Harness) -> None:
 
 def test_locator_of_the_other_dialect_does_not_trigger(h: Harness) -> None:
     dispute, penalty = random_tx(), random_tx()
-    record = store_appointment(h.store, dispute.txid, penalty.raw, Dialect.RUST)
+    record = store_appointment(h.store, h.index, dispute.txid, penalty.raw, Dialect.RUST)
     # A rust-dialect appointment stored under the *python* locator of the dispute (a collision).
     moved = AppointmentRecord(
         record.uuid,
@@ -147,9 +149,11 @@ def test_locator_of_the_other_dialect_does_not_trigger(h: Harness) -> None:
         0,
         Dialect.RUST,
     )
+    usernum = usernum_of(h.store, record.user_id)
+    assert usernum is not None
     b = Batch()
-    b.delete(keys.appointment(record.locator, record.uuid))
-    put_watched(b, moved)
+    delete_watched(b, record.locator, usernum, h.index)
+    put_watched(b, moved, usernum, h.index, new=True)
     h.store.commit(b)
     h.start()
     h.mine(dispute.txid, mempool=False)
@@ -159,8 +163,8 @@ def test_locator_of_the_other_dialect_does_not_trigger(h: Harness) -> None:
 def test_invalid_blob_is_dropped_and_slots_released(h: Harness) -> None:
     dispute = random_tx()
     garbage = crypto.encrypt(b"not a transaction", dispute.txid, Dialect.PYTHON)
-    record = store_appointment(h.store, dispute.txid, b"", Dialect.PYTHON, blob=garbage)
-    wrong_key, d2, _ = breach(h.store, Dialect.PYTHON, blob=b"\x00" * 300)
+    record = store_appointment(h.store, h.index, dispute.txid, b"", Dialect.PYTHON, blob=garbage)
+    wrong_key, d2, _ = breach(h, Dialect.PYTHON, blob=b"\x00" * 300)
     h.start()
     h.mine(dispute.txid, d2.txid, mempool=False)
     for r in (record, wrong_key):
@@ -173,13 +177,13 @@ def test_appointment_after_its_breach_uses_the_locator_cache(h: Harness) -> None
     dispute, penalty = random_tx(), random_tx()
     h.mine(dispute.txid, mempool=False)
     h.mine(n=3, mempool=False)
-    record = store_appointment(h.store, dispute.txid, penalty.raw, Dialect.RUST)
+    record = store_appointment(h.store, h.index, dispute.txid, penalty.raw, Dialect.RUST)
     assert h.engine.breach_in_cache(record) == dispute.txid
     h.engine.appointment_added(record, dispute.txid)
     wait_until(lambda: h.tracker(record) is not None, 5)
     assert penalty.txid in h.chain.mempool
     h.mine(n=6, mempool=False)  # the dispute block leaves the cache
-    late = store_appointment(h.store, dispute.txid, penalty.raw, Dialect.PYTHON)
+    late = store_appointment(h.store, h.index, dispute.txid, penalty.raw, Dialect.PYTHON)
     assert h.engine.breach_in_cache(late) is None
 
 
@@ -188,14 +192,14 @@ def test_appointment_committed_before_a_crash_is_found_at_restart(h: Harness) ->
     dispute, penalty = random_tx(), random_tx()
     h.mine(dispute.txid, mempool=False)
     h.stop()  # the API committed the appointment but the engine never heard of it
-    record = store_appointment(h.store, dispute.txid, penalty.raw, Dialect.PYTHON)
+    record = store_appointment(h.store, h.index, dispute.txid, penalty.raw, Dialect.PYTHON)
     h.start()
     wait_until(lambda: h.tracker(record) is not None, 5)
     assert penalty.txid in h.chain.mempool
 
 
 def test_breach_while_down_is_replayed(h: Harness) -> None:
-    record, dispute, penalty = breach(h.store)
+    record, dispute, penalty = breach(h)
     h.start()
     h.stop()
     h.chain.mine(n=3, mempool=False)
@@ -209,7 +213,7 @@ def test_breach_while_down_is_replayed(h: Harness) -> None:
 
 
 def test_unconfirmed_penalty_is_rebroadcast_at_start_and_after_6_blocks(h: Harness) -> None:
-    _record, dispute, penalty = breach(h.store)
+    _record, dispute, penalty = breach(h)
     h.start()
     h.mine(dispute.txid, mempool=False)
     assert h.chain.sent.count(penalty.txid) == 1
@@ -223,7 +227,7 @@ def test_unconfirmed_penalty_is_rebroadcast_at_start_and_after_6_blocks(h: Harne
 
 
 def test_dispute_reorged_out_goes_back_under_watch(h: Harness) -> None:
-    record, dispute, _penalty = breach(h.store)
+    record, dispute, _penalty = breach(h)
     h.start()
     h.mine(dispute.txid, mempool=False)
     assert h.tracker(record) is not None
@@ -236,7 +240,7 @@ def test_dispute_reorged_out_goes_back_under_watch(h: Harness) -> None:
 
 
 def test_penalty_reorged_out_is_rebroadcast(h: Harness) -> None:
-    record, dispute, penalty = breach(h.store)
+    record, dispute, penalty = breach(h)
     h.start()
     h.mine(dispute.txid, mempool=False)
     h.mine()  # penalty confirmed
@@ -252,7 +256,7 @@ def test_penalty_reorged_out_is_rebroadcast(h: Harness) -> None:
 
 
 def test_reorg_deeper_than_the_cache_while_down(h: Harness) -> None:
-    record, dispute, _penalty = breach(h.store)
+    record, dispute, _penalty = breach(h)
     h.start()
     h.mine(n=2, mempool=False)
     h.mine(dispute.txid, mempool=False)
@@ -269,7 +273,7 @@ def test_reorg_deeper_than_the_cache_while_down(h: Harness) -> None:
 
 
 def test_rejected_penalty_keeps_its_tracker(h: Harness) -> None:
-    record, dispute, penalty = breach(h.store)
+    record, dispute, penalty = breach(h)
     h.chain.reject[penalty.txid] = RPCError(-26, "insufficient fee, rejecting replacement")
     h.start()
     h.mine(dispute.txid, mempool=False)
@@ -280,7 +284,7 @@ def test_rejected_penalty_keeps_its_tracker(h: Harness) -> None:
 
 
 def test_bitcoind_down_then_back(h: Harness) -> None:
-    record, dispute, _penalty = breach(h.store)
+    record, dispute, _penalty = breach(h)
     h.start()
     h.chain.down = True
     wait_until(lambda: not h.engine.bitcoind_reachable, 5)

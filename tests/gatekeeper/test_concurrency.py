@@ -10,20 +10,21 @@ from common.errors import ErrorKind, TeosError
 from common.types import Dialect, Locator
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.storage import keys
+from teos.storage.index import APPOINTMENTS, LocatorIndex
 from teos.storage.store import Store
 from tests.support.users import Client, FakeChainView, make_record
 
 THREADS, REQUESTS = 16, 50
 
 
-def _gatekeeper(store: Store, **config: int) -> Gatekeeper:
-    gk = Gatekeeper(store, GatekeeperConfig(**config), FakeChainView())
+def _gatekeeper(store: Store, index: LocatorIndex, **config: int) -> Gatekeeper:
+    gk = Gatekeeper(store, GatekeeperConfig(**config), FakeChainView(), index)
     gk.start()
     return gk
 
 
-def test_concurrent_adds_and_updates_of_one_user_match_the_model(store: Store) -> None:
-    gk = _gatekeeper(store, subscription_slots=100_000)
+def test_concurrent_adds_and_updates_of_one_user_match_the_model(store: Store, index: LocatorIndex) -> None:
+    gk = _gatekeeper(store, index, subscription_slots=100_000)
     alice = Client.new()
     gk.register(alice.user_id, Dialect.PYTHON)
     # Thread t cycles through its own 10 locators; the last size sent per locator decides the final cost.
@@ -45,12 +46,12 @@ def test_concurrent_adds_and_updates_of_one_user_match_the_model(store: Store) -
     assert gk.get_user(alice.user_id).available_slots == expected  # type: ignore[union-attr]
     assert gk.n_appointments == len(final) == THREADS * 10
     assert sum(1 for _ in store.iterate(keys.USER_APPOINTMENT)) == len(final)
-    again = _gatekeeper(store)
+    again = _gatekeeper(store, index)
     assert again.n_appointments == len(final)
 
 
-def test_racing_spenders_never_overspend(store: Store) -> None:
-    gk = _gatekeeper(store, subscription_slots=100)
+def test_racing_spenders_never_overspend(store: Store, index: LocatorIndex) -> None:
+    gk = _gatekeeper(store, index, subscription_slots=100)
     alice = Client.new()
     gk.register(alice.user_id, Dialect.RUST)
 
@@ -70,11 +71,11 @@ def test_racing_spenders_never_overspend(store: Store) -> None:
     assert sum(ok for ok, _ in results) == 100
     assert sum(r for _, r in results) == THREADS * REQUESTS - 100
     assert gk.get_user(alice.user_id).available_slots == 0  # type: ignore[union-attr]
-    assert sum(1 for _ in store.iterate(keys.user_appointments(alice.user_id))) == 100
+    assert len(gk.user_appointments(alice.user_id)) == 100
 
 
-def test_racing_users_never_exceed_the_tower_cap(store: Store) -> None:
-    gk = _gatekeeper(store, subscription_slots=1000, max_appointments=300)
+def test_racing_users_never_exceed_the_tower_cap(store: Store, index: LocatorIndex) -> None:
+    gk = _gatekeeper(store, index, subscription_slots=1000, max_appointments=300)
     clients = [Client.new() for _ in range(THREADS)]
     for c in clients:
         gk.register(c.user_id, Dialect.PYTHON)
@@ -93,4 +94,9 @@ def test_racing_users_never_exceed_the_tower_cap(store: Store) -> None:
         assert sum(pool.map(run, clients)) == 300
     assert gk.n_appointments == 300
     assert sum(1 for _ in store.iterate(keys.USER_APPOINTMENT)) == 300
-    assert int.from_bytes(store.get(keys.META_N_APPOINTMENTS) or b"", "big") == 300
+    assert index.count(APPOINTMENTS) == 300 == len(index)
+    index.stop(fold=False)
+    reloaded = LocatorIndex(store)  # what a restart reads back from the journal
+    reloaded.start()
+    assert reloaded.count(APPOINTMENTS) == 300 == len(reloaded)
+    reloaded.stop()

@@ -10,15 +10,23 @@ from common.errors import ErrorKind, TeosError
 from common.types import BlockHash, Dialect, Txid
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.storage import keys
-from teos.storage.codec import UserRecord
+from teos.storage.codec import AppointmentRecord, UserRecord
+from teos.storage.index import USERS, LocatorIndex
 from teos.storage.store import Batch, Store
+from teos.storage.watched import delete_watched, find_watched, held, usernum_of
 from tests.support.users import Client, FakeChainView, make_record, random_locator, trigger
 
 BLOCK = BlockHash(bytes(32))
 
 
-def index_entries(store: Store, user: Client) -> int:
-    return sum(1 for _ in store.iterate(keys.user_appointments(user.user_id)))
+def index_entries(store: Store, user: Client, usernum: int | None = None) -> int:
+    """The user's ``h|`` entries (by its number: pass it once the user is deleted)."""
+    usernum = usernum if usernum is not None else usernum_of(store, user.user_id)
+    return 0 if usernum is None else len(held(store, usernum))
+
+
+def watched(store: Store, record: AppointmentRecord) -> bool:
+    return find_watched(store, record.user_id, record.locator) is not None
 
 
 def expiry_keys(store: Store) -> list[tuple[int, bytes]]:
@@ -64,8 +72,8 @@ def test_registration_in_other_dialect_is_refused(gatekeeper: Gatekeeper) -> Non
     assert gatekeeper.get_user(alice.user_id).available_slots == 100  # type: ignore[union-attr]
 
 
-def test_slot_overflow_is_resource_exhausted(store: Store, chain: FakeChainView) -> None:
-    gk = Gatekeeper(store, GatekeeperConfig(subscription_slots=2**31), chain)
+def test_slot_overflow_is_resource_exhausted(store: Store, chain: FakeChainView, index: LocatorIndex) -> None:
+    gk = Gatekeeper(store, GatekeeperConfig(subscription_slots=2**31), chain, index)
     gk.start()
     alice = Client.new()
     gk.register(alice.user_id, Dialect.RUST)
@@ -120,7 +128,7 @@ def test_not_enough_slots_stores_nothing(gatekeeper: Gatekeeper, store: Store) -
     with pytest.raises(TeosError) as e:
         gatekeeper.add_appointment(record)
     assert e.value.kind is ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION
-    assert store.get(keys.appointment(record.locator, record.uuid)) is None
+    assert not watched(store, record)
     assert gatekeeper.get_user(alice.user_id).available_slots == 100  # type: ignore[union-attr]
     assert gatekeeper.n_appointments == 0
 
@@ -150,31 +158,37 @@ def test_expired_user_cannot_add(gatekeeper: Gatekeeper, chain: FakeChainView) -
     assert "expired" in e.value.message
 
 
-def test_triggered_appointment_cannot_be_updated(gatekeeper: Gatekeeper, store: Store) -> None:
+def test_triggered_appointment_cannot_be_updated(
+    gatekeeper: Gatekeeper, store: Store, index: LocatorIndex
+) -> None:
     alice = Client.new()
     gatekeeper.register(alice.user_id, Dialect.PYTHON)
     record = make_record(alice.user_id, random_locator(), 10)
     gatekeeper.add_appointment(record)
-    trigger(store, record, Txid(os.urandom(32)), b"\x02" * 60)
+    trigger(store, index, record, Txid(os.urandom(32)), b"\x02" * 60)
     with pytest.raises(TeosError) as e:
         gatekeeper.add_appointment(make_record(alice.user_id, record.locator, 10))
     assert e.value.kind is ErrorKind.ALREADY_TRIGGERED
     assert gatekeeper.get_user(alice.user_id).available_slots == 99  # type: ignore[union-attr]
 
 
-def test_tracker_without_index_is_already_triggered(gatekeeper: Gatekeeper, store: Store) -> None:
+def test_tracker_without_index_is_already_triggered(
+    gatekeeper: Gatekeeper, store: Store, index: LocatorIndex
+) -> None:
     """A user deleted and registered again cannot re-add an appointment whose penalty is still tracked."""
     alice = Client.new()
     gatekeeper.register(alice.user_id, Dialect.PYTHON)
     record = make_record(alice.user_id, random_locator(), 10)
-    trigger(store, record, Txid(os.urandom(32)), b"\x02" * 60)
+    trigger(store, index, record, Txid(os.urandom(32)), b"\x02" * 60)
     with pytest.raises(TeosError) as e:
         gatekeeper.add_appointment(record)
     assert e.value.kind is ErrorKind.ALREADY_TRIGGERED
 
 
-def test_max_appointments_refuses_new_but_not_updates(store: Store, chain: FakeChainView) -> None:
-    gk = Gatekeeper(store, GatekeeperConfig(subscription_slots=100, max_appointments=2), chain)
+def test_max_appointments_refuses_new_but_not_updates(
+    store: Store, chain: FakeChainView, index: LocatorIndex
+) -> None:
+    gk = Gatekeeper(store, GatekeeperConfig(subscription_slots=100, max_appointments=2), chain, index)
     gk.start()
     alice = Client.new()
     gk.register(alice.user_id, Dialect.PYTHON)
@@ -189,33 +203,39 @@ def test_max_appointments_refuses_new_but_not_updates(store: Store, chain: FakeC
     assert gk.n_appointments == 2
 
 
-def test_counter_survives_restart(store: Store, config: GatekeeperConfig, chain: FakeChainView) -> None:
-    gk = Gatekeeper(store, config, chain)
+def test_counter_survives_restart(
+    store: Store, config: GatekeeperConfig, chain: FakeChainView, index: LocatorIndex
+) -> None:
+    gk = Gatekeeper(store, config, chain, index)
     gk.start()
     alice = Client.new()
     gk.register(alice.user_id, Dialect.PYTHON)
     for _ in range(3):
         gk.add_appointment(make_record(alice.user_id, random_locator(), 10))
-    again = Gatekeeper(store, config, chain)
+    index.stop(fold=False)  # as after a crash
+    reloaded = LocatorIndex(store)
+    reloaded.start()
+    again = Gatekeeper(store, config, chain, reloaded)
     again.start()
     assert again.n_appointments == 3
-    store.commit(_deleting(keys.META_N_APPOINTMENTS))  # a database without the counter: counted once
-    rebuilt = Gatekeeper(store, config, chain)
-    rebuilt.start()
-    assert rebuilt.n_appointments == 3
-
-
-def _deleting(key: bytes) -> Batch:
+    reloaded.stop()
     batch = Batch()
-    batch.delete(key)
-    return batch
+    for key in list(store.iterate_keys(keys.INDEX)):
+        batch.delete(key)
+    store.commit(batch)  # a database from before the index and its counters: counted once
+    rebuilt_index = LocatorIndex(store)
+    rebuilt_index.start()
+    rebuilt = Gatekeeper(store, config, chain, rebuilt_index)
+    rebuilt.start()
+    assert rebuilt.n_appointments == 3 and rebuilt_index.count(USERS) == 1
+    rebuilt_index.stop()
 
 
 # -- expiry ---------------------------------------------------------------------------------------
 
 
 def test_expired_user_deleted_at_expiry_plus_delta_keeping_trackers(
-    gatekeeper: Gatekeeper, store: Store, chain: FakeChainView
+    gatekeeper: Gatekeeper, store: Store, chain: FakeChainView, index: LocatorIndex
 ) -> None:
     alice, bob = Client.new(), Client.new()
     gatekeeper.register(alice.user_id, Dialect.PYTHON)
@@ -226,15 +246,17 @@ def test_expired_user_deleted_at_expiry_plus_delta_keeping_trackers(
     gatekeeper.add_appointment(watched)
     gatekeeper.add_appointment(responded)
     gatekeeper.add_appointment(make_record(bob.user_id, random_locator(), 10))
-    trigger(store, responded, Txid(os.urandom(32)), b"\x02" * 60)
+    trigger(store, index, responded, Txid(os.urandom(32)), b"\x02" * 60)
     assert gatekeeper.n_appointments == 3
 
+    alice_number = usernum_of(store, alice.user_id)
     gatekeeper.block_connected(BLOCK, 1105)  # expiry 1100 + delta 6 = 1106
     assert gatekeeper.get_user(alice.user_id) is not None
     gatekeeper.block_connected(BLOCK, 1106)
     assert gatekeeper.get_user(alice.user_id) is None
-    assert index_entries(store, alice) == 0
-    assert store.get(keys.appointment(watched.locator, watched.uuid)) is None
+    assert index_entries(store, alice, alice_number) == 0
+    assert not store.has_prefix(keys.appointments_by_locator(watched.locator))
+    assert not store.has_prefix(keys.user_number(alice_number))  # type: ignore[arg-type]
     assert store.get(keys.tracker(responded.uuid)) is not None  # never a live tracker
     assert gatekeeper.get_user(bob.user_id) is not None
     assert gatekeeper.n_appointments == 1
@@ -243,7 +265,7 @@ def test_expired_user_deleted_at_expiry_plus_delta_keeping_trackers(
     # Completing the tracker afterwards finds no user and refunds nothing; the engine batch still lands.
     batch = Batch()
     batch.delete(keys.tracker(responded.uuid))
-    gatekeeper.release(batch, {alice.user_id: [(responded.uuid, 1)]})
+    gatekeeper.release(batch, {alice.user_id: [(responded.locator, 1)]})
     assert store.get(keys.tracker(responded.uuid)) is None
     assert gatekeeper.get_user(alice.user_id) is None
     assert gatekeeper.n_appointments == 1
@@ -269,20 +291,22 @@ def test_top_up_before_deletion_saves_the_user(gatekeeper: Gatekeeper, chain: Fa
 # -- release (SlotLedger) -------------------------------------------------------------------------
 
 
-def test_release_refunds_once_and_commits_engine_batch(gatekeeper: Gatekeeper, store: Store) -> None:
+def test_release_refunds_once_and_commits_engine_batch(
+    gatekeeper: Gatekeeper, store: Store, index: LocatorIndex
+) -> None:
     alice = Client.new()
     gatekeeper.register(alice.user_id, Dialect.PYTHON)
     record = make_record(alice.user_id, random_locator(), 4097)  # 3 slots
     gatekeeper.add_appointment(record)
-    trigger(store, record, Txid(os.urandom(32)), b"\x02" * 60)
+    trigger(store, index, record, Txid(os.urandom(32)), b"\x02" * 60)
     batch = Batch()
     batch.delete(keys.tracker(record.uuid))
-    gatekeeper.release(batch, {alice.user_id: [(record.uuid, 3)]})
+    gatekeeper.release(batch, {alice.user_id: [(record.locator, 3)]})
     assert store.get(keys.tracker(record.uuid)) is None
     assert gatekeeper.get_user(alice.user_id).available_slots == 100  # type: ignore[union-attr]
     assert index_entries(store, alice) == 0
     assert gatekeeper.n_appointments == 0
-    gatekeeper.release(Batch(), {alice.user_id: [(record.uuid, 3)]})  # twice: nothing more
+    gatekeeper.release(Batch(), {alice.user_id: [(record.locator, 3)]})  # twice: nothing more
     assert gatekeeper.get_user(alice.user_id).available_slots == 100  # type: ignore[union-attr]
     assert gatekeeper.n_appointments == 0
 
@@ -298,10 +322,12 @@ def test_release_of_a_dropped_appointment_refunds_what_is_stored(
     gatekeeper.add_appointment(make_record(alice.user_id, record.locator, 5000))  # the update lands first
     assert gatekeeper.get_user(alice.user_id).available_slots == 97  # type: ignore[union-attr]
     batch = Batch()
-    batch.delete(keys.appointment(record.locator, record.uuid))
-    gatekeeper.release(batch, {alice.user_id: [(record.uuid, 1)]})
+    usernum = usernum_of(store, alice.user_id)
+    assert usernum is not None
+    delete_watched(batch, record.locator, usernum, gatekeeper.index)  # the engine drops it
+    gatekeeper.release(batch, {alice.user_id: [(record.locator, 1)]})
     assert gatekeeper.get_user(alice.user_id).available_slots == 100  # type: ignore[union-attr]
-    assert store.get(keys.appointment(record.locator, record.uuid)) is None
+    assert not watched(store, record)
     assert gatekeeper.n_appointments == 0
 
 
@@ -313,7 +339,7 @@ def test_release_many_users_in_one_batch(gatekeeper: Gatekeeper, store: Store) -
         r = make_record(c.user_id, random_locator(), 10, Dialect.RUST)
         gatekeeper.add_appointment(r)
         records.append(r)
-    gatekeeper.release(Batch(), {r.user_id: [(r.uuid, 1)] for r in records})
+    gatekeeper.release(Batch(), {r.user_id: [(r.locator, 1)] for r in records})
     assert all(gatekeeper.get_user(c.user_id).available_slots == 100 for c in users)  # type: ignore[union-attr]
     assert gatekeeper.n_appointments == 0
 

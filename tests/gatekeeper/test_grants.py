@@ -17,6 +17,7 @@ from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.payments.ledger import GatekeeperLedger
 from teos.payments.state import Grant
 from teos.storage import keys
+from teos.storage.index import USERS, LocatorIndex
 from teos.storage.store import Store
 from tests.support.users import Client, FakeChainView, make_record, random_locator
 
@@ -139,7 +140,7 @@ def test_paid_users_are_counted_like_registered_ones(
     chain.tip_height = 1300
     gatekeeper.register(Client.new().user_id, Dialect.RUST)  # expires at 2300
     assert gatekeeper.n_users == 2
-    assert int.from_bytes(store.get(keys.META_N_USERS) or b"", "big") == 2
+    assert gatekeeper.index.count(USERS) == 2  # the stored counter, kept in the batch of each change
     chain.tip_height = 1306
     gatekeeper.block_connected(BlockHash(bytes(32)), 1306)  # grace's deletion height: 700 + 600 + 6
     assert gatekeeper.get_user(grace) is None and gatekeeper.n_users == 1
@@ -147,12 +148,12 @@ def test_paid_users_are_counted_like_registered_ones(
 
 @pytest.mark.parametrize("why", ["max_users", "reserve"])
 def test_a_new_user_is_refused_before_its_payment_when_the_tower_takes_no_new_users(
-    store: Store, chain: FakeChainView, why: str
+    store: Store, chain: FakeChainView, index: LocatorIndex, why: str
 ) -> None:
     """As ``register`` would refuse it: at ``max_users`` users, or once the tower is in the reserve kept for
     established users. A user the tower already has may still pay (a top-up)."""
     extra = {"max_users": 1} if why == "max_users" else {"max_appointments": 10, "new_user_reserve": 50}
-    gk = Gatekeeper(store, GatekeeperConfig(subscription_slots=100, **extra), chain)
+    gk = Gatekeeper(store, GatekeeperConfig(subscription_slots=100, **extra), chain, index)
     gk.start()
     known = Client.new()
     gk.apply_grant(grant(known.user_id))

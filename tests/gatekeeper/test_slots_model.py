@@ -4,7 +4,9 @@ Rules: register/top-up, add/update, the engine triggering an appointment and com
 (``release``), the engine dropping an invalid appointment, and blocks passing (expiry and deletion).
 Invariants after every step: each user's record equals the model; slots never go negative; nothing leaks
 (slots granted - slots available == the slots of the appointments the user holds); the tower-wide counter
-equals the number of index entries.
+equals the number of index entries; every counter of the locator index (users, appointments, trackers,
+appointments under watch) equals a full walk of its keys, also after a restart (with or without a crash,
+which leaves the journal unfolded).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from common.errors import ErrorKind, TeosError
 from common.types import BlockHash, Dialect, Locator, Txid, Uuid
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.storage import keys
-from teos.storage.codec import AppointmentRecord
+from teos.storage.index import APPOINTMENTS, TRACKERS, USERS, LocatorIndex
 from teos.storage.store import Batch, Store
+from teos.storage.watched import delete_watched, find_watched
 from tests.support.users import Client, FakeChainView, make_record, trigger
 
 SLOTS, DURATION, DELTA = 5, 20, 10
@@ -53,12 +56,16 @@ class SlotMachine(RuleBasedStateMachine):
         self.config = GatekeeperConfig(
             subscription_slots=SLOTS, subscription_duration=DURATION, expiry_delta=DELTA, max_appointments=8
         )
-        self.gk = Gatekeeper(self.store, self.config, self.chain)
+        self.index = LocatorIndex(self.store, fold_every=5)
+        self.index.start()
+        self.gk = Gatekeeper(self.store, self.config, self.chain, self.index)
         self.gk.start()
         self.users: dict[int, ModelUser] = {}
-        self.trackers: dict[Uuid, tuple[int, int]] = {}  # uuid -> (client index, slots)
+        self.trackers: dict[Uuid, tuple[int, int, Locator]] = {}  # uuid -> (client index, slots, locator)
+        self.numbers: dict[int, int] = {}  # client index -> its last user number
 
     def teardown(self) -> None:
+        self.index.stop()
         self.store.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -69,6 +76,8 @@ class SlotMachine(RuleBasedStateMachine):
     def register(self, c: int) -> None:
         tip = self.chain.tip_height
         record = self.gk.register(CLIENTS[c].user_id, Dialect.PYTHON)
+        assert record.usernum is not None
+        self.numbers[c] = record.usernum
         m = self.users.get(c)
         if m is None:
             self.users[c] = m = ModelUser(SLOTS, tip, tip + DURATION, SLOTS)
@@ -110,12 +119,12 @@ class SlotMachine(RuleBasedStateMachine):
     def engine_triggers(self, c: int, loc: int) -> None:
         m = self.users.get(c)
         uuid = compute_uuid(LOCATORS[loc], CLIENTS[c].user_id)
-        raw = self.store.get(keys.appointment(LOCATORS[loc], uuid))
-        if m is None or raw is None:
+        record = find_watched(self.store, CLIENTS[c].user_id, LOCATORS[loc])
+        if m is None or record is None:
             return
-        trigger(self.store, AppointmentRecord.decode(raw), Txid(os.urandom(32)), b"\x02" * 60)
+        trigger(self.store, self.index, record, Txid(os.urandom(32)), b"\x02" * 60)
         m.responded[uuid] = m.watched.pop(uuid)
-        self.trackers[uuid] = (c, m.responded[uuid])
+        self.trackers[uuid] = (c, m.responded[uuid], LOCATORS[loc])
 
     @rule(c=st.integers(0, 2), loc=st.integers(0, 3), stale_slots=st.integers(0, 3))
     def engine_drops_invalid(self, c: int, loc: int, stale_slots: int) -> None:
@@ -126,8 +135,8 @@ class SlotMachine(RuleBasedStateMachine):
         if m is None or uuid not in m.watched:
             return
         batch = Batch()
-        batch.delete(keys.appointment(LOCATORS[loc], uuid))
-        self.gk.release(batch, {CLIENTS[c].user_id: [(uuid, stale_slots)]})
+        delete_watched(batch, LOCATORS[loc], self.numbers[c], self.index)
+        self.gk.release(batch, {CLIENTS[c].user_id: [(LOCATORS[loc], stale_slots)]})
         m.slots += m.watched.pop(uuid)
 
     @rule(data=st.data())
@@ -135,10 +144,11 @@ class SlotMachine(RuleBasedStateMachine):
         if not self.trackers:
             return
         uuid = data.draw(st.sampled_from(sorted(self.trackers)))
-        c, slots = self.trackers.pop(uuid)
+        c, slots, locator = self.trackers.pop(uuid)
         batch = Batch()
         batch.delete(keys.tracker(uuid))
-        self.gk.release(batch, {CLIENTS[c].user_id: [(uuid, slots)]})
+        self.index.stage(batch, counts={TRACKERS: -1})
+        self.gk.release(batch, {CLIENTS[c].user_id: [(locator, slots)]})
         m = self.users.get(c)
         if m is not None and uuid in m.responded:
             m.slots += m.responded.pop(uuid)
@@ -159,7 +169,9 @@ class SlotMachine(RuleBasedStateMachine):
             m = self.users.get(c)
             if m is None:
                 assert stored is None
-                assert not self.store.has_prefix(keys.user_appointments(client.user_id))
+                if c in self.numbers:  # deleted: nothing left under its number
+                    assert not self.store.has_prefix(keys.user_appointments(self.numbers[c]))
+                    assert self.store.get(keys.user_number(self.numbers[c])) is None
                 continue
             assert stored is not None
             assert stored.available_slots == m.slots >= 0
@@ -169,10 +181,31 @@ class SlotMachine(RuleBasedStateMachine):
             indexed = {u for u, _ in self.gk.user_appointments(client.user_id)}
             assert indexed == set(m.watched) | set(m.responded)
 
+    @rule(crash=st.booleans())
+    def restart(self, crash: bool) -> None:
+        """teosd stops (cleanly: the journal is folded; or killed: it is not) and starts again."""
+        self.index.stop(fold=not crash)
+        self.index = LocatorIndex(self.store, fold_every=5)
+        self.index.start()
+        self.gk = Gatekeeper(self.store, self.config, self.chain, self.index)
+        self.gk.start()
+
     @invariant()
     def counter_matches_index(self) -> None:
         n = sum(1 for _ in self.store.iterate(keys.USER_APPOINTMENT))
         assert self.gk.n_appointments == n == self._n_index()
+
+    @invariant()
+    def counters_equal_a_full_walk(self) -> None:
+        walk = {
+            USERS: self.store.count(keys.USER),
+            APPOINTMENTS: self.store.count(keys.USER_APPOINTMENT),
+            TRACKERS: self.store.count(keys.TRACKER),
+        }
+        assert {name: self.index.count(name) for name in walk} == walk
+        assert self.store.count(keys.USER_NUMBER) == walk[USERS]  # every user numbered, no number left over
+        watched = [key[1:17] for key in self.store.iterate_keys(keys.APPOINTMENT)]
+        assert sorted(self.index.fingerprints()) == sorted(self.index.fingerprint(loc) for loc in watched)
 
 
 SlotMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)

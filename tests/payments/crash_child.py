@@ -16,6 +16,7 @@ from teos.payments.income import FixedPrice
 from teos.payments.ledger import GatekeeperLedger
 from teos.payments.store import ChannelStore
 from teos.storage.atomic import LevelDBAtomicStore
+from teos.storage.index import LocatorIndex
 from teos.storage.store import Store
 from tests.payments.support import TOWER_KEY, USER_SECRET, FakeChain, make_params, user_id
 from tests.support.users import FakeChainView
@@ -26,8 +27,10 @@ SLOTS = 7
 
 def gatekeeper(store: Store) -> Gatekeeper:
     """The real Gatekeeper over the database (the tip is fixed: grants start and extend from 100)."""
+    index = LocatorIndex(store)
+    index.start()
     gk = Gatekeeper(
-        store, GatekeeperConfig(subscription_slots=SLOTS, subscription_duration=10), FakeChainView()
+        store, GatekeeperConfig(subscription_slots=SLOTS, subscription_duration=10), FakeChainView(), index
     )
     gk.start()
     return gk

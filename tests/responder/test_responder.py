@@ -15,7 +15,9 @@ from teos.interfaces import Breach
 from teos.responder.responder import Responder, ResponderOutcome
 from teos.storage import keys
 from teos.storage.codec import TrackerRecord
+from teos.storage.index import LocatorIndex
 from teos.storage.store import Batch, Store
+from teos.storage.watched import delete_watched, find_watched, remove_held, usernum_of
 from tests.support.fakes import random_tx, store_appointment, tracker_v1_bytes
 
 REBROADCAST_AFTER = 6
@@ -48,13 +50,13 @@ def carrier() -> FakeCarrier:
 
 
 @pytest.fixture
-def responder(store: Store, carrier: FakeCarrier) -> Responder:
-    return Responder(store, carrier, REBROADCAST_AFTER, IRREVOCABLE)
+def responder(store: Store, carrier: FakeCarrier, index: LocatorIndex) -> Responder:
+    return Responder(store, carrier, REBROADCAST_AFTER, IRREVOCABLE, index)
 
 
-def a_breach(store: Store, height: int = 100, dialect: Dialect = Dialect.RUST) -> Breach:
+def a_breach(store: Store, index: LocatorIndex, height: int = 100, dialect: Dialect = Dialect.RUST) -> Breach:
     dispute, penalty = random_tx(), random_tx()
-    record = store_appointment(store, dispute.txid, penalty.raw, dialect)
+    record = store_appointment(store, index, dispute.txid, penalty.raw, dialect)
     return Breach(record, dispute.txid, penalty.txid, penalty.raw, block_hash(height), height)
 
 
@@ -63,10 +65,18 @@ def tracker(store: Store, breach: Breach) -> TrackerRecord | None:
     return TrackerRecord.decode(raw) if raw is not None else None
 
 
-def respond(responder: Responder, store: Store, breach: Breach, txids: frozenset[Txid] = frozenset()) -> None:
+def respond(
+    responder: Responder,
+    store: Store,
+    index: LocatorIndex,
+    breach: Breach,
+    txids: frozenset[Txid] = frozenset(),
+) -> None:
     """The engine's steps for a block holding ``breach``'s dispute: trackers, one commit, broadcasts."""
     batch = Batch()
-    batch.delete(keys.appointment(breach.appointment.locator, breach.appointment.uuid))
+    usernum = usernum_of(store, breach.appointment.user_id)
+    assert usernum is not None
+    delete_watched(batch, breach.appointment.locator, usernum, index)
     outcome = responder.handle_breaches([breach], breach.height, txids | {breach.dispute_txid}, batch)
     store.commit(batch)
     responder.broadcast(outcome.to_broadcast)
@@ -82,10 +92,10 @@ def connect(
 
 
 def test_a_breach_becomes_a_tracker_and_its_penalty_is_broadcast(
-    responder: Responder, store: Store, carrier: FakeCarrier
+    responder: Responder, store: Store, carrier: FakeCarrier, index: LocatorIndex
 ) -> None:
-    breach = a_breach(store)
-    respond(responder, store, breach)
+    breach = a_breach(store, index)
+    respond(responder, store, index, breach)
     t = tracker(store, breach)
     assert t is not None and (t.dispute_txid, t.penalty_txid, t.penalty_rawtx) == (
         breach.dispute_txid, breach.penalty_txid, breach.penalty_rawtx)  # fmt: skip
@@ -96,9 +106,9 @@ def test_a_breach_becomes_a_tracker_and_its_penalty_is_broadcast(
 
 
 def test_a_penalty_mined_beside_its_dispute_is_confirmed_at_once(
-    responder: Responder, store: Store, carrier: FakeCarrier
+    responder: Responder, store: Store, carrier: FakeCarrier, index: LocatorIndex
 ) -> None:
-    breach = a_breach(store)
+    breach = a_breach(store, index)
     batch = Batch()
     block_txids = frozenset({breach.dispute_txid, breach.penalty_txid})
     outcome = responder.handle_breaches([breach], 100, block_txids, batch)
@@ -108,24 +118,26 @@ def test_a_penalty_mined_beside_its_dispute_is_confirmed_at_once(
     assert t is not None and (t.confirmed_in, t.confirmed_height) == (block_hash(100), 100)
 
 
-def test_confirmed_then_completed_after_irrevocable_confirmations(responder: Responder, store: Store) -> None:
-    breach = a_breach(store)
-    respond(responder, store, breach)
+def test_confirmed_then_completed_after_irrevocable_confirmations(
+    responder: Responder, store: Store, index: LocatorIndex
+) -> None:
+    breach = a_breach(store, index)
+    respond(responder, store, index, breach)
     first = connect(responder, store, 101, frozenset({breach.penalty_txid}))
     assert [t.uuid for t in first.confirmed] == [breach.appointment.uuid]
     for height in range(102, 101 + IRREVOCABLE - 1):
         assert connect(responder, store, height).released == []
     done = connect(responder, store, 101 + IRREVOCABLE - 1)  # the IRREVOCABLE-th confirmation
     assert [t.uuid for t in done.released] == [breach.appointment.uuid]
-    assert done.refunds() == {breach.appointment.user_id: [(breach.appointment.uuid, 1)]}
+    assert done.refunds() == {breach.appointment.user_id: [(breach.appointment.locator, 1)]}
     assert tracker(store, breach) is None
 
 
 def test_an_unconfirmed_penalty_is_broadcast_again_every_six_blocks(
-    responder: Responder, store: Store, carrier: FakeCarrier
+    responder: Responder, store: Store, carrier: FakeCarrier, index: LocatorIndex
 ) -> None:
-    breach = a_breach(store)
-    respond(responder, store, breach)
+    breach = a_breach(store, index)
+    respond(responder, store, index, breach)
     for height in range(101, 100 + REBROADCAST_AFTER):
         assert connect(responder, store, height).to_broadcast == []
     again = connect(responder, store, 100 + REBROADCAST_AFTER)
@@ -135,10 +147,10 @@ def test_an_unconfirmed_penalty_is_broadcast_again_every_six_blocks(
 
 
 def test_a_penalty_nobody_knows_once_the_dispute_is_irrevocable_is_abandoned(
-    responder: Responder, store: Store, carrier: FakeCarrier
+    responder: Responder, store: Store, carrier: FakeCarrier, index: LocatorIndex
 ) -> None:
-    breach = a_breach(store)
-    respond(responder, store, breach)
+    breach = a_breach(store, index)
+    respond(responder, store, index, breach)
     carrier.known.add(breach.penalty_txid)  # still in the mempool: kept
     assert connect(responder, store, 100 + IRREVOCABLE - 1).released == []
     carrier.known.clear()  # its inputs were spent by something else
@@ -146,34 +158,42 @@ def test_a_penalty_nobody_knows_once_the_dispute_is_irrevocable_is_abandoned(
     assert [t.uuid for t in gone.released] == [breach.appointment.uuid] and tracker(store, breach) is None
 
 
-def test_a_reorged_dispute_puts_the_appointment_back_under_watch(responder: Responder, store: Store) -> None:
-    breach = a_breach(store)
-    respond(responder, store, breach)
+def test_a_reorged_dispute_puts_the_appointment_back_under_watch(
+    responder: Responder, store: Store, index: LocatorIndex
+) -> None:
+    breach = a_breach(store, index)
+    respond(responder, store, index, breach)
     batch = Batch()
     outcome = responder.block_disconnected(block_hash(100), 100, batch)
     store.commit(batch)
     assert outcome.to_broadcast == [] and tracker(store, breach) is None
     record = breach.appointment
-    assert store.get(keys.appointment(record.locator, record.uuid)) == record.encode()
-    assert store.get(keys.locator_marker(record.locator)) is not None
+    assert find_watched(store, record.user_id, record.locator) == record
+    assert index.candidates([record.locator.raw]) == [record.locator.raw]  # the Watcher finds it again
 
 
-def test_a_reorged_dispute_of_a_deleted_user_is_dropped(responder: Responder, store: Store) -> None:
-    breach = a_breach(store)
-    respond(responder, store, breach)
+def test_a_reorged_dispute_of_a_deleted_user_is_dropped(
+    responder: Responder, store: Store, index: LocatorIndex
+) -> None:
+    breach = a_breach(store, index)
+    respond(responder, store, index, breach)
+    usernum = usernum_of(store, breach.appointment.user_id)
+    assert usernum is not None
     deleted = Batch()
-    deleted.delete(keys.user_appointment(breach.appointment.user_id, breach.appointment.uuid))
+    remove_held(deleted, usernum, breach.appointment.locator)
     store.commit(deleted)
     batch = Batch()
     responder.block_disconnected(block_hash(100), 100, batch)
     store.commit(batch)
     record = breach.appointment
-    assert tracker(store, breach) is None and store.get(keys.appointment(record.locator, record.uuid)) is None
+    assert tracker(store, breach) is None and find_watched(store, record.user_id, record.locator) is None
 
 
-def test_a_reorged_penalty_is_unconfirmed_and_broadcast_again(responder: Responder, store: Store) -> None:
-    breach = a_breach(store)
-    respond(responder, store, breach)
+def test_a_reorged_penalty_is_unconfirmed_and_broadcast_again(
+    responder: Responder, store: Store, index: LocatorIndex
+) -> None:
+    breach = a_breach(store, index)
+    respond(responder, store, index, breach)
     connect(responder, store, 101, frozenset({breach.penalty_txid}))
     batch = Batch()
     outcome = responder.block_disconnected(block_hash(101), 101, batch)
@@ -184,12 +204,12 @@ def test_a_reorged_penalty_is_unconfirmed_and_broadcast_again(responder: Respond
 
 
 def test_broadcasts_bitcoind_did_not_answer_are_retried_while_their_tracker_lives(
-    responder: Responder, store: Store, carrier: FakeCarrier
+    responder: Responder, store: Store, carrier: FakeCarrier, index: LocatorIndex
 ) -> None:
-    kept, dropped = a_breach(store), a_breach(store)
+    kept, dropped = a_breach(store, index), a_breach(store, index)
     carrier.status = BroadcastStatus.UNREACHABLE
-    respond(responder, store, kept)
-    respond(responder, store, dropped)
+    respond(responder, store, index, kept)
+    respond(responder, store, index, dropped)
     assert responder.pending_broadcasts == 2
     assert responder.retry_broadcasts() == 0 and responder.pending_broadcasts == 2  # still away
     gone = Batch()
@@ -202,18 +222,20 @@ def test_broadcasts_bitcoind_did_not_answer_are_retried_while_their_tracker_live
 
 
 def test_a_refused_broadcast_is_not_retried_but_the_tracker_stays(
-    responder: Responder, store: Store, carrier: FakeCarrier
+    responder: Responder, store: Store, carrier: FakeCarrier, index: LocatorIndex
 ) -> None:
-    breach = a_breach(store)
+    breach = a_breach(store, index)
     carrier.status = BroadcastStatus.REJECTED
-    respond(responder, store, breach)
+    respond(responder, store, index, breach)
     assert responder.pending_broadcasts == 0 and tracker(store, breach) is not None
 
 
-def test_v1_tracker_migrates_to_v2_when_the_responder_rewrites_it(responder: Responder, store: Store) -> None:
+def test_v1_tracker_migrates_to_v2_when_the_responder_rewrites_it(
+    responder: Responder, store: Store, index: LocatorIndex
+) -> None:
     """Trackers written before v2 (no dispute block) are read, followed, and written back as v2."""
-    breach = a_breach(store)
-    respond(responder, store, breach)
+    breach = a_breach(store, index)
+    respond(responder, store, index, breach)
     current = tracker(store, breach)
     assert current is not None
     old = Batch()
@@ -232,9 +254,9 @@ def test_v1_tracker_migrates_to_v2_when_the_responder_rewrites_it(responder: Res
     assert [t.uuid for t in done.released] == [breach.appointment.uuid]
 
 
-def test_undecodable_trackers_are_skipped(responder: Responder, store: Store) -> None:
-    good = a_breach(store)
-    respond(responder, store, good)
+def test_undecodable_trackers_are_skipped(responder: Responder, store: Store, index: LocatorIndex) -> None:
+    good = a_breach(store, index)
+    respond(responder, store, index, good)
     batch = Batch()
     batch.put(keys.tracker(Uuid(os.urandom(20))), os.urandom(40))
     store.commit(batch)

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
+from common import zbase32
+from common.appointment import compute_uuid
 from common.types import BlockHash, Dialect, Locator, Txid, UserId, Uuid
 from teos.storage.codec import (
     AppointmentRecord,
@@ -23,9 +25,13 @@ from tests.support.fakes import tracker_v1_bytes
 USER = UserId(b"\x02" + os.urandom(32))
 
 
-def appointment(dialect: Dialect = Dialect.RUST) -> AppointmentRecord:
-    return AppointmentRecord(Uuid(os.urandom(20)), Locator(os.urandom(16)), os.urandom(300), 144, USER,
-                             "d" * 104, 812_000, dialect)  # fmt: skip
+SIGNATURE = zbase32.encode(b"\x1f" + os.urandom(64))  # as Lightning's signmessage writes one
+
+
+def appointment(dialect: Dialect = Dialect.RUST, signature: str = SIGNATURE) -> AppointmentRecord:
+    locator = Locator(os.urandom(16))
+    return AppointmentRecord(compute_uuid(locator, USER), locator, os.urandom(300), 144, USER, signature,
+                             812_000, dialect)  # fmt: skip
 
 
 def a_tracker(confirmed: bool = True) -> TrackerRecord:
@@ -50,9 +56,45 @@ def test_records_round_trip(dialect: Dialect) -> None:
 
 
 def test_every_record_starts_with_its_version() -> None:
-    assert appointment().encode()[0] == AppointmentRecord.VERSION == 1
-    assert UserRecord(USER, Dialect.RUST, 1, 2, 3).encode()[0] == UserRecord.VERSION == 1
+    assert appointment().encode()[0] == AppointmentRecord.VERSION == 2
+    assert UserRecord(USER, Dialect.RUST, 1, 2, 3, 7).encode()[0] == UserRecord.VERSION == 2
+    assert UserRecord(USER, Dialect.RUST, 1, 2, 3).encode()[0] == 1  # not numbered yet: as before
+
+
+@pytest.mark.parametrize("usernum", [None, 0, 127, 128, 16383, 2**40])
+def test_user_records_keep_their_number(usernum: int | None) -> None:
+    user = UserRecord(USER, Dialect.PYTHON, 5, 6, 7, usernum)
+    assert UserRecord.decode(user.encode()).usernum == usernum
+
+
+@pytest.mark.parametrize("signature", [SIGNATURE, "not z-base-32!"])
+def test_appointment_bodies_round_trip_with_what_the_key_says(signature: str) -> None:
+    record = appointment(Dialect.PYTHON, signature)
+    body = record.encode_body()
+    assert body[0] == (4 if signature == SIGNATURE else 5)
+    assert AppointmentRecord.decode_body(body, record.locator, record.user_id) == record
+    assert len(record.encode()) - len(body) == 16 + 33  # the locator and the user id are in the key
+    for bad in (b"", b"\x02" + body[1:], body[:-1], body + b"\x00"):
+        with pytest.raises(CodecError):
+            AppointmentRecord.decode_body(bad, record.locator, record.user_id)
     assert a_tracker().encode()[0] == TrackerRecord.VERSION == 2
+
+
+@pytest.mark.parametrize("signature", [SIGNATURE, "d" * 104, "not z-base-32!", ""])
+def test_appointment_encodings_side_by_side(signature: str) -> None:
+    """v2 for a signature in canonical z-base-32 (65 bytes), v3 (the text) for any other; v1 records
+    written by earlier versions, and records whose uuid was not derived, read back unchanged."""
+    record = appointment(Dialect.PYTHON, signature)
+    encoded = record.encode()
+    canonical = len(signature) == 104  # (every 104 alphabet characters encode 65 bytes, no padding)
+    assert encoded[0] == (2 if canonical else 3)
+    assert AppointmentRecord.decode(encoded) == record
+    v1 = record._encode_v1()
+    assert v1[0] == 1 and AppointmentRecord.decode(v1) == record
+    assert len(v1) - len(encoded) >= (68 if canonical else 20)
+    odd = AppointmentRecord(Uuid(os.urandom(20)), record.locator, record.encrypted_blob, 144, USER, signature,
+                            812_000, Dialect.RUST)  # fmt: skip
+    assert odd.encode()[0] == 1 and AppointmentRecord.decode(odd.encode()) == odd
 
 
 def test_tracker_v1_to_v2_migration() -> None:

@@ -91,3 +91,63 @@ def test_iterate_prefixes_seeks_each_prefix_once_in_order(store: Store) -> None:
     found = list(store.iterate_prefixes([b"p\x03", b"p\x01", b"p\x09", b"p\x01"]))
     assert found == [(b"p\x01a", b"1"), (b"p\x01b", b"2"), (b"p\x03a", b"4")]
     assert list(store.iterate_prefixes([])) == []
+
+
+def test_after_commit_runs_once_the_batch_is_written_and_only_then(store: Store) -> None:
+    ran: list[str] = []
+    batch = Batch()
+    batch.put(b"k", b"v")
+    batch.after_commit(lambda: ran.append("first"))
+    batch.after_commit(lambda: ran.append("second"))
+    assert ran == []  # staged, not written
+    store.commit(batch)
+    assert ran == ["first", "second"] and store.get(b"k") == b"v"
+    store.commit(batch)  # a batch committed again does not run them again
+    assert ran == ["first", "second"]
+    unsynced = Batch()
+    unsynced.after_commit(lambda: ran.append("unsynced"))
+    store.commit(unsynced, sync=False)
+    assert ran[-1] == "unsynced"
+
+
+def test_after_commit_runs_for_each_member_of_a_group_and_travels_with_extend(store: Store) -> None:
+    ran: list[int] = []
+    inner = Batch()
+    inner.after_commit(lambda: ran.append(0))
+    outer = Batch()
+    outer.extend(inner)
+    tickets = [store.submit(outer)]
+    for i in range(1, 4):
+        b = Batch()
+        b.put(b"g%d" % i, b"x")
+        b.after_commit(lambda i=i: ran.append(i))  # type: ignore[misc]
+        tickets.append(store.submit(b))
+    for t in tickets:
+        t.wait()
+    assert sorted(ran) == [0, 1, 2, 3]
+
+
+def test_after_commit_does_not_run_when_the_write_fails(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    store.open()
+    ran: list[bool] = []
+    batch = Batch()
+    batch.put(b"k", b"v")
+    batch.after_commit(lambda: ran.append(True))
+    store.close()  # every write now fails
+    with pytest.raises(StorageError):
+        store.commit(batch)
+    assert ran == []
+
+
+def test_a_failing_after_commit_step_is_logged_and_the_write_stands(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    batch = Batch()
+    batch.put(b"k", b"v")
+    batch.after_commit(boom)
+    store.commit(batch)
+    assert store.get(b"k") == b"v" and "after-commit step failed" in caplog.text

@@ -9,13 +9,13 @@ import os
 import struct
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from common import crypto
 from common.appointment import compute_uuid
 from common.dialects import locator_from_txid
 from common.tx import Transaction, TxIn, TxOut, decode_transaction
-from common.types import BlockHash, Dialect, Txid, UserId, Uuid
+from common.types import BlockHash, Dialect, Locator, Txid, UserId, Uuid
 from teos.chain.bitcoind import (
     BitcoindUnreachable,
     Block,
@@ -26,8 +26,17 @@ from teos.chain.bitcoind import (
 )
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord, UserRecord
+from teos.storage.index import APPOINTMENTS, USERS, LocatorIndex
 from teos.storage.store import Batch, Store
-from teos.storage.watched import put_watched
+from teos.storage.watched import (
+    IndexJournal,
+    add_held,
+    holds,
+    is_watched,
+    number_user,
+    put_watched,
+    remove_held,
+)
 
 
 def random_tx(n_out: int = 1) -> Transaction:
@@ -171,29 +180,52 @@ class RecordingLedger:
     """A SlotLedger over the real store: deletes the index entries, gives slots back, commits."""
 
     store: Store
+    index: LocatorIndex
     released: list[tuple[UserId, Uuid, int]] = field(default_factory=list)
 
-    def release(self, batch: Batch, released: Mapping[UserId, Sequence[tuple[Uuid, int]]]) -> None:
+    def release(self, batch: Batch, released: Mapping[UserId, Sequence[tuple[Locator, int]]]) -> None:
         for user_id, items in released.items():
             raw = self.store.get(keys.user(user_id))
             user = UserRecord.decode(raw) if raw is not None else None
+            if user is None or user.usernum is None:
+                continue
             refund = 0
-            for uuid, slots in items:
-                if self.store.get(keys.user_appointment(user_id, uuid)) is None:
+            for locator, slots in items:
+                if not holds(self.store, user.usernum, locator):
                     continue
-                batch.delete(keys.user_appointment(user_id, uuid))
-                self.released.append((user_id, uuid, slots))
+                remove_held(batch, user.usernum, locator)
+                self.index.stage(batch, counts={APPOINTMENTS: -1})
+                self.released.append((user_id, compute_uuid(locator, user_id), slots))
                 refund += slots
-            if user is not None and refund:
-                user = UserRecord(
-                    user.user_id,
-                    user.dialect,
-                    user.available_slots + refund,
-                    user.subscription_start,
-                    user.subscription_expiry,
-                )
+            if refund:
+                user = replace(user, available_slots=user.available_slots + refund)
                 batch.put(keys.user(user_id), user.encode())
         self.store.commit(batch)
+
+
+def register_user(
+    store: Store,
+    index: IndexJournal,
+    user_id: UserId,
+    dialect: Dialect,
+    available_slots: int = 100,
+    start: int = 0,
+    expiry: int = 10_000,
+) -> UserRecord:
+    """Stores a user as the Gatekeeper registers one (its number from ``m|next_usernum``), unless known."""
+    raw = store.get(keys.user(user_id))
+    if raw is not None:
+        return UserRecord.decode(raw)
+    stored = store.get(keys.META_NEXT_USERNUM)
+    usernum = int.from_bytes(stored, "big") if stored is not None else 0
+    user = UserRecord(user_id, dialect, available_slots, start, expiry, usernum)
+    batch = Batch()
+    batch.put(keys.user(user_id), user.encode())
+    number_user(batch, usernum, user_id)
+    batch.put(keys.META_NEXT_USERNUM, (usernum + 1).to_bytes(8, "big"))
+    index.stage(batch, counts={USERS: 1})
+    store.commit(batch)
+    return user
 
 
 @dataclass(frozen=True)
@@ -205,6 +237,7 @@ class Stored:
 
 def store_appointment(
     store: Store,
+    index: IndexJournal,
     dispute_txid: Txid,
     penalty_raw: bytes,
     dialect: Dialect,
@@ -212,7 +245,7 @@ def store_appointment(
     blob: bytes | None = None,
     available_slots: int = 100,
 ) -> AppointmentRecord:
-    """Writes an appointment as the service would: ``a|``, ``i|`` and the user's record."""
+    """Writes an appointment as the service would: ``w|``, ``h|``, the user (if new), and the counts."""
     secret = secret or crypto.generate_secret_key()
     user_id = crypto.public_key(secret)
     locator = locator_from_txid(dispute_txid, dialect)
@@ -226,11 +259,13 @@ def store_appointment(
         start_block=0,
         dialect=dialect,
     )
+    usernum = register_user(store, index, user_id, dialect, available_slots).usernum
+    assert usernum is not None
     batch = Batch()
-    put_watched(batch, record)
-    batch.put(keys.user_appointment(user_id, record.uuid), locator.raw)
-    if store.get(keys.user(user_id)) is None:
-        batch.put(keys.user(user_id), UserRecord(user_id, dialect, available_slots, 0, 10_000).encode())
+    put_watched(batch, record, usernum, index, new=not is_watched(store, locator, usernum))
+    if not holds(store, usernum, locator):
+        index.stage(batch, counts={APPOINTMENTS: 1})
+        add_held(batch, usernum, locator)
     store.commit(batch)
     return record
 
@@ -245,3 +280,28 @@ def tracker_v1_bytes(t: TrackerRecord) -> bytes:
         struct.pack(">I", len(t.penalty_rawtx)), t.penalty_rawtx, struct.pack(">I", t.broadcast_height),
         confirmed, struct.pack(">I", t.confirmed_height),
     ])  # fmt: skip
+
+
+def seed_user(store: Store, user: UserRecord, records: Sequence[AppointmentRecord]) -> UserRecord:
+    """Writes ``user`` (numbered here) holding ``records`` under watch straight into a database no teosd
+    has open, in its key layout, as if it had registered and added them; the locator index and its
+    counters are left out, so the next teosd builds them from these keys. Returns the stored user."""
+    raw = store.get(keys.META_NEXT_USERNUM)
+    usernum = int.from_bytes(raw, "big") if raw is not None else 0
+    user = replace(user, usernum=usernum)
+    batch = Batch()
+    batch.put(keys.META_SCHEMA, bytes([keys.SCHEMA]))
+    batch.put(keys.META_NEXT_USERNUM, (usernum + 1).to_bytes(8, "big"))
+    batch.put(keys.user(user.user_id), user.encode())
+    number_user(batch, usernum, user.user_id)
+    held = set()
+    for record in records:
+        batch.put(keys.appointment(record.locator, usernum), record.encode_body())
+        add_held(batch, usernum, record.locator)
+        held.add(record.locator)
+        if len(batch) >= 30_000:
+            store.commit(batch, sync=False)
+            batch = Batch()
+    batch.put(keys.user_count(user.user_id), len(held).to_bytes(4, "big"))
+    store.commit(batch)
+    return user

@@ -16,7 +16,9 @@ from common.types import Dialect, Locator, Txid, UserId
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord
+from teos.storage.index import TRACKERS, LocatorIndex
 from teos.storage.store import Batch, Store
+from teos.storage.watched import IndexJournal, delete_watched, usernum_of
 
 
 @dataclass
@@ -84,7 +86,7 @@ def make_record(
 
 
 def trigger(
-    store: Store, record: AppointmentRecord, dispute_txid: Txid, penalty_rawtx: bytes
+    store: Store, index: IndexJournal, record: AppointmentRecord, dispute_txid: Txid, penalty_rawtx: bytes
 ) -> TrackerRecord:
     """Does what the engine does on a breach: the appointment becomes a tracker (index entry kept)."""
     tracker = TrackerRecord(
@@ -96,9 +98,12 @@ def trigger(
         confirmed_in=None,
         confirmed_height=0,
     )
+    usernum = usernum_of(store, record.user_id)
+    assert usernum is not None
     batch = Batch()
-    batch.delete(keys.appointment(record.locator, record.uuid))
+    delete_watched(batch, record.locator, usernum, index)
     batch.put(keys.tracker(record.uuid), tracker.encode())
+    index.stage(batch, counts={TRACKERS: 1})
     store.commit(batch)
     return tracker
 
@@ -116,7 +121,9 @@ def config() -> GatekeeperConfig:
 
 
 @pytest.fixture
-def gatekeeper(store: Store, config: GatekeeperConfig, chain: FakeChainView) -> Gatekeeper:
-    gk = Gatekeeper(store, config, chain)
+def gatekeeper(
+    store: Store, config: GatekeeperConfig, chain: FakeChainView, index: LocatorIndex
+) -> Gatekeeper:
+    gk = Gatekeeper(store, config, chain, index)
     gk.start()
     return gk
