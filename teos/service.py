@@ -209,16 +209,7 @@ class TowerCore:
         user = self.gatekeeper.get_user(user_id)
         if user is None:
             raise TeosError(ErrorKind.INVALID_SIGNATURE_OR_SUBSCRIPTION, NOT_ENOUGH_SLOTS)
-        record = AppointmentRecord(
-            uuid=compute_uuid(appointment.locator, user_id),
-            locator=appointment.locator,
-            encrypted_blob=appointment.encrypted_blob,
-            to_self_delay=appointment.to_self_delay,
-            user_id=user_id,
-            user_signature=signature,
-            start_block=self.tip.tip_height,
-            dialect=user.dialect,
-        )
+        record = AppointmentRecord.of(appointment, user_id, signature, self.tip.tip_height, user.dialect)
         dispute_txid = self.late.breach_in_cache(record)
         if dispute_txid is not None:
             self._check_penalty_decodes(record, dispute_txid)

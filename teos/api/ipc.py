@@ -47,7 +47,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from common.appointment import Appointment, compute_uuid
+from common.appointment import Appointment
 from common.channel_wire import PaymentError, Refusal
 from common.errors import ErrorKind, RequestError, TeosError
 from common.types import Dialect, Locator, UserId
@@ -630,17 +630,7 @@ class RemoteCore:
         """The stored record and the user (remembered, with its new slots) from the main process's answer
         to the ``add`` of ``appointment``: the start block and the user record (the worker has the rest)."""
         start_block, user = self.added(result)
-        record = AppointmentRecord(
-            uuid=compute_uuid(appointment.locator, user_id),
-            locator=appointment.locator,
-            encrypted_blob=appointment.encrypted_blob,
-            to_self_delay=appointment.to_self_delay,
-            user_id=user_id,
-            user_signature=signature,
-            start_block=start_block,
-            dialect=user.dialect,
-        )
-        return record, user
+        return AppointmentRecord.of(appointment, user_id, signature, start_block, user.dialect), user
 
     def get_appointment(self, user_id: UserId, locator: Locator) -> AppointmentState:
         status, appointment, tracker = self.client.call("get", user_id.raw, locator.raw)

@@ -11,8 +11,9 @@ import struct
 from dataclasses import dataclass, field
 
 from common import zbase32
-from common.appointment import compute_uuid
+from common.appointment import Appointment, compute_uuid
 from common.types import BlockHash, Dialect, Locator, Txid, UserId, Uuid
+from teos.storage.keys import read_varint, varint
 
 
 class CodecError(ValueError):
@@ -57,27 +58,14 @@ def _u32(value: int) -> bytes:
     return value.to_bytes(4, "big")
 
 
-def _varint(value: int) -> bytes:
-    """LEB128: 7 bits a byte, low bits first; a set top bit means more bytes follow."""
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+_varint = varint  # the keys' LEB128 (teos.storage.keys), also inside records
 
 
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 35:
-            raise CodecError("record truncated")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
+    try:
+        return read_varint(data, pos)
+    except ValueError:
+        raise CodecError("record truncated") from None
 
 
 @dataclass(frozen=True)
@@ -129,6 +117,22 @@ class AppointmentRecord:
                 _varint(len(self.encrypted_blob)),
                 self.encrypted_blob,
             ]
+        )
+
+    @classmethod
+    def of(
+        cls, appointment: Appointment, user_id: UserId, signature: str, start_block: int, dialect: Dialect
+    ) -> AppointmentRecord:
+        """The record of ``appointment`` as accepted from ``user_id`` at ``start_block``."""
+        return cls(
+            uuid=compute_uuid(appointment.locator, user_id),
+            locator=appointment.locator,
+            encrypted_blob=appointment.encrypted_blob,
+            to_self_delay=appointment.to_self_delay,
+            user_id=user_id,
+            user_signature=signature,
+            start_block=start_block,
+            dialect=dialect,
         )
 
     @classmethod
