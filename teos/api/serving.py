@@ -33,7 +33,9 @@ connection, the wait for the next one) must arrive within ``client_timeout``; hy
 read buffer is capped at ``HEADER_BUFFER_BYTES`` (its default lets one connection buffer 417 KB of
 header); each worker holds up to ``max_connections`` connections (granian's ``backpressure``; it used to be
 1024 for all workers together, and 1,100 idle connections stopped the API), bounded by the open-file limit,
-which teosd raises to its hard limit; the kernel's accept queue is ``LISTEN_BACKLOG`` long.
+which teosd raises to its hard limit; the kernel's accept queue is ``LISTEN_BACKLOG`` long. Each worker's
+event loop is uvloop's (a requirement on POSIX; granian's ``auto`` loop takes it when installed): about 8 %
+more add_appointment/s than asyncio's own loop (``bench/load.py``).
 """
 
 from __future__ import annotations
