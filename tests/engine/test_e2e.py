@@ -84,6 +84,7 @@ class Tower:
     def synced(self, timeout: float = 15) -> None:
         tip = self.node.rpc("getblockcount")
         wait_until(lambda: self.engine.tip_height >= tip, timeout, message=f"engine not at height {tip}")
+        self.engine.call(lambda: None, timeout=timeout)  # the block's broadcasts follow its tip: let them end
 
     def tracker(self, record: AppointmentRecord) -> Any:
         """The record's tracker, or None (typed Any: the tests read fields of it and compare it to None)."""

@@ -67,7 +67,10 @@ class Harness:
             self.parts = None
 
     def synced(self, timeout: float = 5.0) -> None:
+        """The engine has processed the chain's tip and finished with it: the tip is set before the
+        block's broadcasts, so a call run on the engine thread after it marks the block's end."""
         wait_until(lambda: self.engine.tip_height == self.chain.tip.height, timeout)
+        self.engine.call(lambda: None, timeout=timeout)
 
     def mine(self, *txids: Txid, n: int = 1, mempool: bool = True) -> None:
         assert self.parts is not None, "start() first"
@@ -181,7 +184,9 @@ def test_appointment_after_its_breach_uses_the_locator_cache(h: Harness) -> None
     assert h.engine.breach_in_cache(record) == dispute.txid
     h.engine.appointment_added(record, dispute.txid)
     wait_until(lambda: h.tracker(record) is not None, 5)
-    assert penalty.txid in h.chain.mempool
+    # The broadcast follows the block's commit (it is never retried into a second commit), so the
+    # penalty reaches the mempool a moment after the tracker is stored.
+    wait_until(lambda: penalty.txid in h.chain.mempool, 5)
     h.mine(n=6, mempool=False)  # the dispute block leaves the cache
     late = store_appointment(h.store, h.index, dispute.txid, penalty.raw, Dialect.PYTHON)
     assert h.engine.breach_in_cache(late) is None
@@ -195,7 +200,9 @@ def test_appointment_committed_before_a_crash_is_found_at_restart(h: Harness) ->
     record = store_appointment(h.store, h.index, dispute.txid, penalty.raw, Dialect.PYTHON)
     h.start()
     wait_until(lambda: h.tracker(record) is not None, 5)
-    assert penalty.txid in h.chain.mempool
+    # The broadcast follows the block's commit (it is never retried into a second commit), so the
+    # penalty reaches the mempool a moment after the tracker is stored.
+    wait_until(lambda: penalty.txid in h.chain.mempool, 5)
 
 
 def test_breach_while_down_is_replayed(h: Harness) -> None:
