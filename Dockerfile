@@ -2,7 +2,7 @@
 #
 #   docker build -t teos .
 #   docker run -v teos-data:/data -p 9814:9814 --stop-timeout 30 --ulimit nofile=65536:65536 \
-#       -v ./btcrpcpassword:/run/secrets/btcrpcpassword:ro \
+#       -v "$PWD/btcrpcpassword:/run/secrets/btcrpcpassword:ro" \
 #       -e TEOS_BTCNETWORK=mainnet -e TEOS_BTCRPCPASSWORDFILE=/run/secrets/btcrpcpassword teos \
 #       --btcrpcconnect <bitcoind host> --btcrpcuser <user> --zmqhashblock tcp://<bitcoind host>:28332
 #
