@@ -135,15 +135,7 @@ def run_demo(workdir: Path, paid: bool = False) -> None:
 
 def _narrate(node: _Node, wallet: Wallet, teosd: subprocess.Popen[bytes], api_port: int, log: Path) -> None:
     user = TowerClient("127.0.0.1", api_port, Dialect.RUST)
-
-    def up() -> bool:
-        if teosd.poll() is not None:
-            raise RuntimeError(f"teosd exited with status {teosd.returncode}")
-        with contextlib.suppress(OSError):
-            return user.ping() == 200
-        return False
-
-    wait_until(up, 30, "teosd's API to answer")
+    _wait_up(user, teosd)
     tower_id = _tower_id(log)
     _say(f"teosd is up at height {node.rpc('getblockcount')}; tower id {tower_id.hex()}")
 

@@ -44,6 +44,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 WRONG_TYPE = "wrong_type"
@@ -219,6 +220,23 @@ class FaultReply:
     @property
     def sent_body(self) -> bytes:
         return self.body if self.send is None else self.body[: self.send]
+
+    def write(self, handler: BaseHTTPRequestHandler, stopping: threading.Event) -> None:
+        """Sends this reply on ``handler``'s connection (the simulator's server and the tests' proxy);
+        ``stopping`` cuts a hold short."""
+        if self.hold > 0:
+            stopping.wait(self.hold)
+        if not self.answer:
+            handler.close_connection = True
+            return
+        handler.send_response(self.status)
+        for name, value in self.headers:
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(self.sent_body)
+        handler.wfile.flush()
+        if self.close:
+            handler.close_connection = True
 
 
 def check_kind(kind: str) -> str:

@@ -28,6 +28,7 @@ import coincurve
 
 from common.crypto import ripemd160
 from common.tx import Transaction, TxOut, ser_bytes, ser_compact_size, sha256, sha256d
+from teos.regtest.script import script_num
 
 
 class Flag(IntFlag):
@@ -386,12 +387,7 @@ def num_decode(data: bytes, require_minimal: bool, max_size: int = 4) -> int:
     if require_minimal and data:
         if data[-1] & 0x7F == 0 and (len(data) <= 1 or data[-2] & 0x80 == 0):
             raise _NumError("non-minimally encoded script number")
-    if not data:
-        return 0
-    value = int.from_bytes(data, "little")
-    if data[-1] & 0x80:
-        return -(value & ~(0x80 << (8 * (len(data) - 1))))
-    return value
+    return script_num(data)
 
 
 def num_encode(value: int) -> bytes:

@@ -35,7 +35,8 @@ def _op_name(op: int) -> str:
     return _NAMES.get(op, "OP_UNKNOWN")
 
 
-def _script_num(data: bytes) -> int:
+def script_num(data: bytes) -> int:
+    """A script number's value (little-endian, sign in the top bit of the last byte), unchecked."""
     if not data:
         return 0
     value = int.from_bytes(data, "little")
@@ -72,7 +73,7 @@ def to_asm(script: bytes, decode_sighash: bool = False) -> str:
             data = script[i : i + size]
             i += size
             if size <= 4:
-                out.append(str(_script_num(data)))
+                out.append(str(script_num(data)))
             elif decode_sighash and _looks_like_signature(data) and data[-1] in _SIGHASH_NAMES:
                 out.append(data[:-1].hex() + f"[{_SIGHASH_NAMES[data[-1]]}]")
             else:

@@ -107,19 +107,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_fault(self, reply: FaultReply) -> None:
         """A malformed answer from ``sim_garble``: held, cut or replaced as ``reply`` says."""
-        if reply.hold > 0:
-            self.server.faults.stopping.wait(reply.hold)
-        if not reply.answer:
-            self.close_connection = True
-            return
-        self.send_response(reply.status)
-        for name, value in reply.headers:
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(reply.sent_body)
-        self.wfile.flush()
-        if reply.close:
-            self.close_connection = True
+        reply.write(self, self.server.faults.stopping)
 
     def _send_json(self, status: int, value: Any) -> None:
         self._send(status, (json.dumps(value, separators=(",", ":"), ensure_ascii=False) + "\n").encode())

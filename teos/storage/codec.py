@@ -100,12 +100,8 @@ class AppointmentRecord:
     def encode(self) -> bytes:
         if self.uuid != compute_uuid(self.locator, self.user_id):  # (not made by the service: keep it)
             return self._encode_v1()
-        signature = _raw_signature(self.user_signature)
-        if signature is not None:
-            head, sig = 2, signature
-        else:
-            text = self.user_signature.encode("ascii")
-            head, sig = 3, _varint(len(text)) + text
+        as_text, sig = _signature_field(self.user_signature)
+        head = 3 if as_text else 2
         return b"".join(
             [
                 bytes([head, self.dialect.code]),
@@ -190,12 +186,8 @@ class AppointmentRecord:
         """What an ``w|locator|usernum`` entry holds: v2/v3 without the locator and the user id (the key
         and the user number give them; the uuid is derived from both). First byte 4 (signature as its 65
         bytes) or 5 (signature as text)."""
-        signature = _raw_signature(self.user_signature)
-        if signature is not None:
-            head, sig = 4, signature
-        else:
-            text = self.user_signature.encode("ascii")
-            head, sig = 5, _varint(len(text)) + text
+        as_text, sig = _signature_field(self.user_signature)
+        head = 5 if as_text else 4
         return b"".join(
             [
                 bytes([head, self.dialect.code]),
@@ -245,6 +237,16 @@ class AppointmentRecord:
         )
         r.end()
         return rec
+
+
+def _signature_field(text: str) -> tuple[bool, bytes]:
+    """How a record stores a signature: (False, its 65 bytes) when the text is their z-base-32, else
+    (True, the text with its length in front), so that a receipt's bytes always come back."""
+    raw = _raw_signature(text)
+    if raw is not None:
+        return False, raw
+    data = text.encode("ascii")
+    return True, _varint(len(data)) + data
 
 
 def _raw_signature(text: str) -> bytes | None:

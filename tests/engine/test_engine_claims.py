@@ -11,14 +11,12 @@ from dataclasses import dataclass, field
 import pytest
 
 from common.types import BlockHash, Txid
-from teos.chain.bitcoind import RetryPolicy
 from teos.chain.tip import ChainTip
 from teos.daemon import ChainSide, build_chain_side
-from teos.engine import EngineConfig
 from teos.engine.engine import ClaimsStep
 from teos.storage.index import LocatorIndex
 from teos.storage.store import Store
-from tests.support.fakes import FakeChain, RecordingLedger
+from tests.support.fakes import FakeChain, RecordingLedger, quick_engine_config
 from tests.support.wait import wait_until
 
 
@@ -71,8 +69,7 @@ class Side:
 @pytest.fixture
 def side(store: Store, index: LocatorIndex) -> Iterator[Side]:
     chain, claims = FakeChain(), RecordingClaims()
-    config = EngineConfig(btc_network="regtest", poll_interval=0.05, retry_max_delay=0.2,
-                          startup_retry=RetryPolicy(0.05, 0.2, 2.0))  # fmt: skip
+    config = quick_engine_config()
     step: ClaimsStep = claims
     ledger = RecordingLedger(store, index)
     parts = build_chain_side(config, store, chain, ChainTip(), ledger, index, claims=step)

@@ -32,19 +32,18 @@ from teos.chain.bitcoind import (
     Block,
     BlockHeader,
     ChainInfo,
-    RetryPolicy,
     RPCError,
     TxInfo,
 )
 from teos.chain.tip import ChainTip
 from teos.daemon import ChainSide, build_chain_side
-from teos.engine import BootstrapError, Engine, EngineConfig
+from teos.engine import BootstrapError, Engine
 from teos.engine.watchdog import Watchdog
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord
 from teos.storage.index import LocatorIndex
 from teos.storage.store import Batch, Store
-from tests.support.fakes import FakeChain, RecordingLedger, random_tx, store_appointment
+from tests.support.fakes import FakeChain, RecordingLedger, quick_engine_config, random_tx, store_appointment
 from tests.support.wait import wait_until
 
 # -- injecting faults ------------------------------------------------------------------------------
@@ -193,12 +192,7 @@ class Tower:
         return self.parts.engine
 
     def start(self) -> Engine:
-        config = EngineConfig(
-            btc_network="regtest",
-            poll_interval=0.05,
-            retry_max_delay=0.2,
-            startup_retry=RetryPolicy(0.05, 0.2, 2.0),
-        )
+        config = quick_engine_config()
         parts = build_chain_side(
             config, self.store, self.chain, ChainTip(), self.ledger, self.index, [self.listener], self.metrics
         )

@@ -11,16 +11,16 @@ from common import crypto
 from common.dialects import locator_from_txid
 from common.tx import Transaction
 from common.types import Dialect, Txid
-from teos.chain.bitcoind import RetryPolicy, RPCError
+from teos.chain.bitcoind import RPCError
 from teos.chain.tip import ChainTip
 from teos.daemon import ChainSide, build_chain_side
-from teos.engine import BootstrapError, Engine, EngineConfig
+from teos.engine import BootstrapError, Engine
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord
 from teos.storage.index import LocatorIndex
 from teos.storage.store import Batch, Store
 from teos.storage.watched import delete_watched, find_watched, put_watched, user_holds, usernum_of
-from tests.support.fakes import FakeChain, RecordingLedger, random_tx, store_appointment
+from tests.support.fakes import FakeChain, RecordingLedger, quick_engine_config, random_tx, store_appointment
 from tests.support.wait import wait_until
 
 
@@ -49,13 +49,7 @@ class Harness:
         return self.parts.engine
 
     def start(self) -> Engine:
-        config = EngineConfig(
-            btc_network="regtest",
-            poll_interval=0.05,
-            retry_max_delay=0.2,
-            startup_retry=RetryPolicy(0.05, 0.2, 2.0),
-            **self.overrides,
-        )
+        config = quick_engine_config(**self.overrides)
         parts = build_chain_side(config, self.store, self.chain, ChainTip(), self.ledger, self.index)
         parts.start()
         self.parts = parts

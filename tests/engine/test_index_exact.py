@@ -15,16 +15,14 @@ from common.appointment import compute_uuid
 from common.dialects import locator_from_txid
 from common.tx import Transaction
 from common.types import Dialect, Txid, UserId
-from teos.chain.bitcoind import RetryPolicy
 from teos.chain.tip import ChainTip
 from teos.daemon import ChainSide, build_chain_side
-from teos.engine import EngineConfig
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord
 from teos.storage.index import APPOINTMENTS, TRACKERS, USERS, LocatorIndex
 from teos.storage.store import Store
-from tests.support.fakes import FakeChain, random_tx
+from tests.support.fakes import FakeChain, quick_engine_config, random_tx
 from tests.support.wait import wait_until
 
 IRREVOCABLE = 3
@@ -47,10 +45,7 @@ class Tower:
         policy = GatekeeperConfig(subscription_slots=50, subscription_duration=DURATION, expiry_delta=2)
         self.gatekeeper = Gatekeeper(self.store, policy, tip, self.index)
         self.gatekeeper.start()
-        config = EngineConfig(
-            btc_network="regtest", poll_interval=0.05, retry_max_delay=0.2,
-            startup_retry=RetryPolicy(0.05, 0.2, 2.0), irrevocable_confirmations=IRREVOCABLE,
-        )  # fmt: skip
+        config = quick_engine_config(irrevocable_confirmations=IRREVOCABLE)
         self.side = build_chain_side(config, self.store, self.chain, tip, self.gatekeeper, self.index,
                                      [self.gatekeeper])  # fmt: skip
         self.side.start()

@@ -19,10 +19,8 @@ from common import crypto
 from common.appointment import compute_uuid
 from common.dialects import locator_from_txid
 from common.types import Dialect, Locator, Txid, UserId
-from teos.chain.bitcoind import RetryPolicy
 from teos.chain.tip import ChainTip
 from teos.daemon import ChainSide, build_chain_side
-from teos.engine import EngineConfig
 from teos.gatekeeper import Gatekeeper, GatekeeperConfig
 from teos.service import BEING_WATCHED, DISPUTE_RESPONDED, TowerCore
 from teos.storage import keys, migrate
@@ -30,7 +28,7 @@ from teos.storage.codec import AppointmentRecord, UserRecord
 from teos.storage.index import APPOINTMENTS, TRACKERS, USERS, LocatorIndex
 from teos.storage.store import Batch, Store
 from teos.storage.watched import get_watched, user_of_number
-from tests.support.fakes import FakeChain, random_tx
+from tests.support.fakes import FakeChain, quick_engine_config, random_tx
 from tests.support.wait import wait_until
 
 VECTOR = Path(__file__).parents[1] / "vectors" / "teosd-layout1.json"
@@ -82,10 +80,7 @@ class Tower:
         self.tip = ChainTip()
         self.index = LocatorIndex(store)
         self.gatekeeper = Gatekeeper(store, GatekeeperConfig(expiry_delta=6), self.tip, self.index)
-        config = EngineConfig(
-            btc_network="regtest", poll_interval=0.05, retry_max_delay=0.2,
-            startup_retry=RetryPolicy(0.05, 0.2, 2.0), irrevocable_confirmations=6,
-        )  # fmt: skip
+        config = quick_engine_config(irrevocable_confirmations=6)
         self.side: ChainSide = build_chain_side(config, store, self.chain, self.tip, self.gatekeeper,
                                                 self.index, [self.gatekeeper])  # fmt: skip
         self.core = TowerCore(self.gatekeeper, self.tip, self.side.engine, store)

@@ -10,6 +10,7 @@ import struct
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from common import crypto
 from common.appointment import compute_uuid
@@ -21,9 +22,11 @@ from teos.chain.bitcoind import (
     Block,
     BlockHeader,
     ChainInfo,
+    RetryPolicy,
     RPCError,
     TxInfo,
 )
+from teos.engine import EngineConfig
 from teos.storage import keys
 from teos.storage.codec import AppointmentRecord, TrackerRecord, UserRecord
 from teos.storage.index import APPOINTMENTS, USERS, LocatorIndex
@@ -305,3 +308,15 @@ def seed_user(store: Store, user: UserRecord, records: Sequence[AppointmentRecor
     batch.put(keys.user_count(user.user_id), len(held).to_bytes(4, "big"))
     store.commit(batch)
     return user
+
+
+def quick_engine_config(**overrides: Any) -> EngineConfig:
+    """An engine configuration for tests against a fake or in-process chain: polls and retries in tens
+    of milliseconds, start-up given up after two seconds."""
+    return EngineConfig(
+        btc_network="regtest",
+        poll_interval=0.05,
+        retry_max_delay=0.2,
+        startup_retry=RetryPolicy(0.05, 0.2, 2.0),
+        **overrides,
+    )

@@ -112,19 +112,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _write(self, reply: FaultReply) -> None:
-        if reply.hold > 0:
-            self.server.proxy._stopping.wait(reply.hold)
-        if not reply.answer:
-            self.close_connection = True
-            return
-        self.send_response(reply.status)
-        for name, value in reply.headers:
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(reply.sent_body)
-        self.wfile.flush()
-        if reply.close:
-            self.close_connection = True
+        reply.write(self, self.server.proxy._stopping)
 
 
 def _method_of(body: bytes) -> str | None:
